@@ -1,0 +1,3 @@
+"""QPM architectures, registered in timm's model registry on import."""
+from .head import BinaryLinear, DenseHead, QPMHead, check_assignment, check_qpm_sizes, check_selection
+from .qpm import HF_HUB_ORG, VARIANT_ARGS, QPMModel, QPMOutput, create_qpm, default_cfgs, reduce_resnet_strides

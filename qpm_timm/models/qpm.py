@@ -1,0 +1,443 @@
+""" QPM: Discrete Optimization for Globally Interpretable Image Classification (ICLR 2025)
+
+Paper: https://arxiv.org/abs/2502.20130 (Norrenbrock, Kaiser, Biswas, Manuvinakurike, Rosenhahn).
+
+A :class:`QPMModel` wraps any timm CNN whose ``forward_features`` returns an ``N x C x H x W`` map and
+carries one of two heads (:mod:`qpm_timm.models.head`): the dense head of stage 1, or the QPM head
+whose binary class x feature assignment was found by :mod:`qpm_timm.solver`.
+
+Loading rules (one place, :meth:`QPMModel.load_state_dict`, used by every timm loading path):
+
+* the head state follows the checkpoint: a QPM checkpoint turns a dense model into a QPM and back;
+* a checkpoint whose number of classes differs from the model's, loaded non-strictly (what timm
+  does for ``pretrained=True, num_classes=N``), keeps the backbone and gives the model a fresh dense
+  ``Linear(num_features, N)`` head: a new label set needs a new statistics pass and solve
+  (``train.py --initial-checkpoint``). ``num_classes=0`` keeps the selected, normalised features.
+"""
+import logging
+import re
+import warnings
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import timm
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import ResNet, build_model_with_cfg, generate_default_cfgs, register_model
+
+from .head import (
+    DENSE_DROP_RATE, QPM_DROP_RATE, DenseHead, QPMHead, check_assignment, check_qpm_sizes, check_selection,
+    placeholder_assignment,
+)
+
+__all__ = ['QPMModel', 'QPMOutput', 'create_qpm', 'reduce_resnet_strides', 'HF_HUB_ORG']
+
+_logger = logging.getLogger(__name__)
+
+HF_HUB_ORG = 'qpm-timm'  # the Hugging Face organisation that publishes every registered variant
+_POOL_TYPES = ('avg', 'max', 'avgmax', '')
+
+
+class QPMOutput(NamedTuple):
+    """Everything one forward pass hands to the loss, the statistics and the explanations."""
+    logits: torch.Tensor  # (N, C)
+    feature_maps: torch.Tensor  # (N, F', H, W): all channels (dense head) or the selected ones (QPM head)
+    pooled: torch.Tensor  # (N, F'): pooled feature_maps, before normalisation and dropout
+
+
+def reduce_resnet_strides(model: ResNet) -> None:
+    """Reduced strides of the recipe: layer3 and layer4 keep stride 1, no dilation (224 px -> 28 x 28 maps)."""
+    if not isinstance(model, ResNet):
+        raise ValueError(f'reduced_strides applies to timm ResNet backbones (layer3/layer4), not {type(model).__name__}.')
+    for layer in (model.layer3, model.layer4):
+        block = layer[0]
+        for parent in block.modules():
+            for name, child in parent.named_children():
+                if isinstance(child, nn.Conv2d) and child.stride != (1, 1):
+                    child.stride = (1, 1)
+                elif isinstance(child, nn.AvgPool2d):
+                    setattr(parent, name, nn.Identity())  # the stride-2 pool of 'avg_down' shortcuts
+                elif getattr(child, 'stride', 1) not in (1, (1, 1)) and not isinstance(child, nn.Conv2d):
+                    raise ValueError(f'cannot reduce the stride of {type(child).__name__} in {name}; '
+                                     f'use a plain ResNet or reduced_strides=False.')
+
+
+def _prefix_matcher(matcher: Any, prefix: str) -> Any:
+    """Re-anchor a backbone's ``group_matcher`` regexes under ``prefix``."""
+    if isinstance(matcher, str):
+        return r'^' + re.escape(prefix) + r'(?:' + re.sub(r'(^|\||\()\^', r'\1', matcher) + r')'
+    return [(_prefix_matcher(m, prefix), idx) for m, idx in matcher]
+
+
+class QPMModel(nn.Module):
+    """A timm backbone with a dense or a QPM head (module docstring)."""
+
+    def __init__(
+            self,
+            backbone: str = 'resnet50',
+            num_classes: int = 1000,
+            n_features: int = 50,
+            n_per_class: int = 5,
+            head: str = 'qpm',
+            reduced_strides: bool = False,
+            global_pool: str = 'avg',
+            drop_rate: Optional[float] = None,
+            in_chans: int = 3,
+            device=None,
+            dtype=None,
+            **backbone_kwargs,
+    ):
+        """
+        Args:
+            backbone: name of any timm CNN whose ``forward_features`` returns ``N x C x H x W``.
+            num_classes: number of classes (0: no classifier, the model returns pre-logits).
+            n_features: ``n_f*``, the number of kept features.
+            n_per_class: ``n_wc``, features per class.
+            head: ``'dense'`` (stage 1) or ``'qpm'``; an unsolved QPM head holds a valid placeholder.
+            reduced_strides: ResNet layer3/layer4 with stride 1 (the recipe for fine-grained data).
+            global_pool: pooling of the head ('avg' as in the method).
+            drop_rate: feature dropout; None: 0.2 for the dense head, 0.1 for the QPM head.
+            **backbone_kwargs: passed to ``timm.create_model(backbone, ...)``; unknown ones raise TypeError.
+        """
+        super().__init__()
+        if not isinstance(backbone, str) or not timm.is_model(backbone):
+            raise ValueError(f'unknown backbone {backbone!r}: give a timm model name (see timm.list_models()).')
+        if head not in ('dense', 'qpm'):
+            raise ValueError(f"head must be 'dense' or 'qpm', got {head!r}.")
+        if global_pool not in _POOL_TYPES:
+            raise ValueError(f'global_pool must be one of {_POOL_TYPES}, got {global_pool!r}.')
+        self.backbone = timm.create_model(
+            backbone, pretrained=False, num_classes=0, global_pool='', in_chans=in_chans, device=device, dtype=dtype,
+            **backbone_kwargs)
+        if reduced_strides:
+            reduce_resnet_strides(self.backbone)
+        self.backbone_name = backbone
+        self.num_features = self.backbone.num_features
+        check_qpm_sizes(num_classes, n_features, n_per_class, self.num_features)
+        _check_nchw_features(self.backbone, in_chans, self.num_features)
+        self.in_chans = in_chans
+        self.n_features = n_features
+        self.n_per_class = n_per_class
+        self.drop_rate = drop_rate
+        self.feature_info = _feature_info(self.backbone, reduced_strides)
+        self.num_classes = num_classes
+        self.head: Union[DenseHead, QPMHead]
+        if head == 'dense':
+            self._set_dense_head(num_classes, global_pool)
+        else:
+            placeholder = placeholder_assignment(num_classes, n_features, n_per_class) if num_classes else None
+            self.head = self._qpm_head(
+                torch.arange(n_features), placeholder, torch.zeros(n_features), torch.ones(n_features), global_pool)
+
+    # --- head state -------------------------------------------------------------------------------------------
+    @property
+    def is_qpm(self) -> bool:
+        """True once the binary QPM head is set."""
+        return isinstance(self.head, QPMHead)
+
+    @property
+    def head_hidden_size(self) -> int:
+        """Width of ``forward_head(pre_logits=True)``: all channels (dense) or ``n_f*`` (QPM)."""
+        return self.n_features if self.is_qpm else self.num_features
+
+    @property
+    def class_weights(self) -> torch.Tensor:
+        """``C x F'`` class weights: the dense linear weight or the binary assignment ``W``."""
+        if self.num_classes == 0:
+            raise ValueError('this model has no classifier (num_classes=0), so no class weights.')
+        return self.head.class_weights
+
+    def _device_dtype(self) -> Dict[str, Any]:
+        p = next(self.backbone.parameters())
+        return dict(device=p.device, dtype=p.dtype)
+
+    def _set_dense_head(self, num_classes: int, global_pool: str) -> None:
+        drop = DENSE_DROP_RATE if self.drop_rate is None else self.drop_rate
+        self.head = DenseHead(self.num_features, num_classes, global_pool, drop, **self._device_dtype())
+        self.head.train(self.training)
+        self.num_classes = num_classes
+
+    def _qpm_head(self, selection, assignment, mean, std, global_pool: str) -> QPMHead:
+        dd = self._device_dtype()
+        drop = QPM_DROP_RATE if self.drop_rate is None else self.drop_rate
+        head = QPMHead(
+            selection.to(dd['device']),
+            None if assignment is None else assignment.to(**dd),
+            mean.to(**dd), std.to(**dd), global_pool, drop)
+        return head.train(self.training)
+
+    def set_qpm_head(
+            self,
+            selection: torch.Tensor,
+            assignment: Optional[torch.Tensor],
+            mean: torch.Tensor,
+            std: torch.Tensor,
+    ) -> None:
+        """Switch to the QPM head (spec stage 4).
+
+        Args:
+            selection: ``(n_f*,)`` distinct channel indices (solution.selected).
+            assignment: ``(C, n_f*)`` binary ``W``, ``n_per_class`` ones per row, rows distinct
+                (solution.assignment); None only for a model without classifier.
+            mean, std: per-feature statistics of the dense model, for the ``n_f*`` selected features or for
+                all ``num_features`` channels (then indexed with ``selection``).
+        """
+        selection = check_selection(selection, self.n_features, self.num_features)
+        if assignment is None:
+            if self.num_classes:
+                raise ValueError(f'assignment is required for a model with {self.num_classes} classes.')
+            weights = None
+        else:
+            weights = check_assignment(assignment, self.num_classes, self.n_features, self.n_per_class)
+        mean, std = (self._select_stat(name, v, selection) for name, v in (('mean', mean), ('std', std)))
+        if not torch.all(std > 0):
+            raise ValueError('std must be > 0 for every selected feature (a constant feature cannot be normalised).')
+        pool = self.head.global_pool.pool_type
+        self.head = self._qpm_head(selection, weights, mean, std, pool)
+
+    def _select_stat(self, name: str, value: torch.Tensor, selection: torch.Tensor) -> torch.Tensor:
+        value = torch.as_tensor(value).detach().float().cpu()
+        if value.shape == (self.num_features,) and self.num_features != self.n_features:
+            value = value[selection.cpu()]
+        if value.shape != (self.n_features,):
+            raise ValueError(f'{name} must have shape ({self.n_features},) or ({self.num_features},), '
+                             f'got {tuple(value.shape)}.')
+        if not torch.isfinite(value).all():
+            raise ValueError(f'{name} contains NaN or inf.')
+        return value
+
+    # --- timm contract ----------------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return {k: _prefix_matcher(v, 'backbone.') for k, v in self.backbone.group_matcher(coarse).items()}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """``num_classes=0`` removes the classifier and keeps the head state; ``num_classes > 0`` gives a fresh
+        dense ``Linear(num_features, num_classes)``: a new label set needs a new statistics pass and solve."""
+        pool = self.head.global_pool.pool_type if global_pool is None else global_pool
+        if pool not in _POOL_TYPES:
+            raise ValueError(f'global_pool must be one of {_POOL_TYPES}, got {pool!r}.')
+        if num_classes == 0 and self.is_qpm:
+            h = self.head
+            self.head = self._qpm_head(h.selection, None, h.mean, h.std, pool)
+            self.num_classes = 0
+        else:
+            self._set_dense_head(num_classes, pool)
+
+    @torch.jit.ignore
+    def forward_intermediates(self, x: torch.Tensor, **kwargs):
+        """Delegates to the backbone (used by ``features_only=True``)."""
+        return self.backbone.forward_intermediates(x, **kwargs)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        take = self.backbone.prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=True)
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Un-pooled backbone features, all ``num_features`` channels."""
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    @torch.jit.ignore
+    def forward_with_features(self, x: torch.Tensor) -> QPMOutput:
+        """One pass giving logits, the head's feature maps and their pooled values (loss, statistics, explanations)."""
+        maps = self.head.select(self.forward_features(x))
+        pooled = self.head.global_pool(maps)
+        if pooled.dim() != 2:
+            raise ValueError("forward_with_features needs a pooling head; this one has global_pool=''.")
+        return QPMOutput(self.head.forward_pooled(pooled), maps, pooled)
+
+    # --- loading ----------------------------------------------------------------------------------------------
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load weights; the head state follows the checkpoint (module docstring, "Loading rules")."""
+        sd = dict(state_dict)
+        fc = sd.get('head.fc.weight')
+        ckpt_classes = 0 if fc is None else fc.shape[0]
+        if self.num_classes and ckpt_classes != self.num_classes:
+            if strict:
+                raise ValueError(
+                    f'checkpoint has {ckpt_classes} classes, this model {self.num_classes}: create the model with '
+                    f'num_classes={ckpt_classes}, or load non-strictly (pretrained=True) to keep only the backbone.')
+            warnings.warn(f'checkpoint has {ckpt_classes} classes, the model {self.num_classes}: loaded the backbone; '
+                          f'the head is a fresh dense {self.num_classes}-class layer (train it, then re-solve).')
+            sd = {k: v for k, v in sd.items() if not k.startswith('head.')}
+            self.reset_classifier(self.num_classes)
+        elif 'head.selection' in sd:
+            self.set_qpm_head(sd['head.selection'], fc if self.num_classes else None, sd['head.mean'], sd['head.std'])
+            if not self.num_classes:
+                sd.pop('head.fc.weight', None)
+        elif self.is_qpm and any(k.startswith('head.') for k in sd):
+            self._set_dense_head(self.num_classes, self.head.global_pool.pool_type)
+        try:
+            return super().load_state_dict(sd, strict=strict, assign=assign)
+        except RuntimeError as e:
+            raise ValueError(f'these weights do not fit a {self.backbone_name} QPM with n_features='
+                             f'{self.n_features} (does config.json match the weights?): {e}') from e
+
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """timm's ``custom_load`` hook: read a safetensors/torch file with clear errors, adapt, load."""
+        from ..hub import read_weights
+        sd = read_weights(checkpoint_path)
+        fc = sd.get('head.fc.weight')
+        if self.num_classes == 0:
+            sd = {k: v for k, v in sd.items() if not k.startswith('head.fc.')}
+        strict = self.num_classes == 0 or (fc is not None and fc.shape[0] == self.num_classes)
+        self.load_state_dict(sd, strict=strict)
+
+
+def _check_nchw_features(backbone: nn.Module, in_chans: int, num_features: int) -> None:
+    """Refuse backbones whose ``forward_features`` is not an ``N x C x H x W`` map with ``C == num_features``."""
+    p = next(backbone.parameters())
+    size = [min(s, 64) for s in backbone.pretrained_cfg.get('input_size', (in_chans, 64, 64))[-2:]]
+    was_training = backbone.training
+    try:
+        with torch.no_grad():
+            out = backbone.eval().forward_features(torch.zeros(1, in_chans, *size, device=p.device, dtype=p.dtype))
+    except Exception as e:  # fixed-size or token models fail on the probe
+        raise ValueError(f'{type(backbone).__name__}: forward_features failed on a {size} probe ({e}); '
+                         f'QPM needs a CNN whose forward_features returns N x C x H x W.') from e
+    finally:
+        backbone.train(was_training)
+    if out.dim() != 4 or out.shape[1] != num_features:
+        raise ValueError(f'{type(backbone).__name__}.forward_features returns shape {tuple(out.shape)}; QPM needs '
+                         f'N x {num_features} x H x W (a CNN backbone).')
+
+
+def _feature_info(backbone: nn.Module, reduced_strides: bool) -> List[Dict[str, Any]]:
+    info = [dict(i, module='backbone.' + i['module']) for i in backbone.feature_info]
+    if reduced_strides:
+        for i in info:
+            i['reduction'] = min(i['reduction'], 8)
+        for i in backbone.feature_info:
+            i['reduction'] = min(i['reduction'], 8)
+    return info
+
+
+def _cfg(num_classes: int, reduced_strides: bool, **kwargs) -> Dict[str, Any]:
+    return {
+        'num_classes': num_classes, 'input_size': (3, 224, 224),
+        'pool_size': (28, 28) if reduced_strides else (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'backbone.conv1', 'classifier': 'head.fc', 'hf_hub_filename': 'model.safetensors',
+        'custom_load': 'hf', 'license': 'apache-2.0', 'paper_ids': 'arXiv:2502.20130',
+        'paper_name': 'QPM: Discrete Optimization for Globally Interpretable Image Classification',
+        'origin_url': 'https://github.com/ThomasNorr/QPM', **kwargs,
+    }
+
+
+def _hub(variant: str) -> str:
+    return f'{HF_HUB_ORG}/{variant}'
+
+
+# One row per published variant: backbone, dataset, reduced strides; hub_configs/ is generated from this table.
+default_cfgs = generate_default_cfgs({
+    'qpm_resnet50_cub': _cfg(200, True, hf_hub_id=_hub('qpm_resnet50_cub'), crop_pct=1.0),
+    'qpm_resnet50_cars': _cfg(196, True, hf_hub_id=_hub('qpm_resnet50_cars'), crop_pct=1.0),
+    'qpm_resnet50_imagenet': _cfg(1000, False, hf_hub_id=_hub('qpm_resnet50_imagenet')),
+    'qpm_resnet34_cub': _cfg(200, True, hf_hub_id=_hub('qpm_resnet34_cub'), crop_pct=1.0),
+    'qpm_resnet18_cub': _cfg(200, True, hf_hub_id=_hub('qpm_resnet18_cub'), crop_pct=1.0),
+    'qpm': {**_cfg(1000, False), 'hf_hub_filename': None, 'custom_load': False},
+})
+
+VARIANT_ARGS = {  # architecture arguments of each registered variant
+    'qpm_resnet50_cub': dict(backbone='resnet50', reduced_strides=True),
+    'qpm_resnet50_cars': dict(backbone='resnet50', reduced_strides=True),
+    'qpm_resnet50_imagenet': dict(backbone='resnet50', reduced_strides=False),
+    'qpm_resnet34_cub': dict(backbone='resnet34', reduced_strides=True),
+    'qpm_resnet18_cub': dict(backbone='resnet18', reduced_strides=True),
+}
+
+
+def _create_qpm(variant: str, pretrained: bool = False, **kwargs) -> QPMModel:
+    model = build_model_with_cfg(QPMModel, variant, pretrained, feature_cfg=dict(feature_cls='getter'), **kwargs)
+    return model
+
+
+def _variant(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> QPMModel:
+    return _create_qpm(variant, pretrained, **dict(VARIANT_ARGS[variant], **kwargs))
+
+
+@register_model
+def qpm_resnet50_cub(pretrained: bool = False, **kwargs) -> QPMModel:
+    """QPM ResNet-50 (reduced strides) for CUB-200-2011, 50 features, 5 per class."""
+    return _variant('qpm_resnet50_cub', pretrained, kwargs)
+
+
+@register_model
+def qpm_resnet50_cars(pretrained: bool = False, **kwargs) -> QPMModel:
+    """QPM ResNet-50 (reduced strides) for Stanford Cars, 50 features, 5 per class."""
+    return _variant('qpm_resnet50_cars', pretrained, kwargs)
+
+
+@register_model
+def qpm_resnet50_imagenet(pretrained: bool = False, **kwargs) -> QPMModel:
+    """QPM ResNet-50 (standard strides) for ImageNet-1k, 50 features, 5 per class."""
+    return _variant('qpm_resnet50_imagenet', pretrained, kwargs)
+
+
+@register_model
+def qpm_resnet34_cub(pretrained: bool = False, **kwargs) -> QPMModel:
+    """QPM ResNet-34 (reduced strides) for CUB-200-2011."""
+    return _variant('qpm_resnet34_cub', pretrained, kwargs)
+
+
+@register_model
+def qpm_resnet18_cub(pretrained: bool = False, **kwargs) -> QPMModel:
+    """QPM ResNet-18 (reduced strides) for CUB-200-2011."""
+    return _variant('qpm_resnet18_cub', pretrained, kwargs)
+
+
+@register_model
+def qpm(pretrained: bool = False, backbone: str = 'resnet50', **kwargs) -> QPMModel:
+    """A QPM on any timm CNN: ``timm.create_model('qpm', backbone='convnext_tiny', num_classes=...)``.
+
+    Input size, normalisation and first conv come from the backbone's own pretrained config.
+    """
+    if not isinstance(backbone, str) or not timm.is_model(backbone):
+        raise ValueError(f'unknown backbone {backbone!r}: give a timm model name (see timm.list_models()).')
+    bcfg = timm.models.get_pretrained_cfg(backbone)
+    overlay = {k: getattr(bcfg, k) for k in ('input_size', 'crop_pct', 'interpolation', 'mean', 'std')}
+    overlay['first_conv'] = 'backbone.' + bcfg.first_conv if isinstance(bcfg.first_conv, str) else None
+    overlay.update(kwargs.pop('pretrained_cfg_overlay', None) or {})
+    model = _create_qpm('qpm', pretrained, backbone=backbone, pretrained_cfg_overlay=overlay, **kwargs)
+    reduction = model.feature_info[-1]['reduction']
+    model.pretrained_cfg['pool_size'] = tuple(-(-s // reduction) for s in model.pretrained_cfg['input_size'][-2:])
+    return model
+
+
+def create_qpm(
+        backbone: str,
+        num_classes: int,
+        n_features: int = 50,
+        n_per_class: int = 5,
+        **timm_kwargs,
+) -> QPMModel:
+    """A QPM on any timm CNN backbone, made through ``timm.create_model('qpm', ...)`` so that its config exports.
+
+    Args:
+        backbone: timm model name (``resnet50``, ``convnext_tiny``, ``efficientnet_b0``, ...).
+        num_classes: number of classes.
+        n_features: ``n_f*`` kept features (50 in the paper).
+        n_per_class: ``n_wc`` features per class (5 in the paper).
+        **timm_kwargs: ``head='dense'|'qpm'``, ``reduced_strides``, ``drop_rate``, ``device``, backbone kwargs...
+    """
+    return timm.create_model(
+        'qpm', backbone=backbone, num_classes=num_classes, n_features=n_features, n_per_class=n_per_class,
+        **timm_kwargs)
