@@ -415,6 +415,7 @@ def qpm(pretrained: bool = False, backbone: str = 'resnet50', **kwargs) -> QPMMo
     bcfg = timm.models.get_pretrained_cfg(backbone)
     overlay = {k: getattr(bcfg, k) for k in ('input_size', 'crop_pct', 'interpolation', 'mean', 'std')}
     overlay['first_conv'] = 'backbone.' + bcfg.first_conv if isinstance(bcfg.first_conv, str) else None
+    overlay['num_classes'] = kwargs.get('num_classes', 1000)  # weights of a generic QPM fit its own class count
     overlay.update(kwargs.pop('pretrained_cfg_overlay', None) or {})
     model = _create_qpm('qpm', pretrained, backbone=backbone, pretrained_cfg_overlay=overlay, **kwargs)
     reduction = model.feature_info[-1]['reduction']

@@ -1,0 +1,71 @@
+""" Explanations of a QPM: the class -> feature table and per-image feature evidence.
+
+The whole decision process of a QPM is its binary assignment ``W`` (every class = ``n_wc`` of the ``n_f*``
+shared features), so the global explanation is a table, and the local one is which of the predicted
+class's features fired where.
+"""
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+
+__all__ = ['class_features', 'feature_names', 'class_feature_table', 'Explanation', 'explain']
+
+
+def feature_names(selection: Sequence[int]) -> List[str]:
+    """Readable names of the kept features: ``f<j> (ch <channel>)``."""
+    return [f'f{j} (ch {int(c)})' for j, c in enumerate(selection)]
+
+
+def class_features(assignment: torch.Tensor) -> List[List[int]]:
+    """Indices of the features of every class (rows of the binary ``W``)."""
+    return [torch.nonzero(row > 0).flatten().tolist() for row in torch.as_tensor(assignment)]
+
+
+def class_feature_table(
+        assignment: torch.Tensor,
+        class_names: Optional[Sequence[str]] = None,
+        names: Optional[Sequence[str]] = None,
+        max_rows: Optional[int] = None,
+) -> str:
+    """Markdown table ``class | features`` of a binary assignment, plus how many classes share each feature."""
+    assignment = torch.as_tensor(assignment)
+    num_classes, n = assignment.shape
+    class_names = list(class_names) if class_names is not None else [f'class {c}' for c in range(num_classes)]
+    names = list(names) if names is not None else [f'f{j}' for j in range(n)]
+    if len(class_names) != num_classes or len(names) != n:
+        raise ValueError(f'need {num_classes} class names and {n} feature names, got {len(class_names)} and {len(names)}.')
+    lines = ['| class | features |', '|---|---|']
+    rows = class_features(assignment)
+    for c, feats in enumerate(rows[:max_rows] if max_rows else rows):
+        lines.append(f'| {class_names[c]} | {", ".join(names[j] for j in feats)} |')
+    if max_rows and num_classes > max_rows:
+        lines.append(f'| ... | ({num_classes - max_rows} more classes) |')
+    usage = (assignment > 0).sum(0).tolist()
+    lines += ['', 'classes per feature: ' + ', '.join(f'{names[j]}: {u}' for j, u in enumerate(usage))]
+    return '\n'.join(lines)
+
+
+@dataclass
+class Explanation:
+    """Why a QPM predicted ``predicted`` for one image."""
+    predicted: int
+    features: List[int]  # the predicted class's features (indices into the kept features)
+    contributions: List[float]  # their normalised activations; their sum is the class logit
+    maps: torch.Tensor  # (n_wc, H, W) feature maps of those features: where they fired
+
+
+@torch.no_grad()
+def explain(model, image: torch.Tensor) -> List[Explanation]:
+    """Local explanation of a QPM's prediction for a batch of images ``(N, 3, H, W)``."""
+    if not getattr(model, 'is_qpm', False):
+        raise ValueError('explain() needs a QPM (model.is_qpm); solve and set the QPM head first.')
+    was_training = model.training
+    out = model.eval().forward_with_features(image)
+    model.train(was_training)
+    normalised = model.head.normalize(out.pooled)
+    result = []
+    for i, c in enumerate(out.logits.argmax(1).tolist()):
+        feats = class_features(model.class_weights[c:c + 1])[0]
+        result.append(Explanation(c, feats, normalised[i, feats].tolist(), out.feature_maps[i, feats]))
+    return result
