@@ -1,0 +1,109 @@
+"""The solver's result: QPMSolution, its constraint check and its JSON persistence."""
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from .problem import QPMProblem
+
+__all__ = ["QPMSolution", "check_solution"]
+
+_FORMAT = "qpm-solution-v1"
+
+
+@dataclass
+class QPMSolution:
+    """A feasible QPM solution.
+
+    ``selected``: sorted int array (n_features,) into the F features; ``assignment``: bool
+    (C, n_features), ``assignment[c, j]`` <=> class c uses ``selected[j]``; ``objective``: Z in float
+    units; ``bound``: proven upper bound on Z (float units) or None; ``status``: "optimal" |
+    "feasible"; ``wall_time``: seconds; ``settings``: solver settings and derived quantities;
+    ``input_hash``: :meth:`QPMProblem.input_hash` of the problem it solves.
+    """
+    selected: np.ndarray
+    assignment: np.ndarray
+    objective: float
+    bound: Optional[float]
+    status: str
+    wall_time: float
+    settings: Dict[str, Any] = field(default_factory=dict)
+    input_hash: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "format": _FORMAT,
+            "selected": [int(x) for x in self.selected],
+            "assignment": [[int(x) for x in row] for row in self.assignment],
+            "objective": float(self.objective),
+            "bound": None if self.bound is None else float(self.bound),
+            "status": self.status,
+            "wall_time": float(self.wall_time),
+            "settings": self.settings,
+            "input_hash": self.input_hash,
+        }
+
+    def save(self, path) -> None:
+        """Write JSON atomically (temporary file in the same folder, then ``os.replace``)."""
+        path = os.fspath(path)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump(self.to_dict(), fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path, problem: Optional[QPMProblem] = None) -> "QPMSolution":
+        """Read a saved solution; with ``problem`` given, raise ValueError if it was computed for
+        different inputs (hash mismatch) or violates a constraint."""
+        with open(os.fspath(path)) as fh:
+            d = json.load(fh)
+        if d.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a QPM solution file (format {d.get('format')!r}, "
+                             f"expected {_FORMAT!r})")
+        sol = cls(selected=np.asarray(d["selected"], dtype=np.int64),
+                  assignment=np.asarray(d["assignment"], dtype=bool).reshape(len(d["assignment"]), -1),
+                  objective=float(d["objective"]), bound=d["bound"], status=d["status"],
+                  wall_time=float(d["wall_time"]), settings=d.get("settings", {}),
+                  input_hash=d.get("input_hash", ""))
+        if problem is not None:
+            h = problem.input_hash()
+            if h != sol.input_hash:
+                raise ValueError(f"{path} was solved for different inputs (hash {sol.input_hash[:12]}... "
+                                 f"!= {h[:12]}... of the given problem); solve this problem again")
+            check_solution(problem, sol)
+        return sol
+
+
+def check_solution(problem: QPMProblem, solution: QPMSolution, atol: float = 1e-6) -> None:
+    """Raise ValueError on any violated constraint of the spec or a wrong objective."""
+    S = np.asarray(solution.selected)
+    W = np.asarray(solution.assignment)
+    n, k, C, F = problem.n_features, problem.n_per_class, problem.num_classes, problem.num_all_features
+    if S.ndim != 1 or S.size != n:
+        raise ValueError(f"selected must hold n_features={n} indices, got shape {S.shape}")
+    if not np.issubdtype(S.dtype, np.integer):
+        raise ValueError(f"selected must be integer indices, got dtype {S.dtype}")
+    if np.any(S < 0) or np.any(S >= F):
+        raise ValueError(f"selected indices must lie in [0, {F}), got {S.min()}..{S.max()}")
+    if np.any(np.diff(S) <= 0):
+        raise ValueError("selected must be sorted and free of duplicates")
+    if W.shape != (C, n) or W.dtype != bool:
+        raise ValueError(f"assignment must be a bool array of shape ({C}, {n}), got {W.dtype} {W.shape}")
+    per_class = W.sum(axis=1)
+    bad = np.flatnonzero(per_class != k)
+    if bad.size:
+        raise ValueError(f"classes {bad[:10].tolist()} use {per_class[bad[:10]].tolist()} features, "
+                         f"every class needs exactly n_per_class={k}")
+    _, counts = np.unique(W, axis=0, return_counts=True)
+    if counts.max() > 1:
+        raise ValueError(f"{int((counts[counts > 1]).sum())} classes share a feature set with another "
+                         f"class; the uniqueness constraint requires all sets to differ")
+    z = problem.objective(S, W)
+    if not abs(z - solution.objective) <= atol * max(1.0, abs(z)):
+        raise ValueError(f"solution.objective={solution.objective} differs from the recomputed Z={z}")
+    if solution.status not in ("optimal", "feasible"):
+        raise ValueError(f"status must be 'optimal' or 'feasible', got {solution.status!r}")
