@@ -122,7 +122,7 @@ class DenseHead(nn.Module):
     ):
         super().__init__()
         self.num_classes = num_classes
-        self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_features, num_classes, device=device, dtype=dtype) if num_classes > 0 else nn.Identity()
 
@@ -164,7 +164,7 @@ class QPMHead(nn.Module):
         self.register_buffer('selection', selection.long())
         self.register_buffer('mean', mean)
         self.register_buffer('std', std)
-        self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
         self.drop = nn.Dropout(drop_rate)
         self.fc = BinaryLinear(assignment) if assignment is not None else nn.Identity()
         self.num_classes = 0 if assignment is None else assignment.shape[0]

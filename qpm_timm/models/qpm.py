@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import ResNet, build_model_with_cfg, generate_default_cfgs, register_model
+from safetensors import SafetensorError
+from timm.models import ResNet, build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
 from .head import (
     DENSE_DROP_RATE, QPM_DROP_RATE, DenseHead, QPMHead, check_assignment, check_qpm_sizes, check_selection,
@@ -109,6 +110,8 @@ class QPMModel(nn.Module):
         self.backbone = timm.create_model(
             backbone, pretrained=False, num_classes=0, global_pool='', in_chans=in_chans, device=device, dtype=dtype,
             **backbone_kwargs)
+        if isinstance(getattr(self.backbone, 'head', None), nn.Module):
+            self.backbone.head = nn.Identity()  # the backbone's own head (e.g. ConvNeXt's norm) is never used
         if reduced_strides:
             reduce_resnet_strides(self.backbone)
         self.backbone_name = backbone
@@ -291,16 +294,6 @@ class QPMModel(nn.Module):
             raise ValueError(f'these weights do not fit a {self.backbone_name} QPM with n_features='
                              f'{self.n_features} (does config.json match the weights?): {e}') from e
 
-    def load_pretrained(self, checkpoint_path: str) -> None:
-        """timm's ``custom_load`` hook: read a safetensors/torch file with clear errors, adapt, load."""
-        from ..hub import read_weights
-        sd = read_weights(checkpoint_path)
-        fc = sd.get('head.fc.weight')
-        if self.num_classes == 0:
-            sd = {k: v for k, v in sd.items() if not k.startswith('head.fc.')}
-        strict = self.num_classes == 0 or (fc is not None and fc.shape[0] == self.num_classes)
-        self.load_state_dict(sd, strict=strict)
-
 
 def _check_nchw_features(backbone: nn.Module, in_chans: int, num_features: int) -> None:
     """Refuse backbones whose ``forward_features`` is not an ``N x C x H x W`` map with ``C == num_features``."""
@@ -336,7 +329,7 @@ def _cfg(num_classes: int, reduced_strides: bool, **kwargs) -> Dict[str, Any]:
         'pool_size': (28, 28) if reduced_strides else (7, 7),
         'crop_pct': 0.875, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'backbone.conv1', 'classifier': 'head.fc', 'hf_hub_filename': 'model.safetensors',
-        'custom_load': 'hf', 'license': 'apache-2.0', 'paper_ids': 'arXiv:2502.20130',
+        'license': 'apache-2.0', 'paper_ids': 'arXiv:2502.20130',
         'paper_name': 'QPM: Discrete Optimization for Globally Interpretable Image Classification',
         'origin_url': 'https://github.com/ThomasNorr/QPM', **kwargs,
     }
@@ -353,7 +346,7 @@ default_cfgs = generate_default_cfgs({
     'qpm_resnet50_imagenet': _cfg(1000, False, hf_hub_id=_hub('qpm_resnet50_imagenet')),
     'qpm_resnet34_cub': _cfg(200, True, hf_hub_id=_hub('qpm_resnet34_cub'), crop_pct=1.0),
     'qpm_resnet18_cub': _cfg(200, True, hf_hub_id=_hub('qpm_resnet18_cub'), crop_pct=1.0),
-    'qpm': {**_cfg(1000, False), 'hf_hub_filename': None, 'custom_load': False},
+    'qpm': {**_cfg(1000, False), 'hf_hub_filename': None},
 })
 
 VARIANT_ARGS = {  # architecture arguments of each registered variant
@@ -366,8 +359,13 @@ VARIANT_ARGS = {  # architecture arguments of each registered variant
 
 
 def _create_qpm(variant: str, pretrained: bool = False, **kwargs) -> QPMModel:
-    model = build_model_with_cfg(QPMModel, variant, pretrained, feature_cfg=dict(feature_cls='getter'), **kwargs)
-    return model
+    try:
+        return build_model_with_cfg(QPMModel, variant, pretrained, feature_cfg=dict(feature_cls='getter'), **kwargs)
+    except SafetensorError as e:
+        cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+        source = cfg.file or cfg.hf_hub_id or variant
+        raise ValueError(f'the weights of {variant} ({source}) are truncated or corrupted ({e}); delete the file '
+                         f'(or its Hugging Face cache entry) and export or download it again.') from e
 
 
 def _variant(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> QPMModel:
