@@ -41,7 +41,7 @@ from torch import nn
 
 __all__ = [
     "QPMStatistics", "StatisticsAccumulator", "collect_statistics", "finish_locality_bias",
-    "clip_outliers_and_scale", "largest_cluster_range", "peak_softmax_and_border", "feature_shares",
+    "clip_outliers_and_scale", "largest_cluster_range", "mean_shift_1d", "peak_softmax_and_border", "feature_shares",
     "LOCALITY_BIAS_SCALE",
 ]
 
@@ -112,28 +112,73 @@ class QPMStatistics:
             return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
+def mean_shift_1d(values: np.ndarray, bandwidth: float, max_iter: int = 300) -> Tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's ``MeanShift(bandwidth).fit`` for 1-D data -> (cluster_centers, labels).
+
+    The same algorithm (flat kernel, every point a seed, a seed stops when it moves by
+    ``<= 1e-3 * bandwidth`` or after ``max_iter`` steps; centres ordered by (intensity, value)
+    descending; a centre within ``bandwidth`` of a stronger one is dropped; every point joins its
+    nearest centre), but all seeds step at once using sorted prefix sums: ~1000x faster than
+    scikit-learn's per-seed neighbour queries (seconds per call at 2048 features), and tested
+    to give the same clusters (tests/test_stats.py).
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if bandwidth <= 0:
+        raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
+    origin = np.median(x)  # prefix sums of x - origin keep the window means accurate
+    xs = np.sort(x) - origin
+    prefix = np.concatenate([[0.0], np.cumsum(xs)])
+    means = x - origin
+    intensity = np.zeros(x.size, dtype=np.int64)
+    active = np.arange(x.size)
+    stop = 1e-3 * bandwidth
+    for step in range(max_iter + 1):
+        m = means[active]
+        lo = np.searchsorted(xs, m - bandwidth, side="left")
+        hi = np.searchsorted(xs, m + bandwidth, side="right")
+        count = hi - lo
+        new = (prefix[hi] - prefix[lo]) / count
+        means[active], intensity[active] = new, count
+        done = (np.abs(new - m) <= stop) | (step == max_iter)
+        active = active[~done]
+        if active.size == 0:
+            break
+    strength = dict(zip((means + origin).tolist(), intensity.tolist()))  # equal centres merge, as in sklearn
+    ordered = sorted(strength.items(), key=lambda item: (item[1], item[0]), reverse=True)
+    centres = np.array([c for c, _ in ordered])
+    keep = np.ones(centres.size, dtype=bool)
+    for i in range(centres.size):
+        if keep[i]:
+            keep[np.abs(centres - centres[i]) <= bandwidth] = False
+            keep[i] = True
+    centres = centres[keep]
+    labels = np.abs(x[:, None] - centres[None, :]).argmin(axis=1)
+    return centres, labels
+
+
 def largest_cluster_range(values: np.ndarray) -> Tuple[float, float]:
     """(low, high) of the largest 1-D MeanShift cluster of ``values`` (spec, "Locality bias B").
 
-    scikit-learn's MeanShift with its default bandwidth (``estimate_bandwidth``, quantile 0.3),
-    as the authors; ties between equally large clusters go to the lowest label (the densest
-    one). If at least 30 % of the values coincide the estimated bandwidth is 0 and the cluster
-    is that most frequent value (the limit of MeanShift for a vanishing bandwidth).
+    MeanShift as the authors call it (scikit-learn's defaults: bandwidth from
+    ``sklearn.cluster.estimate_bandwidth``, quantile 0.3), run by :func:`mean_shift_1d`; ties
+    between equally large clusters go to the lowest label (the strongest centre). If at least
+    30 % of the values coincide the estimated bandwidth is 0 and the cluster is that most
+    frequent value (what scikit-learn's MeanShift returns then, too).
     """
-    from sklearn.cluster import MeanShift, estimate_bandwidth
+    from sklearn.cluster import estimate_bandwidth
 
-    v = np.asarray(values, dtype=np.float64).reshape(-1, 1)
+    v = np.asarray(values, dtype=np.float64).ravel()
     if v.size == 0 or not np.isfinite(v).all():
         raise ValueError("values must be a non-empty array of finite numbers")
     if np.ptp(v) == 0:
-        return float(v[0, 0]), float(v[0, 0])
-    bandwidth = estimate_bandwidth(v)
+        return float(v[0]), float(v[0])
+    bandwidth = estimate_bandwidth(v.reshape(-1, 1))
     if bandwidth <= 0:
         unique, counts = np.unique(v, return_counts=True)
         mode = float(unique[np.argmax(counts)])
         return mode, mode
-    labels = MeanShift(bandwidth=bandwidth).fit(v).labels_
-    members = v[labels == np.bincount(labels).argmax(), 0]
+    _, labels = mean_shift_1d(v, bandwidth)
+    members = v[labels == np.bincount(labels).argmax()]
     return float(members.min()), float(members.max())
 
 

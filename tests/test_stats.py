@@ -11,7 +11,7 @@ from torch import nn
 
 from qpm_timm.stats import (
     LOCALITY_BIAS_SCALE, QPMStatistics, StatisticsAccumulator, clip_outliers_and_scale, collect_statistics,
-    feature_shares, finish_locality_bias, largest_cluster_range, peak_softmax_and_border)
+    feature_shares, finish_locality_bias, largest_cluster_range, mean_shift_1d, peak_softmax_and_border)
 
 RTOL = 1e-6
 UNEVEN_BATCHES = (1, 13, 2, 30, 7, 19)  # 72 images
@@ -154,6 +154,23 @@ def test_peak_softmax_and_border_of_hand_made_maps():
     assert border.tolist() == [[False, True, True]]
 
 
+@pytest.mark.parametrize("name", ["bimodal_with_outliers", "skewed", "half_equal"])
+def test_mean_shift_1d_equals_scikit_learn_mean_shift(name):
+    from sklearn.cluster import MeanShift, estimate_bandwidth
+
+    rng = np.random.default_rng(0)
+    values = {
+        "bimodal_with_outliers": np.concatenate([rng.normal(0, 1, 150), rng.normal(8, 1, 20), [30.0, -25.0]]),
+        "skewed": rng.lognormal(0, 1, 150),
+        "half_equal": np.where(rng.random(150) < 0.5, -0.17, rng.normal(0.1, 0.1, 150)),  # like B's last step
+    }[name]
+    bandwidth = estimate_bandwidth(values.reshape(-1, 1))
+    expected = MeanShift(bandwidth=bandwidth).fit(values.reshape(-1, 1))
+    centres, labels = mean_shift_1d(values, bandwidth)
+    np.testing.assert_allclose(centres, expected.cluster_centers_.ravel(), rtol=0, atol=1e-9 * bandwidth)
+    np.testing.assert_array_equal(labels, expected.labels_)
+
+
 def test_clipping_sets_outliers_to_the_largest_cluster_ends_then_centres_and_scales():
     cluster = np.linspace(10.0, 11.0, 21)
     values = np.concatenate([cluster, [100.0, 1.0, -100.0]])
@@ -187,13 +204,13 @@ def test_locality_bias_favours_local_features_away_from_the_border():
     assert b[order[-1]] == b.max() > b.min()
 
 
-def test_locality_bias_of_a_degenerate_final_cluster_keeps_the_sign_pattern():
-    # 8 of 10 features end up at min(locality): the largest cluster is that single value, and
-    # the other two are set to +|min| (not flattened to zeros): zero mean -> values -1/4 and 1.
-    locality = np.linspace(0.1, 0.5, 10)
-    edge = np.array([0.0, -0.9, 0.0, -0.8, 0.0, -1.0, 0.0, -0.85, -0.01, -0.02])
-    b = finish_locality_bias(locality, edge)
-    np.testing.assert_allclose(np.sort(b / LOCALITY_BIAS_SCALE), [-0.25] * 8 + [1.0] * 2, rtol=1e-12)
+def test_clipping_to_a_single_valued_largest_cluster_keeps_the_sign_pattern():
+    # As in B's last step, most features share min(locality): the largest cluster is that single
+    # value, and the other two become +|min| (not flattened to zeros): zero mean -> -1/4 and 1.
+    values = np.array([-0.17] * 8 + [0.07, 0.3])
+    assert largest_cluster_range(values) == (-0.17, -0.17)
+    np.testing.assert_allclose(clip_outliers_and_scale(values) / LOCALITY_BIAS_SCALE, [-0.25] * 8 + [1.0] * 2,
+                               rtol=1e-12)
 
 
 def test_statistics_save_load_round_trip_is_atomic(tmp_path):
@@ -305,3 +322,24 @@ def test_collect_statistics_under_bfloat16_autocast_stays_close_to_float32():
 def test_collect_statistics_rejects_a_model_without_forward_with_features():
     with pytest.raises(TypeError, match="forward_with_features"):
         collect_statistics(nn.Linear(3, 3), _image_loader(), num_classes=3)
+
+
+def test_collect_statistics_with_a_dense_qpm_resnet18():
+    import qpm_timm
+
+    torch.manual_seed(0)
+    model = qpm_timm.create_qpm("resnet18", num_classes=4, head="dense")
+    loader = _image_loader(n=16, num_classes=4, size=32, batch_size=6)
+    stats = collect_statistics(model, loader, num_classes=4)
+    model.eval()
+    with torch.no_grad():
+        outs = [(model.forward_with_features(x), y) for x, y in loader]
+    maps = torch.cat([o.feature_maps for o, _ in outs])
+    pooled = torch.cat([o.pooled for o, _ in outs])
+    targets = torch.cat([y for _, y in outs])
+    assert stats.A.shape == (model.num_features, 4) and stats.num_images == 16
+    assert np.isfinite(stats.B).all()
+    live = stats.std > 0  # random-init ReLU features of a tiny input may be constant (dead)
+    ref = reference(pooled[:, live], targets, maps[:, live], 4)
+    np.testing.assert_allclose(stats.A[live], ref["A"], rtol=RTOL, atol=1e-12)
+    np.testing.assert_allclose(stats.mean, pooled.double().mean(0).numpy(), rtol=RTOL, atol=1e-12)
