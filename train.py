@@ -1,0 +1,434 @@
+#!/usr/bin/env python3
+""" QPM training script, in the style of timm's train.py.
+
+Stages (spec "Pipeline"), each leaving its result in the experiment folder ``<output>/<experiment>/``:
+
+    dense/       dense training, CE + Feature Diversity Loss (last.pth.tar, summary.csv)
+    statistics.npz   one pass over the un-augmented training set (A, B, mean, std)
+    solution.json    the class -> feature assignment (CP-SAT)
+    finetune/    fine-tuning with the binary head frozen (last.pth.tar, summary.csv)
+    export/      model.safetensors + config.json + model card: loadable with timm's ``local-dir:``
+    results.json     final accuracy (and concept recovery on the concepts dataset)
+
+Kill it at any point and rerun the same command with ``--resume``: it continues after the last finished
+epoch or stage and ends with the assignment of an uninterrupted run (every epoch is seeded from
+``--seed`` and its number). Multi-GPU / multi-node: ``torchrun --nproc_per_node=N train.py ...`` (DDP); the
+statistics are all-reduced and the solve runs on rank 0 and is broadcast.
+
+The embedded default (no download, CPU, a few minutes):  python train.py -c qpm_timm/configs/concepts.yaml
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections import OrderedDict
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import timm
+import yaml
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.utils import AverageMeter, CheckpointSaver, accuracy, init_distributed_device, random_seed, update_summary
+from tqdm import tqdm
+
+import qpm_timm
+from qpm_timm import hub
+from qpm_timm.data import create_qpm_dataset, create_qpm_transform, get_class_names, resolve_qpm_data_config
+from qpm_timm.data.loader import create_qpm_loader
+from qpm_timm.explain import class_feature_table, feature_names
+from qpm_timm.losses import FeatureDiversityLoss
+from qpm_timm.metrics import concept_recovery
+from qpm_timm.models.head import check_qpm_sizes
+from qpm_timm.solver import QPMProblem, QPMSolution, solve_qpm
+from qpm_timm.stats import QPMStatistics, collect_statistics
+
+_logger = logging.getLogger('train')
+
+config_parser = argparse.ArgumentParser(description='Training Config', add_help=False)
+config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
+                           help='YAML config file specifying default arguments')
+
+parser = argparse.ArgumentParser(description='QPM training (timm-style)')
+group = parser.add_argument_group('Dataset parameters')
+group.add_argument('--data-dir', metavar='DIR', default=None, help='path to dataset (root dir)')
+group.add_argument('--dataset', metavar='NAME', default='concepts',
+                   help='concepts (generated, default) | cub | cars | aircraft | imagenet | folder | any timm dataset')
+group.add_argument('--train-split', metavar='NAME', default='train')
+group.add_argument('--val-split', metavar='NAME', default='val')
+group.add_argument('--dataset-args', type=yaml.safe_load, default=None, metavar='YAML',
+                   help='extra dataset kwargs, e.g. "{images_per_class: 100}" or "{crop_to_bbox: true}"')
+group = parser.add_argument_group('Model parameters')
+group.add_argument('--model', default='qpm', metavar='MODEL',
+                   help='a QPM architecture: qpm_resnet50_cub, ... or "qpm" with --backbone')
+group.add_argument('--backbone', default=None, metavar='NAME', help='timm CNN for --model qpm (e.g. resnet18)')
+group.add_argument('--reduced-strides', action=argparse.BooleanOptionalAction, default=None,
+                   help='ResNet layer3/layer4 with stride 1 (the recipe for fine-grained data)')
+group.add_argument('--initial-checkpoint', default='', metavar='PATH', help='load these weights before training')
+group.add_argument('--resume', nargs='?', const=True, default=False, metavar='EXPERIMENT_DIR',
+                   help='continue the experiment after its last finished epoch or stage')
+group.add_argument('--num-classes', type=int, default=None, metavar='N', help='default: from the dataset')
+group.add_argument('--img-size', type=int, default=None, metavar='N', help='default: from the dataset')
+group.add_argument('-b', '--batch-size', type=int, default=16, metavar='N')
+group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N')
+group.add_argument('--channels-last', action='store_true', default=False)
+group.add_argument('--amp', action='store_true', default=False, help='bfloat16 autocast')
+group = parser.add_argument_group('QPM parameters')
+group.add_argument('--n-features', type=int, default=50, help='n_f*: kept features (default 50)')
+group.add_argument('--n-per-class', type=int, default=5, help='n_wc: features per class (default 5)')
+group.add_argument('--fdl-beta', type=float, default=0.196, help='Feature Diversity Loss weight (ResNets: 0.196)')
+group.add_argument('--skip-dense', action='store_true', default=False,
+                   help='no dense training: statistics from --initial-checkpoint (as the authors do for ImageNet)')
+group.add_argument('--solver-time-limit', type=float, default=120.0, help='seconds for the CP-SAT solve')
+group.add_argument('--solver-log', action='store_true', default=False, help='show the solver progress')
+group.add_argument('--finetune-epochs', type=int, default=40)
+group.add_argument('--finetune-lr', type=float, default=1e-4)
+group.add_argument('--finetune-momentum', type=float, default=0.95)
+group.add_argument('--finetune-decay-epochs', type=float, default=10)
+group = parser.add_argument_group('Optimizer / schedule (dense stage)')
+group.add_argument('--opt', default='sgd', metavar='OPTIMIZER')
+group.add_argument('--opt-eps', default=None, type=float)
+group.add_argument('--opt-betas', default=None, type=float, nargs='+')
+group.add_argument('--momentum', type=float, default=0.9)
+group.add_argument('--weight-decay', type=float, default=5e-4)
+group.add_argument('--clip-grad', type=float, default=None)
+group.add_argument('--clip-mode', type=str, default='norm')
+group.add_argument('--layer-decay', type=float, default=None)
+group.add_argument('--lr', type=float, default=0.005, help='backbone learning rate (dense)')
+group.add_argument('--head-lr-scale', type=float, default=2.0, help='head lr = lr * scale (recipe: 0.01 / 0.005)')
+group.add_argument('--sched', default='step', metavar='SCHEDULER')
+group.add_argument('--epochs', '--dense-epochs', dest='epochs', type=int, default=150, help='dense epochs')
+group.add_argument('--decay-epochs', type=float, default=30)
+group.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+')
+group.add_argument('--decay-rate', '--dr', type=float, default=0.4)
+group.add_argument('--warmup-epochs', type=int, default=0)
+group.add_argument('--warmup-lr', type=float, default=1e-5)
+group.add_argument('--min-lr', type=float, default=0)
+group.add_argument('--cooldown-epochs', type=int, default=0)
+group.add_argument('--patience-epochs', type=int, default=10)
+group.add_argument('--lr-cycle-mul', type=float, default=1.0)
+group.add_argument('--lr-cycle-decay', type=float, default=0.5)
+group.add_argument('--lr-cycle-limit', type=int, default=1)
+group.add_argument('--lr-k-decay', type=float, default=1.0)
+group.add_argument('--lr-noise', type=float, nargs='+', default=None)
+group.add_argument('--lr-noise-pct', type=float, default=0.67)
+group.add_argument('--lr-noise-std', type=float, default=1.0)
+group.add_argument('--sched-on-updates', action='store_true', default=False)
+group = parser.add_argument_group('Miscellaneous')
+group.add_argument('--seed', type=int, default=42)
+group.add_argument('--workers', '-j', type=int, default=4)
+group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+group.add_argument('--output', default='output/train', metavar='PATH')
+group.add_argument('--experiment', default='', metavar='NAME', help='default: <model>-<dataset>')
+group.add_argument('--no-progress', action='store_true', default=False, help='no progress bars')
+group.add_argument('--log-interval', type=int, default=50)
+
+
+class TrainingError(Exception):
+    """Bad input found before anything is written: message and exit code 2."""
+
+
+def _parse_args(argv=None):
+    args_config, remaining = config_parser.parse_known_args(argv)
+    if args_config.config:
+        if not os.path.isfile(args_config.config):
+            raise TrainingError(f'config file {args_config.config} does not exist.')
+        with open(args_config.config) as f:
+            parser.set_defaults(**yaml.safe_load(f))
+    args = parser.parse_args(remaining)
+    return args, yaml.safe_dump(args.__dict__, default_flow_style=False)
+
+
+# --- pieces of the pipeline ------------------------------------------------------------------------------------
+def create_model(args, num_classes: int) -> qpm_timm.QPMModel:
+    """The dense model of stage 1; ``--model`` must be a QPM architecture."""
+    kwargs = dict(num_classes=num_classes, n_features=args.n_features, n_per_class=args.n_per_class, head='dense')
+    if args.reduced_strides is not None:
+        kwargs['reduced_strides'] = args.reduced_strides
+    if args.model == 'qpm':
+        if not args.backbone:
+            raise TrainingError('--model qpm needs --backbone (a timm CNN such as resnet18).')
+        kwargs['backbone'] = args.backbone
+    elif args.model not in qpm_timm.models.VARIANT_ARGS:
+        raise TrainingError(f'--model {args.model} is not a QPM architecture; use one of '
+                            f'{sorted(qpm_timm.models.VARIANT_ARGS)} or "--model qpm --backbone {args.model}".')
+    return timm.create_model(args.model, **kwargs)
+
+
+class WithFeatures(nn.Module):
+    """``forward`` = ``forward_with_features`` so that DDP sees the pass that computes the loss."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.forward_with_features(x)
+
+
+def train_one_epoch(epoch, model, step_model, loader, optimizer, fdl, args, device, amp):
+    model.train()
+    losses = AverageMeter()
+    bar = tqdm(loader, desc=f'epoch {epoch}', disable=args.no_progress or args.rank != 0, leave=False)
+    for x, y in bar:
+        x, y = x.to(device), y.to(device)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with amp():
+            out = step_model(x)
+            loss = F.cross_entropy(out.logits, y) + fdl(out.feature_maps, out.logits, model.class_weights)
+        optimizer.zero_grad()
+        loss.backward()
+        if args.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+        optimizer.step()
+        losses.update(loss.item(), x.shape[0])
+        bar.set_postfix(loss=f'{losses.avg:.3f}')
+    return OrderedDict(loss=losses.avg)
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, args, amp):
+    """Top-1/top-5 over the whole validation set (every rank sees all of it)."""
+    model.eval()
+    losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter()
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with amp():
+            logits = model(x)
+        acc1, acc5 = accuracy(logits.float(), y, topk=(1, min(5, logits.shape[1])))
+        losses.update(F.cross_entropy(logits.float(), y).item(), x.shape[0])
+        top1.update(acc1.item(), x.shape[0])
+        top5.update(acc5.item(), x.shape[0])
+    return OrderedDict(loss=losses.avg, top1=top1.avg, top5=top5.avg)
+
+
+def run_stage(name, model, loaders, args, device, amp, epochs, optimizer, scheduler, folder: Path, start_epoch):
+    """Train ``epochs`` epochs, checkpointing every one (``last.pth.tar``) with timm's CheckpointSaver."""
+    train_loader, val_loader = loaders
+    step_model = WithFeatures(model)
+    if args.distributed:
+        step_model = nn.parallel.DistributedDataParallel(step_model)
+    fdl = FeatureDiversityLoss(beta=args.fdl_beta)
+    if args.rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+    saver = CheckpointSaver(model, optimizer, args=args, checkpoint_dir=str(folder), recovery_dir=str(folder),
+                            max_history=1) if args.rank == 0 else None
+    metrics = {}
+    for epoch in range(start_epoch, epochs):
+        random_seed(args.seed + 1000 * (name == 'finetune') + epoch, args.rank)  # same batches after a resume
+        if hasattr(train_loader.sampler, 'set_epoch'):
+            train_loader.sampler.set_epoch(epoch)
+        train_metrics = train_one_epoch(epoch, model, step_model, train_loader, optimizer, fdl, args, device, amp)
+        metrics = evaluate(model, val_loader, device, args, amp)
+        if scheduler is not None:
+            scheduler.step(epoch + 1, metrics['top1'])
+        if saver is not None:
+            update_summary(epoch, train_metrics, metrics, str(folder / 'summary.csv'),
+                           lr=optimizer.param_groups[0]['lr'], write_header=epoch == 0)
+            saver.save_checkpoint(epoch, metric=metrics['top1'])
+        _logger.info(f'{name} epoch {epoch}: train loss {train_metrics["loss"]:.4f}, val top1 {metrics["top1"]:.2f}')
+    return metrics
+
+
+def resume_epoch(model, optimizer, folder: Path) -> int:
+    """Epoch to start from: after the last checkpointed one of this stage, or 0."""
+    last = folder / 'last.pth.tar'
+    if not last.is_file():
+        return 0
+    from timm.models import resume_checkpoint
+    epoch = resume_checkpoint(model, str(last), optimizer, log_info=False, weights_only=False)
+    return 0 if epoch is None else epoch
+
+
+def solve(stats: QPMStatistics, args, path: Path) -> QPMSolution:
+    """Stage 3 on rank 0, cached in ``solution.json`` (validated against the statistics' hash)."""
+    problem = QPMProblem(stats.A, B=stats.B, n_features=args.n_features, n_per_class=args.n_per_class)
+    if path.is_file():
+        return QPMSolution.load(path, problem)
+    solution = solve_qpm(problem, time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log)
+    solution.save(path)
+    _logger.info(f'solved: Z = {solution.objective:.4f} (bound {solution.bound}), {solution.status}, '
+                 f'{solution.wall_time:.1f} s')
+    return solution
+
+
+def broadcast(obj, args):
+    """``obj`` of rank 0 on every rank."""
+    if not args.distributed:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def atomic_json(path: Path, data) -> None:
+    tmp = path.with_suffix('.tmp')
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def prepare_experiment(args) -> Path:
+    """The experiment folder; refuses to overwrite an earlier run unless ``--resume``."""
+    name = args.experiment or f'{args.model if args.model != "qpm" else "qpm_" + str(args.backbone)}-{args.dataset}'
+    exp = Path(args.resume) if isinstance(args.resume, str) else Path(args.output) / name
+    if exp.exists() and any(exp.iterdir()) and not args.resume:
+        raise TrainingError(f'{exp} already holds a run; pass --resume to continue it or choose --experiment.')
+    if args.resume and not (exp / 'args.yaml').is_file():
+        raise TrainingError(f'nothing to resume in {exp} (no args.yaml).')
+    try:
+        exp.mkdir(parents=True, exist_ok=True)
+        probe = exp / '.write_test'
+        probe.write_text('')
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(f'cannot write to the output folder {exp} ({e}); choose a writable --output.') from e
+    return exp
+
+
+def check_args(args) -> None:
+    try:
+        check_qpm_sizes(0, args.n_features, args.n_per_class)
+    except ValueError as e:
+        raise TrainingError(f'--n-features/--n-per-class: {e}') from e
+    if args.skip_dense and not args.initial_checkpoint:
+        raise TrainingError('--skip-dense needs --initial-checkpoint (the dense model to start from).')
+    if args.initial_checkpoint and not os.path.isfile(args.initial_checkpoint):
+        raise TrainingError(f'--initial-checkpoint {args.initial_checkpoint} does not exist.')
+
+
+def build_data(args):
+    """Train (augmented), train-eval (statistics: eval transforms) and val datasets, class names."""
+    extra = dict(args.dataset_args or {})
+    cfg = resolve_qpm_data_config(args.dataset)
+    img_size = args.img_size or cfg.img_size
+
+    def make(split, training):
+        transform = create_qpm_transform(args.dataset, is_training=training, img_size=img_size)
+        return create_qpm_dataset(args.dataset, args.data_dir, split=split, is_training=training,
+                                  transform=transform, **extra)
+    train, train_eval, val = make(args.train_split, True), make(args.train_split, False), make(args.val_split, False)
+    return train, train_eval, val, get_class_names(train), img_size, cfg
+
+
+def concept_score(model, dataset, device, args):
+    """Concept recovery of the final QPM on the concepts dataset (validation images)."""
+    loader = create_qpm_loader(dataset, args.validation_batch_size or args.batch_size, num_workers=args.workers)
+    pooled = []
+    model.eval()
+    with torch.no_grad():
+        for x, _ in loader:
+            pooled.append(model.forward_with_features(x.to(device)).pooled.float().cpu())
+    return concept_recovery(torch.cat(pooled), dataset.concept_presence, model.class_weights.cpu(),
+                            dataset.class_concepts)
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    args, args_text = _parse_args(argv)
+    check_args(args)
+    device = init_distributed_device(args)
+    exp = prepare_experiment(args) if args.rank == 0 else None
+    exp = Path(broadcast(str(exp) if exp else None, args))
+    if args.resume:  # the experiment's own arguments, except how to run it
+        saved = yaml.safe_load((exp / 'args.yaml').read_text())
+        keep = {k: getattr(args, k) for k in ('resume', 'device', 'workers', 'no_progress', 'solver_log')}
+        args.__dict__.update({k: v for k, v in saved.items() if k not in keep and k in args.__dict__})
+    elif args.rank == 0:
+        (exp / 'args.yaml').write_text(args_text)
+    started = time.time()
+    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp else nullcontext
+
+    train_set, train_eval_set, val_set, class_names, img_size, data_cfg = build_data(args)
+    num_classes = args.num_classes or len(class_names)
+    try:
+        check_qpm_sizes(num_classes, args.n_features, args.n_per_class)
+    except ValueError as e:
+        raise TrainingError(str(e)) from e
+    model = create_model(args, num_classes)
+    if args.initial_checkpoint:
+        model.load_state_dict(hub.read_weights(args.initial_checkpoint))
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    vb = args.validation_batch_size or args.batch_size
+    loaders = (create_qpm_loader(train_set, args.batch_size, True, args.workers, args.distributed),
+               create_qpm_loader(val_set, vb, num_workers=args.workers))
+
+    # stage 1: dense training
+    if not args.skip_dense and args.epochs > 0:
+        groups = [{'params': model.backbone.parameters()},
+                  {'params': model.head.parameters(), 'lr': args.lr * args.head_lr_scale}]
+        optimizer = create_optimizer_v2(groups, **optimizer_kwargs(cfg=args))
+        scheduler, _ = create_scheduler_v2(optimizer, **scheduler_kwargs(args))
+        start = resume_epoch(model, optimizer, exp / 'dense')
+        run_stage('dense', model, loaders, args, device, amp, args.epochs, optimizer, scheduler, exp / 'dense', start)
+
+    # stage 2: statistics of the dense model on the un-augmented training set
+    stats_path = exp / 'statistics.npz'
+    if stats_path.is_file():
+        stats = QPMStatistics.load(stats_path)
+    else:
+        loader = create_qpm_loader(train_eval_set, vb, num_workers=args.workers, shard=True)
+        stats = collect_statistics(model, loader, num_classes, device=device, amp=args.amp,
+                                   progress=not args.no_progress and args.rank == 0)
+        if args.rank == 0:
+            stats.save(stats_path)
+
+    # stage 3: solve on rank 0, broadcast
+    solution = solve(stats, args, exp / 'solution.json') if args.rank == 0 else None
+    solution = broadcast(solution, args)
+    model.set_qpm_head(torch.as_tensor(solution.selected), torch.as_tensor(solution.assignment),
+                       torch.as_tensor(stats.mean), torch.as_tensor(stats.std))
+    model.to(device)
+
+    # stage 4: fine-tune with the binary head frozen (only trainable parameters)
+    metrics = {}
+    if args.finetune_epochs > 0:
+        optimizer = create_optimizer_v2([p for p in model.parameters() if p.requires_grad], opt='sgd',
+                                        lr=args.finetune_lr, momentum=args.finetune_momentum,
+                                        weight_decay=args.weight_decay)
+        scheduler, _ = create_scheduler_v2(optimizer, sched='step', num_epochs=args.finetune_epochs,
+                                           decay_epochs=args.finetune_decay_epochs, decay_rate=args.decay_rate)
+        start = resume_epoch(model, optimizer, exp / 'finetune')
+        metrics = run_stage('finetune', model, loaders, args, device, amp, args.finetune_epochs, optimizer,
+                            scheduler, exp / 'finetune', start)
+    if not metrics:
+        metrics = evaluate(model, loaders[1], device, args, amp)
+
+    # stage 5: export, report
+    results = dict(top1=metrics['top1'], top5=metrics['top5'], objective=solution.objective,
+                   solver_status=solution.status)
+    if args.rank == 0:
+        hub.save_pretrained(model.cpu().eval(), exp / 'export', label_names=class_names,
+                            data_config=dict(input_size=(3, img_size, img_size), mean=data_cfg.mean, std=data_cfg.std))
+        model.to(device)
+        print(class_feature_table(model.class_weights.cpu(), class_names,
+                                  feature_names(model.head.selection.tolist()), max_rows=50))
+        if hasattr(val_set, 'class_concepts'):
+            recovery = concept_score(model, val_set, device, args)
+            results['concept_recovery'] = recovery.score
+            print(recovery.format(getattr(val_set, 'concept_names', None)))
+        results['wall_time_s'] = round(time.time() - started, 1)
+        atomic_json(exp / 'results.json', results)
+        print(f'validation top-1 {results["top1"]:.2f} %' + (
+            f', concept recovery {results["concept_recovery"]:.3f}' if 'concept_recovery' in results else '') +
+              f'; exported to {exp / "export"}')
+    if args.distributed:
+        torch.distributed.barrier()
+    return results
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except (TrainingError, ValueError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
