@@ -336,12 +336,15 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         finally:
             self.server_hub._record(RequestRecord(self.command, path, url.query, status))
 
-    def _send(self, status: int, headers: Mapping[str, str], body: bytes, head: bool) -> int:
+    def _send_headers(self, status: int, headers: Mapping[str, str], length: int) -> None:
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(length))
         self.end_headers()
+
+    def _send(self, status: int, headers: Mapping[str, str], body: bytes, head: bool) -> int:
+        self._send_headers(status, headers, len(body))
         if not head:
             self.wfile.write(body)
         return status
@@ -373,19 +376,26 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         }
         if entry.is_lfs:
             headers.update({"X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(entry.size)})
-        data = entry.local_path.read_bytes()
-        status = 200
+        start, end, status = 0, entry.size - 1, 200
         range_header = self.headers.get("Range")
         if range_header is not None:
             m = _RANGE_RE.match(range_header.strip())
             start = int(m[1]) if m else -1
-            end = min(int(m[2]) if m and m[2] else len(data) - 1, len(data) - 1)
-            if m is None or start >= len(data) or start > end:
-                raise HubError(416, "RangeNotSatisfiable", f"Range {range_header!r} not satisfiable for {len(data)} bytes",
-                               {"Content-Range": f"bytes */{len(data)}"})
-            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-            data, status = data[start:end + 1], 206
-        return self._send(status, headers, data, head)
+            end = min(int(m[2]) if m and m[2] else entry.size - 1, entry.size - 1)
+            if m is None or start >= entry.size or start > end:
+                raise HubError(416, "RangeNotSatisfiable", f"Range {range_header!r} not satisfiable for "
+                               f"{entry.size} bytes", {"Content-Range": f"bytes */{entry.size}"})
+            headers["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
+            status = 206
+        self._send_headers(status, headers, end + 1 - start)
+        if not head:
+            with open(entry.local_path, "rb") as f:
+                f.seek(start)
+                remaining = end + 1 - start
+                while remaining > 0 and (chunk := f.read(min(remaining, 1 << 20))):
+                    self.wfile.write(chunk)
+                    remaining -= len(chunk)
+        return status
 
     def _info(self, repo_id: str, revision: str, query: str, head: bool) -> int:
         snap = self.server_hub.snapshot(repo_id, revision)
