@@ -222,12 +222,13 @@ def solve_neighbourhood(problem: QPMProblem, S: np.ndarray, W: np.ndarray, out: 
             m.add_at_most_one(xs)
     for h, v in lin.items():
         terms.append(int(round(v * Q)) * s[h])
+    in_s = set(int(x) for x in S)
     for f, g in fp:
         y = m.new_bool_var("")
         m.add_bool_or([s[f].Not(), s[g].Not(), y])
         terms.append(-int(round(P[f, g] * Q)) * y)
+        m.add_hint(y, f in in_s and g in in_s)
     m.maximize(sum(terms))
-    in_s = set(int(x) for x in S)
     for h, v in s.items():
         m.add_hint(v, h in in_s)
     for x, val in hint_x:

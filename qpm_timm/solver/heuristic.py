@@ -17,7 +17,8 @@ from scipy.optimize import linear_sum_assignment
 
 from .problem import QPMProblem
 
-__all__ = ["assign_classes", "evaluate_selection", "greedy_selection", "local_search", "KBestSets"]
+__all__ = ["assign_classes", "evaluate_selection", "greedy_selection", "local_search", "insertion_scores",
+           "KBestSets"]
 
 _FORBIDDEN = -1e12
 _LOW = -1e6  # stands in for a missing (n_wc+1)-th value when n_features == n_per_class
@@ -179,9 +180,19 @@ def _swap_deltas(problem: QPMProblem, S: np.ndarray, in_s: np.ndarray) -> np.nda
     return delta
 
 
-def local_search(problem: QPMProblem, S: np.ndarray, deadline: float = math.inf, tries: int = 8,
-                 on_improve=None) -> Tuple[np.ndarray, float, np.ndarray]:
-    """Best-improvement 1-swap local search on the exact Z; returns (S, Z, W).
+def insertion_scores(problem: QPMProblem, S: np.ndarray) -> np.ndarray:
+    """Gain of the no-uniqueness Z from adding each feature to S (F,), -inf for features in S."""
+    A, k = problem.A, problem.n_per_class
+    tk = -np.partition(-A[S], k - 1, axis=0)[k - 1]
+    score = problem.z_a_factor * np.maximum(A - tk, 0.0).sum(axis=1) \
+        - problem.penalty[:, S].sum(axis=1) + problem.B
+    score[S] = -np.inf
+    return score
+
+
+def local_search(problem: QPMProblem, S: np.ndarray, deadline: float = math.inf, tries: int = 8
+                 ) -> Tuple[np.ndarray, float, np.ndarray, int]:
+    """Best-improvement 1-swap local search on the exact Z; returns (S, Z, W, number of scans).
 
     Swaps are ranked by their closed-form delta; the best ``tries`` with a positive delta are
     evaluated exactly (uniqueness included) and the first that improves Z is taken. Stops at a
@@ -191,7 +202,9 @@ def local_search(problem: QPMProblem, S: np.ndarray, deadline: float = math.inf,
     Z, W = evaluate_selection(problem, S)
     in_s = np.zeros(problem.num_all_features, dtype=bool)
     in_s[S] = True
+    scans = 0
     while time.perf_counter() < deadline:
+        scans += 1
         delta = _swap_deltas(problem, S, in_s)
         flat = delta.ravel()
         n_try = min(tries, flat.size)
@@ -209,9 +222,7 @@ def local_search(problem: QPMProblem, S: np.ndarray, deadline: float = math.inf,
                 in_s[g] = True
                 S, Z, W = S2, Z2, W2
                 moved = True
-                if on_improve is not None:
-                    on_improve(Z)
                 break
         if not moved:
             break
-    return S, Z, W
+    return S, Z, W, scans

@@ -5,13 +5,18 @@ Phases (spec: "The optimisation problem"; the LP bound is weak, so the work goes
    Z(S) (:mod:`.heuristic`); the best is the incumbent.
 2. Small instances (C*F <= ``_FULL_MAX_W``): the full CP-SAT model with exact uniqueness, hinted
    with the incumbent; it may prove optimality.
-3. Otherwise / remaining budget: large-neighbourhood search: free a few selected features and a
-   pool of promising outside features, solve the set-choice model of
-   :func:`.cpsat.solve_neighbourhood`, re-evaluate exactly in floats, accept improvements and
-   polish them with local search.
+3. Otherwise / remaining budget, one round in four: (a) CP-SAT large-neighbourhood search: free
+   2-3 selected features and a pool of promising outside features (by insertion gain), solve the
+   set-choice model of :func:`.cpsat.solve_neighbourhood` (these neighbourhoods are usually
+   proven optimal in well under a second; larger ones stalled without improving in our tests);
+   otherwise (b) an iterated-local-search kick: swap 2-5 random selected features for random
+   promising ones (on the synthetic CUB-scale instances these kicks found the improvements). Either result is descended
+   with local search, re-evaluated exactly in floats and kept only if Z improves.
 
-Determinism: the phases consume a deterministic work budget of ``_DET_PER_SECOND * time_limit``
-(CP-SAT deterministic time plus a size-proportional charge per LNS model), never the wall clock,
+Determinism: the full model gets ``_FULL_DET_PER_SECOND * time_limit`` of CP-SAT deterministic
+time and the loop a work budget of ``_LOOP_DET_PER_SECOND * time_limit`` units
+(CP-SAT deterministic time plus size-proportional charges for model building and local search),
+never the wall clock,
 so the same inputs and seed give the same answer on a loaded or an idle machine. The wall clock is
 only a safety cap at ``time_limit``; when it cuts a run short the log says so (then, and only then,
 a result can depend on machine load).
@@ -27,7 +32,7 @@ from ortools.sat.python import cp_model
 
 from .cpsat import build_full_model, hint_full_model, read_full_solution, sat_parameters, \
     solve_neighbourhood
-from .heuristic import _swap_deltas, evaluate_selection, greedy_selection, local_search
+from .heuristic import greedy_selection, insertion_scores, local_search
 from .problem import QPMProblem
 from .solution import QPMSolution, check_solution
 
@@ -35,9 +40,11 @@ __all__ = ["solve_qpm"]
 
 _FULL_MAX_W = 4000          # C * F up to which the full exact model is solved
 _FULL_MAX_PAIR_VARS = 150_000  # C (C-1) / 2 * F uniqueness auxiliaries up to which likewise
-_DET_PER_SECOND = 0.1       # deterministic-time units of work per second of time_limit
-_FULL_SHARE = 0.6           # share of the budget for the full model (small instances)
-_BUILD_CHARGE = 2e-5        # deterministic units charged per LNS model variable (Python build time)
+_FULL_DET_PER_SECOND = 0.06  # full model: CP-SAT deterministic time per second of time_limit
+_LOOP_DET_PER_SECOND = 0.3  # LNS/kick loop: deterministic units per second of time_limit
+_BUILD_CHARGE = 2e-5        # deterministic units per class and pool feature of an LNS model (build)
+_LS_CHARGE = 2e-10          # deterministic units per local-search scan and F * C * n_features
+_LNS_DET = 0.3              # CP-SAT deterministic time per LNS neighbourhood
 _MAX_WORKERS = 8
 
 
@@ -73,7 +80,7 @@ def solve_qpm(problem: QPMProblem, time_limit: float = 120.0, seed: int = 0,
     workers = _default_workers(workers)
     say = _Log(log, t0)
     rng = np.random.default_rng(seed)
-    det_budget = _DET_PER_SECOND * float(time_limit)
+    det_budget = _LOOP_DET_PER_SECOND * float(time_limit)
     det_used = 0.0
     cut_by_wall = False
     say(f"F={problem.num_all_features} C={problem.num_classes} n_f*={problem.n_features} "
@@ -88,7 +95,7 @@ def solve_qpm(problem: QPMProblem, time_limit: float = 120.0, seed: int = 0,
                          f"(the greedy start alone took longer); raise time_limit")
     best = None
     for name, S0 in starts:
-        S, Z, W = local_search(problem, S0, deadline)
+        S, Z, W, _ = local_search(problem, S0, deadline)
         say(f"start {name}: Z={Z:.6f} after local search")
         if best is None or Z > best[1] + 1e-12:
             best = (S, Z, W)
@@ -103,55 +110,52 @@ def solve_qpm(problem: QPMProblem, time_limit: float = 120.0, seed: int = 0,
         fm = build_full_model(problem, "all")
         hint_full_model(fm, problem, S, W)
         solver = cp_model.CpSolver()
-        sat_parameters(solver, workers, seed, _FULL_SHARE * det_budget, deadline - time.perf_counter())
+        cap = deadline - time.perf_counter()
+        sat_parameters(solver, workers, seed, _FULL_DET_PER_SECOND * time_limit, cap)
         st = solver.solve(fm.model)
-        det_used += float(solver.response_proto.deterministic_time)
         if st in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             S2, _ = read_full_solution(fm, solver)
-            S2, Z2, W2 = local_search(problem, S2, deadline)
+            S2, Z2, W2, _ = local_search(problem, S2, deadline)
             if Z2 > Z + 1e-12:
                 S, Z, W = S2, Z2, W2
             bound = min(bound, solver.best_objective_bound / fm.Q + fm.slack)
             if st == cp_model.OPTIMAL:
                 status = "optimal"
-        if st == cp_model.UNKNOWN or solver.wall_time >= deadline - t0 - 1e-3:
-            cut_by_wall = cut_by_wall or det_used < det_budget - 1e-3
+        cut_by_wall = solver.wall_time >= 0.999 * cap
         say(f"full CP-SAT model: {solver.status_name(st)} Z={Z:.6f} bound={bound:.6f}")
 
     rounds = 0
-    stall = 0
-    sizes = (2, 3, 4, 6, 8)
-    out_max = problem.n_features
     while status != "optimal" and det_used < det_budget and F > problem.n_features:
         if time.perf_counter() >= deadline:
             cut_by_wall = True
             break
-        d = min(sizes[rounds % len(sizes)] + stall // (2 * len(sizes)), out_max)
-        in_s = np.zeros(F, dtype=bool)
-        in_s[S] = True
-        score = _swap_deltas(problem, S, in_s).max(axis=0)
-        outside = np.flatnonzero(~in_s)
-        g = min(outside.size, 6 * d)
+        kind = "LNS" if rounds % 4 == 0 else "kick"
+        d = min(2 + (rounds // 4) % 2 if kind == "LNS" else 2 + rounds % 4, problem.n_features)
+        score = insertion_scores(problem, S)
+        outside = np.flatnonzero(np.isfinite(score))
         ranked = outside[np.lexsort((outside, -score[outside]))]
-        top = ranked[: min(ranked.size, 3 * g)]
-        pool = np.sort(np.concatenate([top[: g // 2], rng.choice(top[g // 2:], size=min(g - g // 2,
-                                       top.size - g // 2), replace=False)])).astype(np.int64)
         out = np.sort(rng.choice(S, size=d, replace=False))
-        det_round = min(max(0.5, 0.02 * time_limit), det_budget - det_used)
-        new_S, spent = solve_neighbourhood(problem, S, W, out, pool, sets_per_class=12,
-                                           workers=workers, seed=seed + rounds, det_time=det_round,
-                                           wall_cap=max(1e-3, deadline - time.perf_counter()))
-        det_used += spent + _BUILD_CHARGE * C * 12
+        if kind == "LNS":
+            g = min(ranked.size, 8 * d)
+            head, tail = ranked[: 4 * d], ranked[4 * d: 4 * d + 12 * d]
+            extra = rng.choice(tail, size=min(g - head.size, tail.size), replace=False)
+            pool = np.sort(np.concatenate([head, extra])).astype(np.int64)
+            new_S, spent = solve_neighbourhood(
+                problem, S, W, out, pool, sets_per_class=8, workers=workers, seed=seed + rounds,
+                det_time=min(_LNS_DET, det_budget - det_used),
+                wall_cap=max(1e-3, deadline - time.perf_counter()))
+            det_used += spent + _BUILD_CHARGE * C * pool.size
+        else:  # iterated local search: swap d random features for d promising ones, then descend
+            pick = rng.choice(ranked[: max(d, 2 * problem.n_features)], size=d, replace=False)
+            new_S = np.sort(np.concatenate([np.setdiff1d(S, out), pick]))
         rounds += 1
-        improved = False
-        if new_S is not None:
-            Z2, W2 = evaluate_selection(problem, new_S)
-            if Z2 > Z + 1e-9:
-                S2, Z2, W2 = local_search(problem, new_S, deadline)
-                S, Z, W = S2, Z2, W2
-                improved = True
-                say(f"LNS round {rounds} (free {d} + pool {pool.size}): Z={Z:.6f} bound={bound:.6f}")
-        stall = 0 if improved else stall + 1
+        if new_S is None:
+            continue
+        S2, Z2, W2, scans = local_search(problem, new_S, deadline)
+        det_used += _LS_CHARGE * scans * F * C * problem.n_features
+        if Z2 > Z + 1e-9:
+            S, Z, W = S2, Z2, W2
+            say(f"{kind} round {rounds} ({d} out): Z={Z:.6f} bound={bound:.6f}")
     if cut_by_wall:
         say("wall-clock cap reached before the deterministic budget: this result may depend on load")
     wall = time.perf_counter() - t0
