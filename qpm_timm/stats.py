@@ -20,13 +20,18 @@ suffer from cancellation. :meth:`StatisticsAccumulator.all_reduce` adds the sums
 Documented edge cases:
 
 * a constant feature (``std <= 1e-12 * |mean|``) gets ``std = 0`` and a zero row in ``A``
-  (the head must clamp ``std``, as the authors do with ``min=1e-6``); if every feature is
+  (it cannot be normalised: ``QPMModel.set_qpm_head`` refuses it); if every feature is
   constant, :meth:`StatisticsAccumulator.compute` raises ``ValueError``;
 * a class without images makes its correlation undefined: ``compute`` raises ``ValueError``
   naming the classes;
 * negative activations: the shares use the positive part, ``w_n = x_n^+ / sum_f x_nf^+``
   (identical to the spec for ReLU backbones, whose pooled features are >= 0); an image without
-  positive activation adds nothing to ``locality``/``edge`` but still counts in ``N``.
+  positive activation adds nothing to ``locality``/``edge`` but still counts in ``N``;
+* under DDP a ``DistributedSampler`` without ``drop_last`` repeats a few images to even out the
+  shards; they are counted twice (negligible for training sets of thousands of images).
+
+Unlike the authors' code (one pass for the pooled features, a second one, with the training
+transforms, for the maps), pooled features and maps come from the same un-augmented pass.
 """
 import math
 import os
