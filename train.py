@@ -222,6 +222,8 @@ def run_stage(name, model, loaders, args, device, amp, epochs, optimizer, schedu
     saver = CheckpointSaver(model, optimizer, args=args, checkpoint_dir=str(folder), recovery_dir=str(folder),
                             max_history=1) if args.rank == 0 else None
     metrics = {}
+    if scheduler is not None and start_epoch > 0:
+        scheduler.step(start_epoch)
     for epoch in range(start_epoch, epochs):
         random_seed(args.seed + 1000 * (name == 'finetune') + epoch, args.rank)  # same batches after a resume
         if hasattr(train_loader.sampler, 'set_epoch'):
@@ -276,20 +278,21 @@ def atomic_json(path: Path, data) -> None:
 
 
 def prepare_experiment(args) -> Path:
-    """The experiment folder; refuses to overwrite an earlier run unless ``--resume``."""
+    """The experiment folder, created empty; refuses to overwrite an earlier run unless ``--resume``."""
     name = args.experiment or f'{args.model if args.model != "qpm" else "qpm_" + str(args.backbone)}-{args.dataset}'
     exp = Path(args.resume) if isinstance(args.resume, str) else Path(args.output) / name
-    if exp.exists() and any(exp.iterdir()) and not args.resume:
+    if exp.is_dir() and any(exp.iterdir()) and not args.resume:
         raise TrainingError(f'{exp} already holds a run; pass --resume to continue it or choose --experiment.')
     if args.resume and not (exp / 'args.yaml').is_file():
         raise TrainingError(f'nothing to resume in {exp} (no args.yaml).')
-    try:
-        exp.mkdir(parents=True, exist_ok=True)
-        probe = exp / '.write_test'
-        probe.write_text('')
-        probe.unlink()
-    except OSError as e:
-        raise TrainingError(f'cannot write to the output folder {exp} ({e}); choose a writable --output.') from e
+    if args.rank == 0:
+        try:
+            exp.mkdir(parents=True, exist_ok=True)
+            probe = exp / '.write_test'
+            probe.write_text('')
+            probe.unlink()
+        except OSError as e:
+            raise TrainingError(f'cannot write to the output folder {exp} ({e}); choose a writable --output.') from e
     return exp
 
 
@@ -335,14 +338,12 @@ def main(argv=None) -> dict:
     args, args_text = _parse_args(argv)
     check_args(args)
     device = init_distributed_device(args)
-    exp = prepare_experiment(args) if args.rank == 0 else None
-    exp = Path(broadcast(str(exp) if exp else None, args))
+    exp = prepare_experiment(args)
     if args.resume:  # the experiment's own arguments, except how to run it
         saved = yaml.safe_load((exp / 'args.yaml').read_text())
-        keep = {k: getattr(args, k) for k in ('resume', 'device', 'workers', 'no_progress', 'solver_log')}
+        keep = ('resume', 'device', 'workers', 'no_progress', 'solver_log', 'rank', 'world_size', 'local_rank',
+                'distributed')
         args.__dict__.update({k: v for k, v in saved.items() if k not in keep and k in args.__dict__})
-    elif args.rank == 0:
-        (exp / 'args.yaml').write_text(args_text)
     started = time.time()
     amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp else nullcontext
 
@@ -352,9 +353,12 @@ def main(argv=None) -> dict:
         check_qpm_sizes(num_classes, args.n_features, args.n_per_class)
     except ValueError as e:
         raise TrainingError(str(e)) from e
+    random_seed(args.seed, 0)  # the same initial weights on every rank and in every run
     model = create_model(args, num_classes)
     if args.initial_checkpoint:
         model.load_state_dict(hub.read_weights(args.initial_checkpoint))
+    if args.rank == 0 and not args.resume:  # inputs are valid: from here on the run writes its results
+        (exp / 'args.yaml').write_text(args_text)
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)

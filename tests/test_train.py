@@ -1,0 +1,117 @@
+"""train.py end to end on a tiny concepts dataset: stages, resume after a kill, torchrun, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ['--model', 'qpm', '--backbone', 'test_resnet', '--img-size', '32', '--n-features', '6', '--n-per-class', '2',
+        '--epochs', '3', '--finetune-epochs', '1', '--solver-time-limit', '5', '--workers', '0', '-b', '16',
+        '--lr', '0.05', '--no-progress', '--dataset-args', '{num_classes: 6, num_concepts: 6, images_per_class: 8}']
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
+
+
+def _train(*args, check=True):
+    proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), *TINY, *args], capture_output=True, text=True,
+                          env=_env(), timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _solution(exp: Path):
+    data = json.loads((exp / 'solution.json').read_text())
+    return data['selected'], data['assignment']
+
+
+def _kill_when(args, exists: Path):
+    """Start train.py and SIGKILL it as soon as ``exists`` appears."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / 'train.py'), *TINY, *args], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not exists.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert exists.exists(), 'the run ended before the kill point'
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp('ref')
+    _train('--output', str(out), '--experiment', 'ref')
+    return out / 'ref'
+
+
+def test_every_stage_leaves_its_result_and_the_export_loads_with_timm(reference):
+    for name in ('args.yaml', 'dense/last.pth.tar', 'dense/summary.csv', 'statistics.npz', 'solution.json',
+                 'finetune/last.pth.tar', 'finetune/summary.csv', 'export/model.safetensors', 'export/config.json',
+                 'export/README.md', 'results.json'):
+        assert (reference / name).is_file(), name
+    results = json.loads((reference / 'results.json').read_text())
+    assert 0 <= results['top1'] <= 100 and 0 <= results['concept_recovery'] <= 1
+    assert (reference / 'dense/summary.csv').read_text().count('\n') == 4  # header + 3 epochs
+    code = ('import timm, torch, qpm_timm; m = timm.create_model("local-dir:%s", pretrained=True).eval();'
+            'print(m.is_qpm, tuple(m(torch.randn(1, 3, 32, 32)).shape))' % (reference / 'export'))
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=_env())
+    assert out.stdout.strip() == 'True (1, 6)', out.stderr[-2000:]
+
+
+def test_a_run_killed_mid_epoch_and_before_the_solve_resumes_to_the_same_assignment(reference, tmp_path):
+    exp = tmp_path / 'killed'
+    args = ['--output', str(tmp_path), '--experiment', 'killed']
+    _kill_when(args, exp / 'dense' / 'checkpoint-0.pth.tar')  # during the second dense epoch
+    _kill_when([*args, '--resume'], exp / 'statistics.npz')  # right after the statistics, during the solve
+    assert not (exp / 'finetune').exists()
+    _train(*args, '--resume')
+    assert _solution(exp) == _solution(reference)
+    ref, got = (json.loads((e / 'results.json').read_text()) for e in (reference, exp))
+    assert got['top1'] == ref['top1'] and got['objective'] == ref['objective']
+
+
+def test_torchrun_with_two_processes_gives_the_assignment_of_one_process(reference, tmp_path):
+    dense = str(reference / 'dense' / 'last.pth.tar')
+    common = ['--skip-dense', '--initial-checkpoint', dense, '--output', str(tmp_path)]
+    _train(*common, '--experiment', 'one')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29517',
+           str(ROOT / 'train.py'), *TINY, *common, '--experiment', 'two']
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _solution(tmp_path / 'two') == _solution(tmp_path / 'one')
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--n-per-class', '7'], 'n_per_class=7 > n_features=6'),
+    (['--dataset', 'cub', '--data-dir', '/nonexistent/cub'], '/nonexistent/cub'),
+    (['--model', 'resnet18'], 'not a QPM architecture'),
+    (['--skip-dense'], '--skip-dense needs --initial-checkpoint'),
+])
+def test_bad_input_exits_non_zero_with_a_clear_message(tmp_path, args, message):
+    proc = _train('--output', str(tmp_path), *args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not any(tmp_path.rglob('*.pth.tar'))
+
+
+def test_checkpoint_of_another_architecture_and_unwritable_output_are_refused(reference, tmp_path):
+    proc = _train('--output', str(tmp_path), '--backbone', 'resnet18', '--initial-checkpoint',
+                  str(reference / 'export' / 'model.safetensors'), check=False)
+    assert proc.returncode == 2 and 'do not fit' in proc.stderr
+    blocker = tmp_path / 'file'
+    blocker.write_text('x')
+    proc = _train('--output', str(blocker), check=False)
+    assert proc.returncode == 2 and 'cannot write to the output folder' in proc.stderr
+
+
+def test_an_earlier_run_is_never_overwritten_without_resume(reference):
+    before = (reference / 'solution.json').read_bytes()
+    proc = _train('--output', str(reference.parent), '--experiment', 'ref', check=False)
+    assert proc.returncode == 2 and '--resume' in proc.stderr
+    assert (reference / 'solution.json').read_bytes() == before
