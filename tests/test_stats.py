@@ -239,6 +239,7 @@ def test_accumulator_state_does_not_grow_with_images():
 
 
 def _ddp_worker(rank, world_size, init_file, out_dir):
+    torch.set_num_threads(1)  # two ranks on a small shared machine
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         maps, pooled, targets = make_data()
