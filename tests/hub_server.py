@@ -436,7 +436,8 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         prefix = subpath.strip("/")
         entries = list(_tree_entries(snap, prefix, recursive))
         if prefix and not entries:
-            raise HubError(404, "EntryNotFound", f"{prefix} does not exist on {revision}", {"X-Repo-Commit": snap.commit})
+            raise HubError(404, "EntryNotFound", f"{prefix} does not exist on {revision}",
+                           {"X-Repo-Commit": snap.commit})
         return self._send_json(entries, head)
 
 

@@ -133,7 +133,8 @@ def test_resolve_headers_ranges_and_commit_follow_the_folder(hub_server, plain_r
     assert headers["X-Linked-Size"] == headers["Content-Length"] == str(len(weights))
 
     status, headers, body = _get(url, headers={"Range": "bytes=100-"})
-    assert (status, body, headers["Content-Range"]) == (206, weights[100:], f"bytes 100-{len(weights) - 1}/{len(weights)}")
+    assert (status, body) == (206, weights[100:])
+    assert headers["Content-Range"] == f"bytes 100-{len(weights) - 1}/{len(weights)}"
     assert _get(url, headers={"Range": f"bytes={len(weights)}-"})[0] == 416
 
     (folder / "config.json").write_text("{}")

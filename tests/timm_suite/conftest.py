@@ -19,7 +19,8 @@ HUB_TESTS = ("test_model_load_pretrained", "test_model_features_pretrained")
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     """Deselect :data:`HUB_TESTS` of the test_models.py that sits next to this file."""
     here = Path(__file__).resolve().parent
-    hub = [it for it in items if getattr(it, "originalname", it.name) in HUB_TESTS and Path(str(it.path)).resolve().parent == here]
+    hub = [it for it in items
+           if getattr(it, "originalname", it.name) in HUB_TESTS and Path(str(it.path)).resolve().parent == here]
     if hub:
         config.hook.pytest_deselected(items=hub)
         items[:] = [it for it in items if it not in hub]
