@@ -1,0 +1,6 @@
+"""Datasets and transforms of qpm-timm: the generated concepts dataset, CUB-200-2011, Stanford Cars,
+FGVC-Aircraft and anything timm's ``create_dataset`` reads, behind one factory."""
+from .concepts import CONCEPT_VOCABULARY, CONCEPTS_MEAN, CONCEPTS_STD, ConceptsDataset, make_class_concepts
+from .cub import CUB200Dataset, cub_readable_name, find_cub_folder
+from .dataset_factory import FGVCAircraftDataset, StanfordCarsDataset, create_qpm_dataset, get_class_names
+from .transforms import QPMDataConfig, create_qpm_transform, resolve_qpm_data_config

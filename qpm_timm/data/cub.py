@@ -1,0 +1,211 @@
+"""CUB-200-2011 read from its native folder format, with the ground-truth bounding-box crop.
+
+Expected files in the ``CUB_200_2011`` folder (``root`` may be that folder or its parent):
+``images.txt`` (``<image_id> <relative path>``), ``image_class_labels.txt`` (``<image_id>
+<class_id>``), ``train_test_split.txt`` (``<image_id> <is_training_image>``),
+``bounding_boxes.txt`` (``<image_id> <x> <y> <width> <height>``), ``classes.txt`` (``<class_id>
+<folder name>``) and the images under ``images/``. Optional: ``attributes/
+class_attribute_labels_continuous.txt`` (one row of attribute percentages per class, needed by
+the Structural Grounding metric) and ``attributes.txt`` (``<attribute_id> <name>``, found in
+``attributes/``, the CUB folder or its parent, where the official archive puts it).
+"""
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import default_loader
+
+__all__ = ['CUB200Dataset', 'find_cub_folder', 'cub_readable_name']
+
+CUB_FOLDER = 'CUB_200_2011'
+_SPLITS = {'train': 1, 'training': 1, 'test': 0, 'val': 0, 'validation': 0, 'eval': 0}
+
+
+def find_cub_folder(root: str) -> str:
+    """The folder holding ``images.txt``: ``root`` itself or ``root/CUB_200_2011``."""
+    if root is None:
+        raise ValueError('CUB-200-2011 needs root= (the CUB_200_2011 folder or its parent).')
+    for candidate in (root, os.path.join(root, CUB_FOLDER)):
+        if os.path.isfile(os.path.join(candidate, 'images.txt')):
+            return candidate
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f'CUB-200-2011 root {root!r} does not exist.')
+    raise FileNotFoundError(
+        f'CUB-200-2011: missing images.txt: neither {os.path.join(root, "images.txt")!r} nor '
+        f'{os.path.join(root, CUB_FOLDER, "images.txt")!r} exists; pass the CUB_200_2011 folder or its parent.')
+
+
+def cub_readable_name(folder_name: str) -> str:
+    """``'001.Black_footed_Albatross'`` -> ``'Black footed Albatross'``."""
+    name = folder_name.split('.', 1)[1] if '.' in folder_name and folder_name.split('.', 1)[0].isdigit() else folder_name
+    return name.replace('_', ' ')
+
+
+def _read_table(folder: str, filename: str, n_fields: int, field_desc: str) -> List[Tuple[int, List[str]]]:
+    """``(line number, fields)`` of a whitespace-separated CUB text file; the last field keeps spaces."""
+    path = os.path.join(folder, filename)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'CUB-200-2011: missing file {path!r}.')
+    rows = []
+    with open(path, 'r', encoding='utf-8') as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            fields = line.split(None, n_fields - 1)
+            if len(fields) != n_fields:
+                raise ValueError(f'CUB-200-2011: malformed {filename} line {line_no}: expected '
+                                 f'"{field_desc}", got {line!r}.')
+            rows.append((line_no, fields))
+    if not rows:
+        raise ValueError(f'CUB-200-2011: {path!r} is empty.')
+    return rows
+
+
+def _parse(rows: List[Tuple[int, List[str]]], filename: str, casts: Sequence[Callable]) -> Dict[int, tuple]:
+    """``{id: (casted fields...)}``; a value that does not parse names the file and line."""
+    out = {}
+    for line_no, row in rows:
+        try:
+            key = int(row[0])
+            values = tuple(cast(v) for cast, v in zip(casts, row[1:]))
+        except ValueError:
+            raise ValueError(f'CUB-200-2011: malformed {filename} line {line_no}: {" ".join(row)!r}.') from None
+        if key in out:
+            raise ValueError(f'CUB-200-2011: duplicate id {key} in {filename} line {line_no}.')
+        out[key] = values
+    return out
+
+
+def _lookup(table: Dict[int, tuple], image_id: int, filename: str) -> tuple:
+    if image_id not in table:
+        raise ValueError(f'CUB-200-2011: image id {image_id} of images.txt is missing from {filename}.')
+    return table[image_id]
+
+
+class CUB200Dataset(Dataset):
+    """CUB-200-2011 (200 bird species), optionally cropped to the ground-truth bounding boxes.
+
+    Args:
+        root: the ``CUB_200_2011`` folder or its parent.
+        split: ``'train'`` or ``'test'`` (``'val'``/``'validation'`` are aliases of ``'test'``).
+        crop: crop every image to its ground-truth bounding box (the authors' CUB recipe).
+        transform / target_transform: applied in ``__getitem__``.
+        loader: path -> PIL image (RGB).
+
+    Attributes: ``samples`` [(path, target)], ``targets``, ``classes`` (readable names,
+    ``'Black footed Albatross'``), ``class_folders`` (``'001.Black_footed_Albatross'``),
+    ``class_to_idx``, ``image_ids``, ``boxes`` (N, 4) float ``x, y, width, height`` in pixels,
+    ``class_attributes`` (C, A) float64 attribute percentages or None, ``attribute_names`` or None.
+    """
+
+    def __init__(
+            self,
+            root: str,
+            split: str = 'train',
+            crop: bool = True,
+            transform: Optional[Callable] = None,
+            target_transform: Optional[Callable] = None,
+            loader: Callable = default_loader,
+    ):
+        if split not in _SPLITS:
+            raise ValueError(f'unknown CUB split {split!r}; use one of {sorted(_SPLITS)}.')
+        self.folder = find_cub_folder(root)
+        self.split = 'train' if _SPLITS[split] else 'test'
+        self.crop = crop
+        self.transform = transform
+        self.target_transform = target_transform
+        self.loader = loader
+
+        class_rows = _parse(_read_table(self.folder, 'classes.txt', 2, '<class_id> <class_name>'),
+                            'classes.txt', (str,))
+        class_ids = sorted(class_rows)
+        if class_ids != list(range(1, len(class_ids) + 1)):
+            raise ValueError(f'CUB-200-2011: classes.txt must number the classes 1..{len(class_ids)}.')
+        self.class_folders = [class_rows[i][0] for i in class_ids]
+        self.classes = [cub_readable_name(name) for name in self.class_folders]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+        images = _parse(_read_table(self.folder, 'images.txt', 2, '<image_id> <image_name>'), 'images.txt', (str,))
+        labels = _parse(_read_table(self.folder, 'image_class_labels.txt', 2, '<image_id> <class_id>'),
+                        'image_class_labels.txt', (int,))
+        is_train = _parse(_read_table(self.folder, 'train_test_split.txt', 2, '<image_id> <is_training_image>'),
+                          'train_test_split.txt', (int,))
+        boxes = _parse(_read_table(self.folder, 'bounding_boxes.txt', 5, '<image_id> <x> <y> <width> <height>'),
+                       'bounding_boxes.txt', (float,) * 4)
+
+        self.image_ids: List[int] = []
+        self.samples: List[Tuple[str, int]] = []
+        box_list = []
+        for image_id in sorted(images):
+            if _lookup(is_train, image_id, 'train_test_split.txt')[0] != _SPLITS[split]:
+                continue
+            class_id = _lookup(labels, image_id, 'image_class_labels.txt')[0]
+            if not 1 <= class_id <= len(self.classes):
+                raise ValueError(f'CUB-200-2011: image id {image_id} has class {class_id} in image_class_labels.txt, '
+                                 f'not in classes.txt (1..{len(self.classes)}).')
+            box = _lookup(boxes, image_id, 'bounding_boxes.txt')
+            if box[2] <= 0 or box[3] <= 0:
+                raise ValueError(f'CUB-200-2011: image id {image_id} has an empty box {box} in bounding_boxes.txt.')
+            self.image_ids.append(image_id)
+            self.samples.append((os.path.join(self.folder, 'images', images[image_id][0]), class_id - 1))
+            box_list.append(box)
+        if not self.samples:
+            raise ValueError(f'CUB-200-2011: no {self.split} images in {self.folder!r} (train_test_split.txt).')
+        missing = [path for path, _ in self.samples if not os.path.isfile(path)]
+        if missing:
+            raise FileNotFoundError(f'CUB-200-2011: {len(missing)} image file(s) listed in images.txt are missing, '
+                                    f'e.g. {missing[0]!r}.')
+        self.targets = [t for _, t in self.samples]
+        self.boxes = np.asarray(box_list, dtype=np.float64).reshape(-1, 4)
+        self.class_attributes, self.attribute_names = self._load_attributes()
+
+    def _load_attributes(self) -> Tuple[Optional[np.ndarray], Optional[List[str]]]:
+        """The optional class x attribute matrix (percent of images showing each attribute)."""
+        path = os.path.join(self.folder, 'attributes', 'class_attribute_labels_continuous.txt')
+        if not os.path.isfile(path):
+            return None, None
+        try:
+            matrix = np.loadtxt(path, dtype=np.float64, ndmin=2)
+        except ValueError as e:
+            raise ValueError(f'CUB-200-2011: malformed {path!r}: {e}') from None
+        if matrix.shape[0] != len(self.classes):
+            raise ValueError(f'CUB-200-2011: {path!r} has {matrix.shape[0]} rows, expected one per class '
+                             f'({len(self.classes)}).')
+        names = None
+        for folder in (os.path.join(self.folder, 'attributes'), self.folder, os.path.dirname(self.folder)):
+            if os.path.isfile(os.path.join(folder, 'attributes.txt')):
+                rows = _parse(_read_table(folder, 'attributes.txt', 2, '<attribute_id> <attribute_name>'),
+                              'attributes.txt', (str,))
+                names = [rows[i][0] for i in sorted(rows)]
+                if len(names) != matrix.shape[1]:
+                    raise ValueError(f'CUB-200-2011: attributes.txt names {len(names)} attributes, '
+                                     f'class_attribute_labels_continuous.txt has {matrix.shape[1]} columns.')
+                break
+        return matrix, names
+
+    def crop_box(self, index: int, size: Tuple[int, int]) -> Tuple[int, int, int, int]:
+        """Integer ``(left, top, right, bottom)`` of the ground-truth box, clipped to ``size=(w, h)``."""
+        x, y, w, h = self.boxes[index]
+        left, top = max(0, int(round(x))), max(0, int(round(y)))
+        right, bottom = min(size[0], int(round(x + w))), min(size[1], int(round(y + h)))
+        return left, top, max(right, left + 1), max(bottom, top + 1)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        img = self.loader(path)
+        if self.crop:
+            img = img.crop(self.crop_box(index, img.size))
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
+    def __repr__(self) -> str:
+        return (f'{type(self).__name__}(folder={self.folder!r}, split={self.split!r}, crop={self.crop}, '
+                f'images={len(self)}, classes={len(self.classes)})')
