@@ -1,0 +1,215 @@
+"""validate.py: timm's result fields, the QPM metrics wired to the right splits and features, and bad input.
+
+A tiny ResNet-18 QPM (6 classes, 8 features, 2 per class) with a hand-set QPM head is exported with
+``qpm_timm.hub.save_pretrained`` and validated on a small generated concepts dataset.
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import qpm_timm
+from qpm_timm import hub, metrics
+from qpm_timm.data import create_qpm_dataset, create_qpm_transform
+from qpm_timm.models.head import placeholder_assignment
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import validate  # noqa: E402
+
+NUM_CLASSES, N_FEATURES, N_PER_CLASS, IMG = 6, 8, 2, 48
+DATA_ARGS = {'images_per_class': 3, 'num_classes': NUM_CLASSES, 'img_size': IMG}
+DATA = ['--dataset-args', json.dumps(DATA_ARGS), '--img-size', str(IMG), '--workers', '0', '-b', '16']
+TIMM_FIELDS = ['model', 'top1', 'top1_err', 'top5', 'top5_err', 'param_count', 'img_size', 'crop_pct', 'interpolation']
+QPM_FIELDS = [f'sid@{N_PER_CLASS}', 'class_independence', 'contrastiveness', 'feature_correlation', 'concept_recovery']
+NOT_QPM = 'is not a QPM (solve and fine-tune it with train.py first)'
+
+
+def _qpm_model(backbone: str = 'resnet18') -> qpm_timm.QPMModel:
+    torch.manual_seed(0)
+    model = qpm_timm.create_qpm(backbone, num_classes=NUM_CLASSES, n_features=N_FEATURES, n_per_class=N_PER_CLASS,
+                                head='dense')
+    # Channels 0, 9, 18, ...; a valid assignment; a mean/std far from 0/1 so the correlation sees them.
+    model.set_qpm_head(torch.arange(N_FEATURES) * 9, placeholder_assignment(NUM_CLASSES, N_FEATURES, N_PER_CLASS),
+                       torch.linspace(0.1, 0.8, N_FEATURES), torch.linspace(0.2, 2.0, N_FEATURES))
+    return model.eval()
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """QPM and dense exports (local-dir folders) and the QPM's weights as a timm checkpoint."""
+    root = tmp_path_factory.mktemp('validate')
+    model = _qpm_model()
+    hub.save_pretrained(model, root / 'qpm')
+    torch.save({'epoch': 3, 'state_dict': model.state_dict()}, root / 'qpm.pth.tar')
+    dense = qpm_timm.create_qpm('resnet18', num_classes=NUM_CLASSES, n_features=N_FEATURES, n_per_class=N_PER_CLASS,
+                                head='dense')
+    hub.save_pretrained(dense, root / 'dense')
+    return root
+
+
+@pytest.fixture(scope='module')
+def local_dir_run(exported):
+    """One validation of the exported QPM through ``local-dir:`` with a json results file."""
+    out = exported / 'results.json'
+    results = validate.main(['--model', f'local-dir:{exported / "qpm"}', '--pretrained', *DATA,
+                             '--results-file', str(out)])
+    return results, out
+
+
+def _direct_features(model, split: str):
+    """Logits, feature maps, pooled features and labels of a whole concepts split, computed here."""
+    transform = create_qpm_transform('concepts', is_training=False, img_size=IMG)
+    dataset = create_qpm_dataset('concepts', split=split, transform=transform, **DATA_ARGS)
+    x = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    with torch.no_grad():
+        out = model.forward_with_features(x)
+    return out, np.asarray(dataset.targets), dataset
+
+
+def test_local_dir_qpm_reports_every_timm_field_and_the_qpm_metrics_in_range(local_dir_run):
+    results, _ = local_dir_run
+    assert list(results) == TIMM_FIELDS + QPM_FIELDS
+    assert results['model'].startswith('local-dir:')
+    for top in ('top1', 'top5'):
+        assert 0 <= results[top] <= 100
+        assert results[top] + results[f'{top}_err'] == pytest.approx(100)
+    assert results['top5'] >= results['top1']
+    assert results['param_count'] == pytest.approx(sum(p.numel() for p in _qpm_model().parameters()) / 1e6, abs=0.01)
+    assert (results['img_size'], results['crop_pct'], results['interpolation']) == (IMG, 1.0, 'bilinear')
+    assert 1 / N_PER_CLASS <= results[f'sid@{N_PER_CLASS}'] <= 1
+    for name in QPM_FIELDS[1:]:
+        assert 0 <= results[name] <= 1, name
+
+
+def test_metrics_equal_direct_calls_on_the_same_features_and_splits(local_dir_run, exported):
+    results, _ = local_dir_run
+    model = timm.create_model(f'local-dir:{exported / "qpm"}', pretrained=True).eval()
+    val, val_labels, val_set = _direct_features(model, 'val')
+    train, train_labels, _ = _direct_features(model, 'train')
+    weights = model.class_weights
+    top1 = 100 * (val.logits.argmax(1).numpy() == val_labels).mean()
+    assert results['top1'] == pytest.approx(top1, abs=1e-3)
+    sid = torch.nanmean(metrics.sid_at_k(val.feature_maps, weights, val.logits.argmax(1), k=N_PER_CLASS)).item()
+    expected = {
+        f'sid@{N_PER_CLASS}': sid,
+        'class_independence': metrics.class_independence(train.pooled, train_labels, NUM_CLASSES),
+        'contrastiveness': metrics.contrastiveness(train.pooled),
+        'feature_correlation': metrics.feature_correlation(train.pooled, model.head.mean, model.head.std),
+        'concept_recovery': metrics.concept_recovery(val.pooled, val_set.concept_presence, weights,
+                                                     val_set.class_concepts).score,
+    }
+    for name, value in expected.items():
+        assert results[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    # The wiring matters: the training split and the head's normalisation change these values.
+    assert expected['class_independence'] != pytest.approx(
+        metrics.class_independence(val.pooled, val_labels, NUM_CLASSES), abs=1e-6)
+    assert expected['feature_correlation'] != pytest.approx(metrics.feature_correlation(train.pooled), abs=1e-6)
+
+
+def test_json_results_file_holds_the_returned_results(local_dir_run):
+    results, path = local_dir_run
+    assert json.loads(path.read_text()) == dict(results)
+
+
+def test_safetensors_checkpoint_into_qpm_backbone_gives_the_local_dir_results_as_csv(exported, local_dir_run):
+    # --model qpm takes n_features / n_per_class from the checkpoint's head; results as csv.
+    out = exported / 'results.csv'
+    results = validate.main(['--model', 'qpm', '--backbone', 'resnet18', '--checkpoint',
+                             str(exported / 'qpm' / 'model.safetensors'), *DATA, '--results-file', str(out)])
+    expected, _ = local_dir_run
+    for name in TIMM_FIELDS[1:] + QPM_FIELDS:
+        assert results[name] == (pytest.approx(expected[name]) if isinstance(expected[name], float)
+                                 else expected[name]), name
+    with open(out, newline='') as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and list(rows[0]) == TIMM_FIELDS + QPM_FIELDS
+    assert float(rows[0]['top1']) == results['top1']
+    assert float(rows[0]['concept_recovery']) == pytest.approx(results['concept_recovery'])
+
+
+def test_timm_checkpoint_file_loads_the_same_weights(exported, local_dir_run):
+    results = validate.main(['--model', 'qpm', '--backbone', 'resnet18', '--checkpoint',
+                             str(exported / 'qpm.pth.tar'), '--no-interpretability', *DATA])
+    expected, _ = local_dir_run
+    assert list(results) == TIMM_FIELDS
+    assert (results['top1'], results['top5']) == (expected['top1'], expected['top5'])
+
+
+def test_sid_is_one_over_k_when_the_feature_maps_have_a_single_location(exported):
+    # 32 px into a ResNet-18 (stride 32) gives 1 x 1 maps: every softmaxed map is 1 there, so SID@k = 1/k exactly.
+    data = DATA[:2] + ['--img-size', '32'] + DATA[4:]
+    results = validate.main(['--model', f'local-dir:{exported / "qpm"}', '--pretrained', *data])
+    assert results[f'sid@{N_PER_CLASS}'] == pytest.approx(1 / N_PER_CLASS, abs=1e-6)
+
+
+def test_dense_model_is_refused_with_exit_2_unless_no_interpretability(exported, capsys):
+    old = exported / 'old.json'
+    old.write_text('{"top1": 99.0}')
+    code = validate.cli(['--model', f'local-dir:{exported / "dense"}', '--pretrained', *DATA,
+                         '--results-file', str(old)])
+    assert code == 2
+    assert NOT_QPM in capsys.readouterr().err
+    assert old.read_text() == '{"top1": 99.0}'
+
+    results = validate.main(['--model', f'local-dir:{exported / "dense"}', '--pretrained', '--no-interpretability',
+                             *DATA, '--results-file', str(old)])
+    assert list(results) == TIMM_FIELDS
+    assert json.loads(old.read_text()) == dict(results)
+
+
+def _bad_inputs(root: Path):
+    qpm = ['--model', f'local-dir:{root / "qpm"}', '--pretrained']
+    return {
+        'missing data folder': (qpm + ['--dataset', 'cub', '--data-dir', str(root / 'no_such_folder')],
+                                'does not exist'),
+        'checkpoint of another architecture': (
+            ['--model', 'qpm', '--backbone', 'resnet34', '--checkpoint', str(root / 'qpm' / 'model.safetensors')],
+            'do not fit a resnet34 QPM'),
+        'checkpoint of another class count': (
+            ['--model', 'qpm', '--backbone', 'resnet18', '--num-classes', '7',
+             '--checkpoint', str(root / 'qpm.pth.tar')], 'checkpoint has 6 classes'),
+        'n_per_class above n_features': (['--model', 'qpm', '--backbone', 'resnet18', '--n-features', '2',
+                                          '--n-per-class', '3'], 'n_per_class=3 > n_features=2'),
+        'missing checkpoint': (qpm + ['--checkpoint', str(root / 'missing.safetensors')], 'does not exist'),
+        'plain timm model with QPM flags': (['--model', 'resnet18', '--n-features', '8'], 'apply to QPM models only'),
+    }
+
+
+@pytest.mark.parametrize('case', list(_bad_inputs(Path('.'))))
+def test_bad_input_exits_2_with_a_message_and_keeps_the_results_file(exported, capsys, case):
+    argv, message = _bad_inputs(exported)[case]
+    old = exported / 'kept.csv'
+    old.write_text('model,top1\nearlier,50.0\n')
+    code = validate.cli(argv + DATA + ['--results-file', str(old)])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert old.read_text() == 'model,top1\nearlier,50.0\n'
+
+
+def test_unwritable_results_location_exits_2_before_any_work(exported, capsys):
+    blocker = exported / 'a_file'
+    blocker.write_text('x')
+    code = validate.cli(['--model', f'local-dir:{exported / "qpm"}', '--pretrained', *DATA,
+                         '--results-file', str(blocker / 'results.csv')])
+    assert code == 2
+    assert 'cannot write --results-file' in capsys.readouterr().err
+    assert blocker.read_text() == 'x' and not list(exported.glob('.validate.*'))
+
+
+def test_script_refuses_a_plain_timm_model_with_exit_2_and_keeps_the_results_file(exported):
+    old = exported / 'script.csv'
+    old.write_text('model,top1\nearlier,50.0\n')
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'validate.py'), '--model', 'resnet18', *DATA, '--results-file', str(old)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert NOT_QPM in proc.stderr and '--no-interpretability' in proc.stderr
+    assert old.read_text() == 'model,top1\nearlier,50.0\n'
