@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 
 import qpm_timm
 from qpm_timm import hub, metrics
@@ -144,10 +145,49 @@ def test_timm_checkpoint_file_loads_the_same_weights(exported, local_dir_run):
 
 
 def test_sid_is_one_over_k_when_the_feature_maps_have_a_single_location(exported):
-    # 32 px into a ResNet-18 (stride 32) gives 1 x 1 maps: every softmaxed map is 1 there, so SID@k = 1/k exactly.
-    data = DATA[:2] + ['--img-size', '32'] + DATA[4:]
-    results = validate.main(['--model', f'local-dir:{exported / "qpm"}', '--pretrained', *data])
+    # 32 px into a ResNet-18 (stride 32) gives 1 x 1 maps: every softmaxed map is 1 there, so SID@k = 1/k
+    # exactly, in bfloat16 autocast and channels-last too.
+    small = json.dumps(dict(DATA_ARGS, images_per_class=2))
+    results = validate.main(['--model', f'local-dir:{exported / "qpm"}', '--pretrained', '--amp', '--channels-last',
+                             '--dataset-args', small, '--img-size', '32', '--workers', '0'])
+    assert list(results) == TIMM_FIELDS + QPM_FIELDS and results['img_size'] == 32
     assert results[f'sid@{N_PER_CLASS}'] == pytest.approx(1 / N_PER_CLASS, abs=1e-6)
+
+
+def _fake_cub(root: Path, class_attributes: np.ndarray) -> Path:
+    """A CUB_200_2011 folder in the official layout: 2 train and 1 test image per class, full-image boxes."""
+    folder = root / 'CUB_200_2011'
+    rng = np.random.default_rng(0)
+    classes, images, labels, split, boxes = [], [], [], [], []
+    image_id = 0
+    for c in range(len(class_attributes)):
+        name = f'{c + 1:03d}.Bird_{c}'
+        classes.append(f'{c + 1} {name}')
+        (folder / 'images' / name).mkdir(parents=True)
+        for i in range(3):
+            image_id += 1
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / 'images' / name / f'{i}.png')
+            images.append(f'{image_id} {name}/{i}.png')
+            labels.append(f'{image_id} {c + 1}')
+            split.append(f'{image_id} {int(i < 2)}')
+            boxes.append(f'{image_id} 0 0 40 40')
+    for filename, rows in (('classes.txt', classes), ('images.txt', images), ('image_class_labels.txt', labels),
+                           ('train_test_split.txt', split), ('bounding_boxes.txt', boxes)):
+        (folder / filename).write_text('\n'.join(rows) + '\n')
+    (folder / 'attributes').mkdir()
+    np.savetxt(folder / 'attributes' / 'class_attribute_labels_continuous.txt', class_attributes)
+    return root
+
+
+def test_structural_grounding_on_cub_is_one_when_the_attributes_are_the_assignment(exported):
+    # Structural Grounding compares the class similarities of W with those of the attribute matrix: equal
+    # matrices give exactly 1. The concepts-only concept recovery is absent.
+    weights = placeholder_assignment(NUM_CLASSES, N_FEATURES, N_PER_CLASS).numpy()
+    root = _fake_cub(exported / 'cub', 100 * weights)
+    results = validate.main(['--model', f'local-dir:{exported / "qpm"}', '--pretrained', '--dataset', 'cub',
+                             '--data-dir', str(root), '--img-size', '32', '--workers', '0'])
+    assert list(results) == TIMM_FIELDS + QPM_FIELDS[:-1] + ['structural_grounding']
+    assert results['structural_grounding'] == pytest.approx(1.0, abs=1e-9)
 
 
 def test_dense_model_is_refused_with_exit_2_unless_no_interpretability(exported, capsys):
@@ -171,8 +211,8 @@ def _bad_inputs(root: Path):
         'missing data folder': (qpm + ['--dataset', 'cub', '--data-dir', str(root / 'no_such_folder')],
                                 'does not exist'),
         'checkpoint of another architecture': (
-            ['--model', 'qpm', '--backbone', 'resnet34', '--checkpoint', str(root / 'qpm' / 'model.safetensors')],
-            'do not fit a resnet34 QPM'),
+            ['--model', 'qpm', '--backbone', 'resnet10t', '--checkpoint', str(root / 'qpm' / 'model.safetensors')],
+            'do not fit a resnet10t QPM'),
         'checkpoint of another class count': (
             ['--model', 'qpm', '--backbone', 'resnet18', '--num-classes', '7',
              '--checkpoint', str(root / 'qpm.pth.tar')], 'checkpoint has 6 classes'),
