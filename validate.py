@@ -25,6 +25,7 @@ written atomically after every metric succeeded, so an earlier one is never dama
 import argparse
 import csv
 import io
+import json
 import logging
 import os
 import sys
@@ -32,7 +33,6 @@ import tempfile
 import time
 from collections import OrderedDict
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -50,11 +50,23 @@ from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.metrics import (
     class_independence, concept_recovery, contrastiveness, feature_correlation, sid_at_k, structural_grounding,
 )
-from qpm_timm.models.head import check_qpm_sizes
 
 _logger = logging.getLogger('validate')
 
 _NOT_QPM = 'is not a QPM (solve and fine-tune it with train.py first)'
+
+
+
+def _yaml_mapping(text: str) -> Dict[str, Any]:
+    """``--dataset-args``: a YAML mapping (argparse turns the error into a usage message and exit code 2)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f'not valid YAML ({e})') from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f'must be a YAML mapping such as "{{images_per_class: 10}}", got {text!r}')
+    return value
+
 
 parser = argparse.ArgumentParser(
     description='QPM validation (timm-style): accuracy and, for QPM models, the interpretability metrics',
@@ -69,7 +81,7 @@ group.add_argument('--dataset', metavar='NAME', default='concepts',
 group.add_argument('--split', metavar='NAME', default='val', help='split to evaluate (default: val)')
 group.add_argument('--train-split', metavar='NAME', default='train',
                    help='split for Class-Independence, Contrastiveness and Correlation (default: train)')
-group.add_argument('--dataset-args', type=yaml.safe_load, default=None, metavar='YAML',
+group.add_argument('--dataset-args', type=_yaml_mapping, default=None, metavar='YAML',
                    help='extra dataset kwargs, e.g. "{images_per_class: 100}" or "{crop: false}"')
 group.add_argument('--img-size', type=int, default=None, metavar='N',
                    help='input image size (default: the dataset\'s size of the QPM recipe, 64 for concepts)')
@@ -133,7 +145,6 @@ def results_format(args) -> str:
 def write_results(path: str, results: Dict[str, Any], fmt: str = 'csv') -> None:
     """timm's ``write_results`` (csv: header + one row; json), written to a temporary file and moved into place."""
     if fmt == 'json':
-        import json
         text = json.dumps(results, indent=4) + '\n'
     else:
         buf = io.StringIO()
@@ -219,11 +230,7 @@ def create_model(args, num_classes: int, state_dict: Optional[Dict[str, torch.Te
         kwargs['n_features'] = args.n_features or sizes.get('n_features')
         kwargs['n_per_class'] = args.n_per_class or sizes.get('n_per_class')
         kwargs['reduced_strides'] = args.reduced_strides
-        kwargs['num_classes'] = num_classes
-        try:
-            check_qpm_sizes(num_classes, kwargs['n_features'] or 50, kwargs['n_per_class'] or 5)
-        except ValueError as e:
-            raise ValidationError(f'--n-features/--n-per-class: {e}') from e
+        kwargs['num_classes'] = num_classes  # sizes are checked by the model (check_qpm_sizes: ValueError)
     else:
         extra = [f'--{k.replace("_", "-")}' for k in ('n_features', 'n_per_class', 'reduced_strides')
                  if getattr(args, k) is not None]
@@ -333,9 +340,6 @@ def main(argv=None) -> Dict[str, Any]:
         raise ValidationError(f'--checkpoint {args.checkpoint} does not exist.')
     if args.batch_size < 1:
         raise ValidationError(f'-b/--batch-size must be >= 1, got {args.batch_size}.')
-    if args.dataset_args is not None and not isinstance(args.dataset_args, dict):
-        raise ValidationError(f'--dataset-args must be a YAML mapping such as "{{images_per_class: 10}}", '
-                              f'got {args.dataset_args!r}.')
     device = torch.device(args.device)
 
     img_size = args.img_size or resolve_qpm_data_config(args.dataset).img_size
@@ -344,6 +348,8 @@ def main(argv=None) -> Dict[str, Any]:
     num_classes = args.num_classes or len(get_class_names(eval_set))
 
     state_dict = hub.read_weights(args.checkpoint) if args.checkpoint else None
+    if state_dict is None and not args.pretrained:
+        _logger.warning(f'neither --pretrained nor --checkpoint: evaluating randomly initialised {args.model} weights')
     model = create_model(args, num_classes, state_dict)
     check_model(model, args, num_classes)
     model.to(device).eval()

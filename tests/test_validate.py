@@ -5,7 +5,6 @@ A tiny ResNet-18 QPM (6 classes, 8 features, 2 per class) with a hand-set QPM he
 """
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
