@@ -126,3 +126,12 @@ def test_hub_configs_have_not_drifted_from_the_default_cfgs_table(tmp_path):
     config = json.loads((committed / 'qpm_resnet50_cub' / 'config.json').read_text())
     assert config['pretrained_cfg']['hf_hub_id'] == 'qpm-timm/qpm_resnet50_cub'
     assert config['model_args']['n_features'] == 50 and config['num_classes'] == 200
+
+
+def test_exported_input_size_and_normalisation_survive_local_dir_loading(tmp_path):
+    model = qpm_timm.create_qpm('resnet18', 4, n_features=4, n_per_class=2)
+    data = dict(input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
+    hub.save_pretrained(model, tmp_path / 'q', data_config=data)
+    cfg = timm.create_model(f'local-dir:{tmp_path / "q"}', pretrained=True).pretrained_cfg
+    assert tuple(cfg['input_size']) == (3, 32, 32) and tuple(cfg['mean']) == (0.5, 0.5, 0.5)
+    assert tuple(cfg['pool_size']) == (1, 1) and cfg['first_conv'] == 'backbone.conv1'

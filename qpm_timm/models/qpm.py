@@ -410,10 +410,12 @@ def qpm(pretrained: bool = False, backbone: str = 'resnet50', **kwargs) -> QPMMo
     """
     if not isinstance(backbone, str) or not timm.is_model(backbone):
         raise ValueError(f'unknown backbone {backbone!r}: give a timm model name (see timm.list_models()).')
-    bcfg = timm.models.get_pretrained_cfg(backbone)
-    overlay = {k: getattr(bcfg, k) for k in ('input_size', 'crop_pct', 'interpolation', 'mean', 'std')}
-    overlay['first_conv'] = 'backbone.' + bcfg.first_conv if isinstance(bcfg.first_conv, str) else None
-    overlay['num_classes'] = kwargs.get('num_classes', 1000)  # weights of a generic QPM fit its own class count
+    overlay = {}
+    if not kwargs.get('pretrained_cfg'):  # an exported config (local-dir:, hf-hub:) keeps its own values
+        bcfg = timm.models.get_pretrained_cfg(backbone)
+        overlay = {k: getattr(bcfg, k) for k in ('input_size', 'crop_pct', 'interpolation', 'mean', 'std')}
+        overlay['first_conv'] = 'backbone.' + bcfg.first_conv if isinstance(bcfg.first_conv, str) else None
+        overlay['num_classes'] = kwargs.get('num_classes', 1000)  # weights of a generic QPM fit its class count
     overlay.update(kwargs.pop('pretrained_cfg_overlay', None) or {})
     model = _create_qpm('qpm', pretrained, backbone=backbone, pretrained_cfg_overlay=overlay, **kwargs)
     reduction = model.feature_info[-1]['reduction']
