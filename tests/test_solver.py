@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from qpm_timm.solver import QPMProblem, QPMSolution, check_solution, solve_qpm
+from qpm_timm.solver import solve as solve_module
 from qpm_timm.solver.heuristic import _swap_deltas, assign_classes
 from qpm_timm.solver.synthetic import synthetic_statistics
 
@@ -41,7 +42,7 @@ def _tiny_problem(seed: int, with_b: bool, with_r: bool, similar: bool) -> QPMPr
     return QPMProblem(A, B, R, n_features=4, n_per_class=2)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("with_b,with_r", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("similar", [False, True])
 def test_solver_matches_exhaustive_optimum_on_tiny_instances(seed, with_b, with_r, similar):
@@ -117,15 +118,18 @@ def _medium_problem():
     return QPMProblem(A, B, n_features=12, n_per_class=3)
 
 
-def test_solve_is_deterministic_and_feasible_on_lns_path():
+def test_solve_is_deterministic_and_feasible_on_lns_path(monkeypatch):
+    # A small deterministic budget inside a generous wall-clock limit, so that the (shared, loaded)
+    # test machine never reaches the wall-clock cap, the only load-dependent exit.
+    monkeypatch.setattr(solve_module, "_LOOP_DET_PER_SECOND", 0.02)
     p = _medium_problem()
-    a = solve_qpm(p, time_limit=8.0, seed=3, workers=2)
-    b = solve_qpm(p, time_limit=8.0, seed=3, workers=2)
+    a = solve_qpm(p, time_limit=30.0, seed=3, workers=2)
+    b = solve_qpm(p, time_limit=30.0, seed=3, workers=2)
     for sol in (a, b):
         check_solution(p, sol)
         assert not sol.settings["cut_by_wall_clock"]
         assert sol.bound >= sol.objective
-    assert a.settings["lns_rounds"] > 0
+    assert a.settings["search_rounds"] > 0
     np.testing.assert_array_equal(a.selected, b.selected)
     np.testing.assert_array_equal(a.assignment, b.assignment)
     assert a.objective == b.objective

@@ -10,7 +10,7 @@ closed-form deltas of the no-uniqueness objective and accepting a swap only if t
 import heapq
 import math
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment

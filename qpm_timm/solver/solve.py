@@ -40,7 +40,7 @@ __all__ = ["solve_qpm"]
 
 _FULL_MAX_W = 4000          # C * F up to which the full exact model is solved
 _FULL_MAX_PAIR_VARS = 150_000  # C (C-1) / 2 * F uniqueness auxiliaries up to which likewise
-_FULL_DET_PER_SECOND = 0.06  # full model: CP-SAT deterministic time per second of time_limit
+_FULL_DET_PER_SECOND = 0.12  # full model: CP-SAT deterministic time per second of time_limit
 _LOOP_DET_PER_SECOND = 0.3  # LNS/kick loop: deterministic units per second of time_limit
 _BUILD_CHARGE = 2e-5        # deterministic units per class and pool feature of an LNS model (build)
 _LS_CHARGE = 2e-10          # deterministic units per local-search scan and F * C * n_features
@@ -130,10 +130,11 @@ def solve_qpm(problem: QPMProblem, time_limit: float = 120.0, seed: int = 0,
             cut_by_wall = True
             break
         kind = "LNS" if rounds % 4 == 0 else "kick"
-        d = min(2 + (rounds // 4) % 2 if kind == "LNS" else 2 + rounds % 4, problem.n_features)
         score = insertion_scores(problem, S)
         outside = np.flatnonzero(np.isfinite(score))
         ranked = outside[np.lexsort((outside, -score[outside]))]
+        d = min(2 + (rounds // 4) % 2 if kind == "LNS" else 2 + rounds % 4, problem.n_features,
+                ranked.size)
         out = np.sort(rng.choice(S, size=d, replace=False))
         if kind == "LNS":
             g = min(ranked.size, 8 * d)
@@ -164,8 +165,8 @@ def solve_qpm(problem: QPMProblem, time_limit: float = 120.0, seed: int = 0,
                       settings={"time_limit": float(time_limit), "seed": int(seed), "workers": workers,
                                 "tau": float(problem.tau), "tau_time": float(problem.tau_time),
                                 "n_features": problem.n_features, "n_per_class": problem.n_per_class,
-                                "lns_rounds": rounds, "deterministic_time": det_used,
+                                "search_rounds": rounds, "deterministic_time": det_used,
                                 "cut_by_wall_clock": cut_by_wall})
     check_solution(problem, sol)
-    say(f"done: {status} Z={Z:.6f} bound={bound:.6f} ({rounds} LNS rounds, {wall:.1f}s)")
+    say(f"done: {status} Z={Z:.6f} bound={bound:.6f} ({rounds} LNS/kick rounds, {wall:.1f}s)")
     return sol
