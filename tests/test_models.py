@@ -5,7 +5,9 @@ import warnings
 import pytest
 import torch
 import timm
+from timm.models import get_notrace_functions, get_notrace_modules
 from timm.models._manipulate import group_parameters
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 import qpm_timm
 from qpm_timm.models import HF_HUB_ORG, VARIANT_ARGS, QPMModel
@@ -160,7 +162,7 @@ def test_reset_classifier_keeps_device_dtype_training_mode_and_frozen_weights(na
     assert not any(p.requires_grad for p in frozen.parameters())
 
 
-def test_bfloat16_after_a_forward_and_torchscript_and_features_only():
+def test_bfloat16_after_a_forward_torchscript_fx_and_features_only():
     model = _solved(_qpm()).eval()
     x = torch.randn(1, 3, 64, 64)
     model(x)
@@ -168,6 +170,13 @@ def test_bfloat16_after_a_forward_and_torchscript_and_features_only():
     model.float()
     scripted = torch.jit.script(model)
     assert torch.allclose(scripted(x), model(x), atol=1e-5)
+    tracer = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+    for pool in ('avg', ''):  # torch.fx, traced as timm's fx tests trace the model
+        if pool == '':
+            model.reset_classifier(0, pool)
+        last = get_graph_node_names(model, tracer_kwargs=tracer)[1][-1]
+        traced = create_feature_extractor(model, return_nodes=[last], tracer_kwargs=tracer)
+        assert torch.allclose(traced(x)[last], model(x), atol=1e-5)
     feats = timm.create_model('qpm_resnet18_cub', features_only=True)
     outs = feats(torch.randn(1, 3, 64, 64))
     assert [o.shape[1] for o in outs] == feats.feature_info.channels()

@@ -176,7 +176,7 @@ class QPMHead(nn.Module):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """``(x - mean) / std`` with the frozen statistics of the dense model (spec stage 2)."""
         mean, std = self.mean.to(x.dtype), self.std.to(x.dtype)
-        if x.dim() == 4:
+        if self.global_pool.is_identity():  # un-pooled maps (global_pool=''); a fixed setting, fx-traceable
             mean, std = mean[:, None, None], std[:, None, None]
         return (x - mean) / std
 

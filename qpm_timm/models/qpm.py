@@ -278,7 +278,9 @@ class QPMModel(nn.Module):
                 raise ValueError(
                     f'checkpoint has {ckpt_classes} classes, this model {self.num_classes}: create the model with '
                     f'num_classes={ckpt_classes}, or load non-strictly (pretrained=True) to keep only the backbone.')
-            warnings.warn(f'checkpoint has {ckpt_classes} classes, the model {self.num_classes}: loaded the backbone; '
+            found = f'a {ckpt_classes}-class classifier' if ckpt_classes else 'no classifier (timm drops one of ' \
+                                                                             'another class count)'
+            warnings.warn(f'checkpoint has {found}, the model {self.num_classes} classes: loaded the backbone; '
                           f'the head is a fresh dense {self.num_classes}-class layer (train it, then re-solve).')
             sd = {k: v for k, v in sd.items() if not k.startswith('head.')}
             self.reset_classifier(self.num_classes)
