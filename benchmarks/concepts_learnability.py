@@ -1,7 +1,8 @@
 """How fast does a timm backbone learn the generated concepts dataset on CPU?
 
 Trains a timm model from scratch on ``ConceptsDataset`` with the package's train transform
-(random shift + horizontal flip) through a plain DataLoader, evaluates val top-1 after every
+(random shift + horizontal flip) through a plain DataLoader, with timm's optimizer and
+scheduler factories (as train.py), evaluates val top-1 after every
 epoch and prints the elapsed training time, so a recipe reaching the target accuracy within a
 CPU time budget can be read off. ``--epochs 0`` times a few batches first and picks the number
 of epochs that fits ``--budget`` seconds. Example (2 cores):
@@ -16,6 +17,8 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
 from torch.utils.data import DataLoader
 
 from qpm_timm.data import ConceptsDataset, create_qpm_transform
@@ -30,9 +33,8 @@ def _kwargs(items):
 
 
 def make_optimizer(model, args):
-    if args.opt == 'adamw':
-        return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
-    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.wd, nesterov=True)
+    """timm's optimizer factory, as train.py uses it."""
+    return create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.wd, momentum=args.momentum)
 
 
 @torch.no_grad()
@@ -45,7 +47,7 @@ def evaluate(model, loader):
     return 100.0 * correct / total
 
 
-def train_steps(model, opt, sched, loader, max_steps=None):
+def train_steps(model, opt, loader, max_steps=None):
     model.train()
     total, seen = 0.0, 0
     for step, (x, y) in enumerate(loader):
@@ -55,8 +57,6 @@ def train_steps(model, opt, sched, loader, max_steps=None):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if sched is not None:
-            sched.step()
         total += loss.item() * len(y)
         seen += len(y)
     return total / max(seen, 1)
@@ -71,9 +71,14 @@ def main():
     p.add_argument('--img-size', type=int, default=64)
     p.add_argument('--epochs', type=int, default=0, help='0: as many as fit --budget')
     p.add_argument('--batch-size', type=int, default=64)
-    p.add_argument('--opt', default='adamw', choices=['adamw', 'sgd'])
-    p.add_argument('--lr', type=float, default=2e-3)
+    p.add_argument('--opt', default='adamw', help='timm optimizer name (adamw, sgd, ...)')
+    p.add_argument('--lr', type=float, default=3e-3)
+    p.add_argument('--momentum', type=float, default=0.9)
     p.add_argument('--wd', type=float, default=5e-4)
+    p.add_argument('--sched', default='cosine', help='timm scheduler name, stepped per epoch')
+    p.add_argument('--warmup-epochs', type=int, default=1)
+    p.add_argument('--decay-epochs', type=float, default=4, help='step scheduler only')
+    p.add_argument('--decay-rate', type=float, default=0.4, help='step scheduler only')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--budget', type=float, default=240.0, help='training seconds (sizes --epochs 0)')
     p.add_argument('--seed', type=int, default=0)
@@ -102,19 +107,22 @@ def main():
     if epochs <= 0:
         probe = 8
         t = time.perf_counter()
-        train_steps(model, opt, None, train_loader, probe)
+        train_steps(model, opt, train_loader, probe)
         per_step = (time.perf_counter() - t) / probe
         epochs = max(1, int(args.budget / (per_step * len(train_loader))))
         print(f'{per_step * 1000:.0f} ms/step -> {epochs} epochs fit {args.budget:.0f}s')
         model = timm.create_model(args.model, num_classes=len(train.classes), **_kwargs(args.model_kwargs))
         opt = make_optimizer(model, args)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=args.lr, total_steps=epochs * len(train_loader), pct_start=0.2)
+    sched, _ = create_scheduler_v2(opt, sched=args.sched, num_epochs=epochs, decay_epochs=args.decay_epochs,
+                                   decay_rate=args.decay_rate, warmup_epochs=args.warmup_epochs, warmup_lr=1e-5)
+    print(f'{args.opt} lr {args.lr} wd {args.wd}, {args.sched} schedule, warmup {args.warmup_epochs}, '
+          f'batch {args.batch_size}, {epochs} epochs')
 
     train_time = 0.0
     for epoch in range(epochs):
         t = time.perf_counter()
-        loss = train_steps(model, opt, sched, train_loader)
+        loss = train_steps(model, opt, train_loader)
+        sched.step(epoch + 1)
         train_time += time.perf_counter() - t
         acc = evaluate(model, val_loader)
         print(f'epoch {epoch + 1}/{epochs}: loss {loss:.3f}  val top-1 {acc:.1f}%  train time {train_time:.0f}s',

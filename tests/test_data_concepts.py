@@ -10,13 +10,16 @@ from PIL import Image
 from sklearn.linear_model import RidgeClassifierCV
 
 from qpm_timm.data import CONCEPT_VOCABULARY, ConceptsDataset, create_qpm_transform, make_class_concepts
+from qpm_timm.data.concepts import generate_concept_images
 
 SMALL = dict(num_concepts=5, num_classes=6, concepts_per_class=2, img_size=32, images_per_class=3)
 
 
 def test_same_seed_gives_identical_pixels_and_another_seed_differs():
     a = ConceptsDataset('train', seed=3, **SMALL)
+    generate_concept_images.cache_clear()  # regenerate rather than reuse the cached array
     b = ConceptsDataset('train', seed=3, **SMALL)
+    assert a.images is not b.images
     c = ConceptsDataset('train', seed=4, **SMALL)
     assert np.array_equal(a.images, b.images) and np.array_equal(a.class_concepts, b.class_concepts)
     assert a.images.shape == (18, 32, 32, 3) and a.images.dtype == np.uint8
@@ -72,6 +75,12 @@ def test_invalid_sizes_are_refused(kwargs, message):
         ConceptsDataset(**{'images_per_class': 1, **kwargs})
 
 
+def test_building_a_split_again_reuses_the_read_only_images():
+    a = ConceptsDataset('train', **SMALL)
+    b = ConceptsDataset('train', transform=lambda im: im.size, **SMALL)
+    assert b.images is a.images and not a.images.flags.writeable and b[0][0] == (32, 32)
+
+
 def test_transform_and_target_transform_are_applied():
     ds = ConceptsDataset('val', transform=create_qpm_transform('concepts', is_training=False, img_size=32),
                          target_transform=lambda t: t + 100, **SMALL)
@@ -113,7 +122,7 @@ def test_linear_model_on_pixels_is_far_below_a_small_cnn(one_torch_thread):
     val = ConceptsDataset('val', images_per_class=50, **kw)
 
     def tensors(ds):
-        return torch.from_numpy(ds.images).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.155), \
+        return torch.tensor(ds.images).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.155), \
             torch.tensor(ds.targets)
     xt, yt = tensors(train)
     xv, yv = tensors(val)

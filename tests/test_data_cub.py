@@ -45,8 +45,8 @@ def make_cub_tree(parent, attributes=True):
 
 def test_reads_train_and_test_split_with_readable_class_names(tmp_path):
     folder = make_cub_tree(tmp_path)
-    train = CUB200Dataset(str(tmp_path), split='train', crop=False)
-    test = CUB200Dataset(str(folder), split='test', crop=False)  # the CUB folder itself also works
+    train = CUB200Dataset(str(tmp_path), split='train', crop_to_bbox=False)
+    test = CUB200Dataset(str(folder), split='test', crop_to_bbox=False)  # the CUB folder itself also works
     assert train.image_ids == [1, 3, 5] and test.image_ids == [2, 4, 6]
     assert train.targets == [0, 1, 2] and test.targets == [0, 1, 2]
     assert train.classes == ['Black footed Albatross', 'Laysan Albatross', 'Sooty Albatross']
@@ -59,7 +59,7 @@ def test_reads_train_and_test_split_with_readable_class_names(tmp_path):
 def test_crop_returns_the_ground_truth_box(tmp_path):
     make_cub_tree(tmp_path)
     for split, ids in (('train', (1, 3, 5)), ('test', (2, 4, 6))):
-        ds = CUB200Dataset(str(tmp_path), split=split, crop=True)
+        ds = CUB200Dataset(str(tmp_path), split=split, crop_to_bbox=True)
         for index, image_id in enumerate(ids):
             img, _ = ds[index]
             x, y, w, h = IMAGES[image_id][2]

@@ -108,7 +108,7 @@ def test_transforms_give_the_configured_size(name, crop):
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 80, 3), dtype=np.uint8))
     size = 48
     for is_training in (True, False):
-        out = create_qpm_transform(name, is_training, img_size=size, crop=crop)(img)
+        out = create_qpm_transform(name, is_training, img_size=size, crop_to_bbox=crop)(img)
         assert isinstance(out, torch.Tensor) and out.shape == (3, size, size)
 
 
@@ -119,7 +119,7 @@ def test_recipe_augmentations_for_natural_images_and_none_that_change_concepts()
     assert jitter.brightness == (0.9, 1.1) and jitter.contrast == (0.9, 1.1) and jitter.saturation == (0.9, 1.1)
     assert T.RandomCrop in [type(t) for t in create_qpm_transform('cars', True).transforms]
     assert T.CenterCrop in [type(t) for t in create_qpm_transform('cars', False).transforms]
-    assert T.CenterCrop not in [type(t) for t in create_qpm_transform('cub', False, crop=True).transforms]
+    assert T.CenterCrop not in [type(t) for t in create_qpm_transform('cub', False, crop_to_bbox=True).transforms]
     concept_ops = [type(t) for t in create_qpm_transform('concepts', True).transforms]
     assert T.TrivialAugmentWide not in concept_ops and T.ColorJitter not in concept_ops
     for name in ('cub', 'concepts', 'imagenet'):

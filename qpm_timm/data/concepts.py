@@ -13,6 +13,7 @@ every pixel is the same for every class; positions and scales are uniform and in
 class. A linear model on raw pixels is therefore close to chance, while a small CNN is not
 (``tests/test_data_concepts.py`` checks both).
 """
+from functools import lru_cache
 from math import comb
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -20,7 +21,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ['ConceptsDataset', 'CONCEPT_VOCABULARY', 'CONCEPTS_MEAN', 'CONCEPTS_STD', 'make_class_concepts']
+__all__ = ['ConceptsDataset', 'CONCEPT_VOCABULARY', 'CONCEPTS_MEAN', 'CONCEPTS_STD', 'make_class_concepts',
+           'generate_concept_images']
 
 # Per-channel pixel mean/std of the default dataset (measured over the default train split,
 # 0..1 scale; colours are symmetric around 0.5 by construction).
@@ -148,14 +150,43 @@ def render_concepts(
     colour = background +- U(0.2, 0.3) per channel with a random sign. Then Gaussian pixel noise.
     """
     background = rng.uniform(0.3, 0.7, 3)
-    img = np.broadcast_to(background, (img_size, img_size, 3)).copy()
+    img = rng.standard_normal((img_size, img_size, 3), dtype=np.float32)
+    img *= noise_std
+    img += background.astype(np.float32)
     for name, (top, left, size) in zip(concept_names, _place_boxes(rng, len(concept_names), img_size, *scale)):
         coords = (np.arange(size) + 0.5) / size - 0.5
         mask = _SHAPES[name](coords[:, None], coords[None, :])
         colour = background + rng.choice((-1.0, 1.0), 3) * rng.uniform(0.2, 0.3, 3)
-        img[top:top + size, left:left + size][mask] = colour
-    img += rng.normal(0.0, noise_std, img.shape)
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        img[top:top + size, left:left + size][mask] += (colour - background).astype(np.float32)
+    np.clip(img, 0.0, 1.0, out=img)
+    img *= 255.0
+    img += 0.5
+    return img.astype(np.uint8)
+
+
+@lru_cache(maxsize=4)
+def generate_concept_images(
+        class_concepts_bytes: bytes,
+        num_concepts: int,
+        images_per_class: int,
+        img_size: int,
+        seed: int,
+        split_id: int,
+) -> np.ndarray:
+    """All images of a split, ``(C * images_per_class, H, W, 3)`` uint8, read-only.
+
+    Image ``i`` (class ``i // images_per_class``) is drawn from its own seed ``(seed, split_id, i)``,
+    with its class's concepts in random order. Cached in memory (the last 4 splits), so building
+    the same split again (train.py's train and train-eval sets) costs nothing.
+    """
+    class_concepts = np.frombuffer(class_concepts_bytes, dtype=bool).reshape(-1, num_concepts)
+    images = np.empty((len(class_concepts) * images_per_class, img_size, img_size, 3), dtype=np.uint8)
+    for index in range(len(images)):
+        rng = np.random.default_rng([seed, split_id, index])
+        names = [CONCEPT_VOCABULARY[k] for k in np.flatnonzero(class_concepts[index // images_per_class])]
+        images[index] = render_concepts([names[j] for j in rng.permutation(len(names))], img_size, rng)
+    images.flags.writeable = False
+    return images
 
 
 class ConceptsDataset(Dataset):
@@ -178,7 +209,7 @@ class ConceptsDataset(Dataset):
         concept_presence: ``(N, K)`` bool, which concepts image ``i`` shows (its class's row; this
             dataset draws no distractors).
         classes: class names (``'disk+ring+plus'``), concept_names, targets (list of int),
-        images: ``(N, H, W, 3)`` uint8, generated once in ``__init__``.
+        images: ``(N, H, W, 3)`` uint8, read-only, see ``generate_concept_images``.
     """
 
     def __init__(
@@ -217,14 +248,8 @@ class ConceptsDataset(Dataset):
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.targets: List[int] = np.repeat(np.arange(num_classes), images_per_class).tolist()
         self.concept_presence = self.class_concepts[self.targets]
-        self.images = np.stack([self._render(i) for i in range(len(self.targets))])
-
-    def _render(self, index: int) -> np.ndarray:
-        """Image ``index``, from its own seed ``(seed, split, index)``; the concepts in random order."""
-        rng = np.random.default_rng([self.seed, 1 + (self.split == 'val'), index])
-        names = [self.concept_names[k] for k in np.flatnonzero(self.concept_presence[index])]
-        names = [names[j] for j in rng.permutation(len(names))]
-        return render_concepts(names, self.img_size, rng)
+        self.images = generate_concept_images(
+            self.class_concepts.tobytes(), num_concepts, images_per_class, img_size, seed, 1 + split_id)
 
     def __len__(self) -> int:
         return len(self.targets)

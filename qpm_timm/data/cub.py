@@ -90,7 +90,7 @@ class CUB200Dataset(Dataset):
     Args:
         root: the ``CUB_200_2011`` folder or its parent.
         split: ``'train'`` or ``'test'`` (``'val'``/``'validation'`` are aliases of ``'test'``).
-        crop: crop every image to its ground-truth bounding box (the authors' CUB recipe).
+        crop_to_bbox: crop every image to its ground-truth bounding box (the authors' CUB recipe).
         transform / target_transform: applied in ``__getitem__``.
         loader: path -> PIL image (RGB).
 
@@ -104,7 +104,7 @@ class CUB200Dataset(Dataset):
             self,
             root: str,
             split: str = 'train',
-            crop: bool = True,
+            crop_to_bbox: bool = True,
             transform: Optional[Callable] = None,
             target_transform: Optional[Callable] = None,
             loader: Callable = default_loader,
@@ -113,7 +113,7 @@ class CUB200Dataset(Dataset):
             raise ValueError(f'unknown CUB split {split!r}; use one of {sorted(_SPLITS)}.')
         self.folder = find_cub_folder(root)
         self.split = 'train' if _SPLITS[split] else 'test'
-        self.crop = crop
+        self.crop_to_bbox = crop_to_bbox
         self.transform = transform
         self.target_transform = target_transform
         self.loader = loader
@@ -198,7 +198,7 @@ class CUB200Dataset(Dataset):
     def __getitem__(self, index: int):
         path, target = self.samples[index]
         img = self.loader(path)
-        if self.crop:
+        if self.crop_to_bbox:
             img = img.crop(self.crop_box(index, img.size))
         if self.transform is not None:
             img = self.transform(img)
@@ -207,5 +207,5 @@ class CUB200Dataset(Dataset):
         return img, target
 
     def __repr__(self) -> str:
-        return (f'{type(self).__name__}(folder={self.folder!r}, split={self.split!r}, crop={self.crop}, '
+        return (f'{type(self).__name__}(folder={self.folder!r}, split={self.split!r}, crop_to_bbox={self.crop_to_bbox}, '
                 f'images={len(self)}, classes={len(self.classes)})')

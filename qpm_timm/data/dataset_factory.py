@@ -4,7 +4,7 @@
 name                           dataset
 =============================  =====================================================================
 ``concepts``                   :class:`ConceptsDataset` (generated, no ``root``)
-``cub`` (``cub200``, ...)      :class:`CUB200Dataset` (native CUB_200_2011 folder, ``crop=True``)
+``cub`` (``cub200``, ...)      :class:`CUB200Dataset` (native CUB_200_2011 folder, ``crop_to_bbox=True``)
 ``cars`` (``stanford_cars``)   torchvision ``StanfordCars`` (``root/stanford_cars/...``)
 ``aircraft`` (``fgvc_...``)    torchvision ``FGVCAircraft`` (``root/fgvc-aircraft-2013b/...``)
 ``imagenet``, ``folder``, ''   timm ``create_dataset`` on a class-per-folder tree (or tar)

@@ -2,7 +2,7 @@
 
 Fine-grained datasets (CUB, Stanford Cars, FGVC-Aircraft, class-per-folder trees) follow the
 authors' recipe (QPM_METHOD.md, "Recipe"): images already cropped to the object (CUB with
-``crop=True``) are resized to a square; the others are resized on the short side and randomly
+``crop_to_bbox=True``) are resized to a square; the others are resized on the short side and randomly
 cropped with 4 px padding (center-cropped for eval). Training adds a horizontal flip,
 ``ColorJitter(0.1, 0.1, 0.1)`` and ``TrivialAugmentWide``. ImageNet uses timm's standard
 pipeline (RandomResizedCrop, flip, colour jitter 0.1; eval resize to 1/0.875 and center crop).
@@ -62,7 +62,7 @@ def create_qpm_transform(
         name: str = 'concepts',
         is_training: bool = False,
         img_size: Optional[int] = None,
-        crop: bool = True,
+        crop_to_bbox: bool = True,
         jitter: float = 0.1,
         trivial_augment: bool = True,
         hflip: bool = True,
@@ -75,7 +75,7 @@ def create_qpm_transform(
         name: dataset name as accepted by ``create_qpm_dataset``.
         is_training: augmenting train transform or deterministic eval transform.
         img_size: output side; default from ``resolve_qpm_data_config``.
-        crop: for CUB, whether the images are already cropped to their bounding boxes (then
+        crop_to_bbox: for CUB, whether the images are cropped to their bounding boxes (then
             resized to a square, else resized on the short side and (random/center) cropped).
         jitter: ColorJitter strength for brightness, contrast, saturation (0 disables).
         trivial_augment, hflip: the remaining train augmentations of the recipe.
@@ -95,7 +95,7 @@ def create_qpm_transform(
         return create_transform(
             size, is_training=is_training, hflip=0.5 if hflip else 0.0, color_jitter=jitter,
             mean=tuple(mean or cfg.mean), std=tuple(std or cfg.std), crop_pct=0.875)
-    squash = key == 'cub' and crop
+    squash = key == 'cub' and crop_to_bbox
     ops = [T.Resize((size, size)) if squash else T.Resize(size)]
     if not squash:
         ops.append(T.RandomCrop(size, padding=4) if is_training else T.CenterCrop(size))
