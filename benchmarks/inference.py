@@ -19,7 +19,7 @@ image of every model is counted with ``torch.utils.flop_counter.FlopCounterMode`
 Example (the defaults are the issue's setting: batch 8, 224 px, CPU; after ``pip install -e .``, or with
 ``PYTHONPATH=.`` from the repository root):
 
-    python benchmarks/inference.py --reps 20 --threads 2
+    python benchmarks/inference.py --reps 20 --threads 1   # 1 thread: stable on a loaded, shared machine
 """
 import argparse
 import os
