@@ -22,6 +22,7 @@ Example (CPU, 2 cores; after ``pip install -e .``, or with ``PYTHONPATH=.`` from
     python benchmarks/train_step.py --batch-size 8 --img-size 224 --reps 10 --threads 1
 """
 import argparse
+import math
 import os
 import statistics
 import time
@@ -203,7 +204,7 @@ def main(argv=None) -> float:
     times = alternate(steps, args.reps, args.warmup, time_fn)
     fdl_times = alternate({'FDL alone (forward + backward)': fdl_only}, max(args.reps, 20), args.warmup, time_fn)
     print(f'after:  {load_text()}')
-    if not all(map(lambda v: v == v and abs(v) != float('inf'), losses.values())):
+    if not all(math.isfinite(v) for v in losses.values()):
         raise RuntimeError(f'a loss is not finite ({losses}); lower --lr')
 
     print()
@@ -214,7 +215,7 @@ def main(argv=None) -> float:
     med = {name: statistics.median(t) for ts in (times, fdl_times) for name, t in ts.items()}
     a, b = med['A QPM step (CE + FDL)'], med['B plain timm step (CE)']
     print()
-    print(f'last losses: ' + ', '.join(f'{k} {v:.3f}' for k, v in losses.items()))
+    print('last losses: ' + ', '.join(f'{k} {v:.3f}' for k, v in losses.items()))
     print(f'FDL alone / plain step = {med["FDL alone (forward + backward)"] / b:.3f}')
     if not args.no_attribution:
         c = med['C QPM step without FDL (CE)']
