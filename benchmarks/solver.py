@@ -25,7 +25,9 @@ Methods:
 """
 import argparse
 import math
+import multiprocessing as mp
 import os
+import queue as queue_mod
 import sys
 import time
 from typing import Dict, List, Optional, Tuple
@@ -83,7 +85,7 @@ def run_cpsat_authors(p: QPMProblem, T: float, workers: int) -> Row:
     t0 = time.perf_counter()
     fm = build_full_model(p, "none")
     build = time.perf_counter() - t0
-    best_z, bound, rounds, cuts, hint = None, None, 0, 0, None
+    best_z, bound, rounds, cuts, hint, last = None, None, 0, 0, None, ""
     while time.perf_counter() - t0 < T:
         if hint is not None:
             hint_full_model(fm, p, *hint)  # the authors warm-start each lazy round
@@ -98,12 +100,13 @@ def run_cpsat_authors(p: QPMProblem, T: float, workers: int) -> Row:
         if not pairs:  # every constraint holds: done (optimal or out of time)
             best_z = p.objective(S, W)
             break
+        last = f"; last round Z={p.objective(S, W):.2f} with {len(pairs)} colliding pairs"
         for c, d in pairs:
             add_nogood(fm, c, d, S[np.flatnonzero(W[c])].tolist())
             cuts += 1
         hint = (S, W)
     return dict(objective=best_z, bound=bound, time=time.perf_counter() - t0,
-                note=f"build {build:.0f}s, {rounds} rounds, {cuts} lazy cuts")
+                note=f"build {build:.0f}s, {rounds} rounds, {cuts} lazy cuts" + ("" if best_z is not None else last))
 
 
 def cp_model_solver(workers: int, remaining: float):
@@ -179,7 +182,7 @@ def run_highs(p: QPMProblem, T: float, workers: int) -> Row:
     lp.integrality_ = [highspy.HighsVarType.kInteger] * n_col
     h.passModel(lp)
     build = time.perf_counter() - t0
-    best_z, bound, rounds, cuts = None, None, 0, 0
+    best_z, bound, rounds, cuts, last = None, None, 0, 0, ""
     while time.perf_counter() - t0 < T:
         h.setOptionValue("time_limit", max(1e-3, T - (time.perf_counter() - t0)))
         h.run()
@@ -197,12 +200,13 @@ def run_highs(p: QPMProblem, T: float, workers: int) -> Row:
         if not pairs:
             best_z = p.objective(S, W)
             break
+        last = f"; last round Z={p.objective(S, W):.2f} with {len(pairs)} colliding pairs"
         for c, d in pairs:
             idx, val, ub = _nogood_row(p, S, W, c, d)
             h.addRow(-inf, ub, idx.size, idx.astype(np.int32), val)
             cuts += 1
     return dict(objective=best_z, bound=bound, time=time.perf_counter() - t0,
-                note=f"build {build:.0f}s, {rounds} rounds, {cuts} lazy cuts")
+                note=f"build {build:.0f}s, {rounds} rounds, {cuts} lazy cuts" + ("" if best_z is not None else last))
 
 
 def run_gurobi(p: QPMProblem, T: float, workers: int) -> Row:
@@ -246,6 +250,31 @@ def run_gurobi(p: QPMProblem, T: float, workers: int) -> Row:
                 note=f"{rounds} rounds, {cuts} lazy cuts")
 
 
+def _child(queue, fn, args) -> None:
+    try:
+        queue.put(fn(*args))
+    except Exception as e:  # reported in the table
+        queue.put(dict(objective=None, bound=None, time=0.0, note=f"failed: {type(e).__name__}: {str(e)[:80]}"))
+
+
+def run_guarded(fn, args, hard_limit: float) -> Row:
+    """Run a baseline in a forked process and kill it at ``hard_limit`` seconds (HiGHS can overrun
+    its own time limit on the largest models, e.g. in presolve)."""
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    t0 = time.perf_counter()
+    proc = ctx.Process(target=_child, args=(queue, fn, args))
+    proc.start()
+    try:
+        row = queue.get(timeout=hard_limit)
+    except queue_mod.Empty:
+        proc.kill()
+        row = dict(objective=None, bound=None, time=time.perf_counter() - t0,
+                   note=f"killed at {hard_limit:.0f}s: did not stop at its time limit")
+    proc.join(5)
+    return row
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="tiny,small,cub,imagenet")
@@ -282,9 +311,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                 elif meth == "greedy+swap":
                     rows[meth] = run_greedy_swap(p)
                 elif meth == "cpsat-authors":
-                    rows[meth] = run_cpsat_authors(p, T, args.workers)
+                    rows[meth] = run_guarded(run_cpsat_authors, (p, T, args.workers), 1.1 * T + 60)
                 elif meth == "highs":
-                    rows[meth] = run_highs(p, T, args.workers)
+                    rows[meth] = run_guarded(run_highs, (p, T, args.workers), 1.1 * T + 60)
                 elif meth == "gurobi":
                     rows[meth] = run_gurobi(p, T, args.workers)
                 else:
