@@ -5,9 +5,12 @@ Trains a timm model from scratch on ``ConceptsDataset`` with the package's train
 scheduler factories (as train.py), evaluates val top-1 after every
 epoch and prints the elapsed training time, so a recipe reaching the target accuracy within a
 CPU time budget can be read off. ``--epochs 0`` times a few batches first and picks the number
-of epochs that fits ``--budget`` seconds. Example (2 cores):
+of epochs that fits ``--budget`` seconds. The recipe that reached 98.4 % val top-1 in 100 s of
+training on 2 pinned Xeon cores (97.4 % after 76 s); plain resnet18 (7x7 stem) stayed below 17 %
+after 180 s:
 
-    taskset -c 0,1 python benchmarks/concepts_learnability.py --model resnet18 --epochs 0 --budget 240
+    taskset -c 0,1 python benchmarks/concepts_learnability.py --model resnet10t \
+        --model-kwargs "channels=(16,32,64,128)" stem_width=16 --opt adamw --lr 4e-3 --epochs 12
 """
 import argparse
 import ast

@@ -74,7 +74,8 @@ def test_cars_reads_torchvision_layout(tmp_path):
     sio = pytest.importorskip('scipy.io')
     base = tmp_path / 'stanford_cars'
     (base / 'devkit').mkdir(parents=True)
-    sio.savemat(base / 'devkit' / 'cars_meta.mat', {'class_names': np.array(['AM General Hummer', 'Acura RL'], dtype=object)})
+    names = np.array(['AM General Hummer', 'Acura RL'], dtype=object)
+    sio.savemat(base / 'devkit' / 'cars_meta.mat', {'class_names': names})
     annos = np.array([('00001.jpg', 2), ('00002.jpg', 1)], dtype=[('fname', object), ('class', np.uint8)])
     sio.savemat(base / 'devkit' / 'cars_train_annos.mat', {'annotations': annos})
     for name in ('00001.jpg', '00002.jpg'):

@@ -38,7 +38,8 @@ def find_cub_folder(root: str) -> str:
 
 def cub_readable_name(folder_name: str) -> str:
     """``'001.Black_footed_Albatross'`` -> ``'Black footed Albatross'``."""
-    name = folder_name.split('.', 1)[1] if '.' in folder_name and folder_name.split('.', 1)[0].isdigit() else folder_name
+    number, dot, rest = folder_name.partition('.')
+    name = rest if dot and number.isdigit() else folder_name
     return name.replace('_', ' ')
 
 
@@ -207,5 +208,5 @@ class CUB200Dataset(Dataset):
         return img, target
 
     def __repr__(self) -> str:
-        return (f'{type(self).__name__}(folder={self.folder!r}, split={self.split!r}, crop_to_bbox={self.crop_to_bbox}, '
-                f'images={len(self)}, classes={len(self.classes)})')
+        return (f'{type(self).__name__}(folder={self.folder!r}, split={self.split!r}, '
+                f'crop_to_bbox={self.crop_to_bbox}, images={len(self)}, classes={len(self.classes)})')
