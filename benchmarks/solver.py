@@ -322,7 +322,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                 rows[meth] = dict(objective=None, bound=None, time=time.perf_counter() - t,
                                   note=f"failed: {type(e).__name__}: {str(e)[:80]}")
             r = rows[meth]
-            print(f"  .. {meth}: Z={r['objective']} ({r['time']:.1f}s) {r['note']}", flush=True)
+            print(f"  .. {meth}: Z={r['objective']} bound={r['bound']} ({r['time']:.1f}s) {r['note']}", flush=True)
         best = max((r["objective"] for r in rows.values() if r["objective"] is not None), default=None)
         print(header)
         for meth, r in rows.items():
