@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One prepared GPU run (issue 5): the embedded default with a ResNet-50 QPM (reduced strides) at 224 px,
+# --amp --channels-last, one dense and one fine-tune epoch; then the QPM/plain training-step ratio on the GPU.
+# Usage on the device machine (wheels for ortools/timm carried in .whl): bash benchmarks/gpu_check.sh OUT_DIR
+set -uo pipefail
+OUT=${1:-${OUT:-/tmp/gpu_out}}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
+python3 -c "import torch, timm, ortools; print('torch', torch.__version__, 'timm', timm.__version__, 'ortools', ortools.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/device.txt"
+/usr/bin/time -v python3 train.py -c qpm_timm/configs/concepts.yaml --model qpm --backbone resnet50 --reduced-strides \
+  --img-size 224 --amp --channels-last --epochs 1 --finetune-epochs 1 --device cuda --workers 12 -b 64 \
+  --solver-time-limit 5 --dataset-args "{images_per_class: 60}" --output /tmp/gpu_train --no-progress 2>&1 | grep -v "^  feature\|^|" | tee "$OUT/train.log"
+cp /tmp/gpu_train/*/results.json "$OUT/train_results.json" 2>/dev/null
+python3 benchmarks/train_step.py --device cuda --amp --channels-last --reduced-strides --batch-size 32 --img-size 224 \
+  --reps 8 --warmup 2 2>&1 | tee "$OUT/train_step_cuda.txt"
