@@ -26,7 +26,9 @@ import time
 from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,7 +36,8 @@ import timm
 import yaml
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-from timm.utils import AverageMeter, CheckpointSaver, accuracy, init_distributed_device, random_seed, update_summary
+from timm.utils import (
+    AverageMeter, CheckpointSaver, ParseKwargs, accuracy, init_distributed_device, random_seed, update_summary)
 from tqdm import tqdm
 
 import qpm_timm
@@ -67,6 +70,8 @@ group = parser.add_argument_group('Model parameters')
 group.add_argument('--model', default='qpm', metavar='MODEL',
                    help='a QPM architecture: qpm_resnet50_cub, ... or "qpm" with --backbone')
 group.add_argument('--backbone', default=None, metavar='NAME', help='timm CNN for --model qpm (e.g. resnet18)')
+group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+                   help='backbone kwargs, e.g. stem_width=16 (YAML: model_kwargs: {stem_width: 16})')
 group.add_argument('--reduced-strides', action=argparse.BooleanOptionalAction, default=None,
                    help='ResNet layer3/layer4 with stride 1 (the recipe for fine-grained data)')
 group.add_argument('--initial-checkpoint', default='', metavar='PATH', help='load these weights before training')
@@ -147,7 +152,8 @@ def _parse_args(argv=None):
 # --- pieces of the pipeline ------------------------------------------------------------------------------------
 def create_model(args, num_classes: int) -> qpm_timm.QPMModel:
     """The dense model of stage 1; ``--model`` must be a QPM architecture."""
-    kwargs = dict(num_classes=num_classes, n_features=args.n_features, n_per_class=args.n_per_class, head='dense')
+    kwargs = dict(num_classes=num_classes, n_features=args.n_features, n_per_class=args.n_per_class, head='dense',
+                  **args.model_kwargs)
     if args.reduced_strides is not None:
         kwargs['reduced_strides'] = args.reduced_strides
     if args.model == 'qpm':
@@ -250,16 +256,22 @@ def resume_epoch(model, optimizer, folder: Path) -> int:
     return 0 if epoch is None else epoch
 
 
-def solve(stats: QPMStatistics, args, path: Path) -> QPMSolution:
-    """Stage 3 on rank 0, cached in ``solution.json`` (validated against the statistics' hash)."""
-    problem = QPMProblem(stats.A, B=stats.B, n_features=args.n_features, n_per_class=args.n_per_class)
+def solve(stats: QPMStatistics, args, path: Path) -> Tuple[QPMSolution, np.ndarray]:
+    """Stage 3 on rank 0, cached in ``solution.json`` (validated against the statistics' hash).
+
+    Constant features (std 0) cannot be normalised by the QPM head, so the problem is posed over the others;
+    returns the solution and the channel index of each of its features.
+    """
+    channels = np.flatnonzero(stats.std > 0)
+    problem = QPMProblem(stats.A[channels], B=stats.B[channels], n_features=args.n_features,
+                         n_per_class=args.n_per_class)
     if path.is_file():
-        return QPMSolution.load(path, problem)
+        return QPMSolution.load(path, problem), channels
     solution = solve_qpm(problem, time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log)
     solution.save(path)
     _logger.info(f'solved: Z = {solution.objective:.4f} (bound {solution.bound}), {solution.status}, '
                  f'{solution.wall_time:.1f} s')
-    return solution
+    return solution, channels
 
 
 def broadcast(obj, args):
@@ -314,7 +326,8 @@ def build_data(args):
     img_size = args.img_size or cfg.img_size
 
     def make(split, training):
-        transform = create_qpm_transform(args.dataset, is_training=training, img_size=img_size)
+        transform = create_qpm_transform(args.dataset, is_training=training, img_size=img_size,
+                                         crop_to_bbox=extra.get('crop_to_bbox', True))
         return create_qpm_dataset(args.dataset, args.data_dir, split=split, is_training=training,
                                   transform=transform, **extra)
     train, train_eval, val = make(args.train_split, True), make(args.train_split, False), make(args.val_split, False)
@@ -387,9 +400,8 @@ def main(argv=None) -> dict:
             stats.save(stats_path)
 
     # stage 3: solve on rank 0, broadcast
-    solution = solve(stats, args, exp / 'solution.json') if args.rank == 0 else None
-    solution = broadcast(solution, args)
-    model.set_qpm_head(torch.as_tensor(solution.selected), torch.as_tensor(solution.assignment),
+    solution, channels = broadcast(solve(stats, args, exp / 'solution.json') if args.rank == 0 else None, args)
+    model.set_qpm_head(torch.as_tensor(channels[solution.selected]), torch.as_tensor(solution.assignment),
                        torch.as_tensor(stats.mean), torch.as_tensor(stats.std))
     model.to(device)
 
