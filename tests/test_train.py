@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--model', 'qpm', '--backbone', 'test_resnet', '--img-size', '32', '--n-features', '6', '--n-per-class', '2',
-        '--epochs', '3', '--finetune-epochs', '1', '--solver-time-limit', '5', '--workers', '0', '-b', '16',
+        '--epochs', '3', '--finetune-epochs', '1', '--solver-time-limit', '30', '--workers', '0', '-b', '16',
         '--lr', '0.05', '--no-progress', '--dataset-args', '{num_classes: 6, num_concepts: 6, images_per_class: 8}']
 
 
