@@ -177,14 +177,20 @@ class WithFeatures(nn.Module):
         return self.model.forward_with_features(x)
 
 
+def to_device(x, y, device, args):
+    """A batch on the device, images channels-last with ``--channels-last``."""
+    x = x.to(device)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device)
+
+
 def train_one_epoch(epoch, model, step_model, loader, optimizer, fdl, args, device, amp):
     model.train()
     losses = AverageMeter()
     bar = tqdm(loader, desc=f'epoch {epoch}', disable=args.no_progress or args.rank != 0, leave=False)
     for x, y in bar:
-        x, y = x.to(device), y.to(device)
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = to_device(x, y, device, args)
         with amp():
             out = step_model(x)
             loss = F.cross_entropy(out.logits, y) + fdl(out.feature_maps, out.logits, model.class_weights)
@@ -204,9 +210,7 @@ def evaluate(model, loader, device, args, amp):
     model.eval()
     losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter()
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = to_device(x, y, device, args)
         with amp():
             logits = model(x)
         acc1, acc5 = accuracy(logits.float(), y, topk=(1, min(5, logits.shape[1])))

@@ -24,15 +24,13 @@ Example (the defaults are the issue's setting: batch 8, 224 px, CPU; after ``pip
 import argparse
 import os
 import statistics
-import time
-from typing import Callable, Dict, List
 
 import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import qpm_timm  # noqa: F401  (registers the qpm_* models)
-from qpm_timm.models.head import placeholder_assignment
+from _common import alternate, copy_backbone, load_text, row, solved_looking_head, timer
 
 TARGET = 1.05
 
@@ -56,45 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def solved_looking_head(model: torch.nn.Module, generator: torch.Generator) -> None:
-    """Give a QPM model a random but valid head: distinct selection, binary assignment, random mean/std."""
-    n_f, n_wc, c = model.n_features, model.n_per_class, model.num_classes
-    selection = torch.randperm(model.num_features, generator=generator)[:n_f]
-    assignment = placeholder_assignment(c, n_f, n_wc)[:, torch.randperm(n_f, generator=generator)].bool()
-    mean = torch.rand(n_f, generator=generator)
-    std = 0.5 + torch.rand(n_f, generator=generator)
-    model.set_qpm_head(selection, assignment, mean, std)
 
 
-def copy_backbone(qpm_model: torch.nn.Module, plain: torch.nn.Module) -> None:
-    """Load the plain timm model's weights (all but its classifier) into the QPM backbone, strictly."""
-    classifier = plain.default_cfg['classifier']
-    state = {k: v for k, v in plain.state_dict().items() if not k.startswith(classifier + '.')}
-    qpm_model.backbone.load_state_dict(state, strict=True)
 
 
-def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
-    def run(fn: Callable[[], object]) -> float:
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
-    return run
 
 
-def alternate(fns: Dict[str, Callable[[], object]], reps: int, warmup: int, time_fn) -> Dict[str, List[float]]:
-    """Run every function in turn (A, B, A, B, ...), ``warmup`` untimed rounds first; seconds per call."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            times[name].append(time_fn(fn))
-    return times
 
 
 def gmacs_per_image(model: torch.nn.Module, img_size: int, device: torch.device) -> float:
@@ -104,16 +69,8 @@ def gmacs_per_image(model: torch.nn.Module, img_size: int, device: torch.device)
     return counter.get_total_flops() / 2e9
 
 
-def load_text() -> str:
-    try:
-        return 'load average %.2f %.2f %.2f' % os.getloadavg()
-    except OSError:
-        return 'load average n/a'
 
 
-def row(name: str, ts: List[float]) -> str:
-    return (f'{name:<44} {1e3 * statistics.median(ts):>10.1f} {1e3 * min(ts):>9.1f} {1e3 * max(ts):>9.1f} '
-            f'{len(ts):>5}')
 
 
 def main(argv=None) -> float:
@@ -146,11 +103,11 @@ def main(argv=None) -> float:
               f'medians)')
 
         time_fn = timer(device)
-        full = alternate({'A qpm_resnet50_imagenet (QPM head)': lambda: qpm_model(x),
-                          'B timm resnet50 (pool + linear head)': lambda: plain(x)},
+        full = alternate({'A qpm_resnet50_imagenet (QPM head)': lambda _: qpm_model(x),
+                          'B timm resnet50 (pool + linear head)': lambda _: plain(x)},
                          args.reps, args.warmup, time_fn)
-        heads = alternate({'A QPM head only (forward_head)': lambda: qpm_model.forward_head(feats),
-                           'B linear head only (forward_head)': lambda: plain.forward_head(feats)},
+        heads = alternate({'A QPM head only (forward_head)': lambda _: qpm_model.forward_head(feats),
+                           'B linear head only (forward_head)': lambda _: plain.forward_head(feats)},
                           max(args.reps, 50), args.warmup, time_fn)
         gmacs = {'qpm_resnet50_imagenet': gmacs_per_image(qpm_model, args.img_size, device),
                  'resnet50': gmacs_per_image(plain, args.img_size, device)}
@@ -161,8 +118,8 @@ def main(argv=None) -> float:
             solved_looking_head(cub, g)
             cub.to(device)
             gmacs['qpm_resnet50_cub'] = gmacs_per_image(cub, args.img_size, device)
-            reduced = alternate({'C qpm_resnet50_cub (reduced strides, info)': lambda: cub(x),
-                                 'B timm resnet50 (same rounds as C)': lambda: plain(x)},
+            reduced = alternate({'C qpm_resnet50_cub (reduced strides, info)': lambda _: cub(x),
+                                 'B timm resnet50 (same rounds as C)': lambda _: plain(x)},
                                 args.reduced_reps, 1, time_fn)
         print(f'after:  {load_text()}')
 

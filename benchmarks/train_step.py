@@ -25,17 +25,16 @@ import argparse
 import math
 import os
 import statistics
-import time
 from contextlib import nullcontext
-from typing import Callable, Dict, List
+from typing import Dict
 
 import timm
 import torch
 import torch.nn.functional as F
 
 import qpm_timm  # noqa: F401  (registers the qpm models)
+from _common import alternate, copy_backbone, load_text, row, solved_looking_head, timer
 from qpm_timm.losses import FeatureDiversityLoss
-from qpm_timm.models.head import placeholder_assignment
 from qpm_timm.models.qpm import reduce_resnet_strides
 
 TARGET = 1.15
@@ -75,57 +74,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def solved_looking_head(model: torch.nn.Module, generator: torch.Generator) -> None:
-    """Give a QPM model a random but valid head: distinct selection, binary assignment, random mean/std."""
-    n_f, n_wc, c = model.n_features, model.n_per_class, model.num_classes
-    selection = torch.randperm(model.num_features, generator=generator)[:n_f]
-    assignment = placeholder_assignment(c, n_f, n_wc)[:, torch.randperm(n_f, generator=generator)].bool()
-    mean = torch.rand(n_f, generator=generator)
-    std = 0.5 + torch.rand(n_f, generator=generator)
-    model.set_qpm_head(selection, assignment, mean, std)
 
 
-def copy_backbone(qpm_model: torch.nn.Module, plain: torch.nn.Module) -> None:
-    """Load the plain timm model's weights (all but its classifier) into the QPM backbone, strictly."""
-    classifier = plain.default_cfg['classifier']
-    state = {k: v for k, v in plain.state_dict().items() if not k.startswith(classifier + '.')}
-    qpm_model.backbone.load_state_dict(state, strict=True)
 
 
-def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
-    def run(fn: Callable[[], object]) -> float:
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
-    return run
 
 
-def alternate(fns: Dict[str, Callable[[int], object]], reps: int, warmup: int, time_fn) -> Dict[str, List[float]]:
-    """Run every step in turn (A, B, C, A, B, C, ...) on batch ``i``, ``warmup`` untimed rounds first; seconds."""
-    for i in range(warmup):
-        for fn in fns.values():
-            fn(i)
-    times = {name: [] for name in fns}
-    for i in range(reps):
-        for name, fn in fns.items():
-            times[name].append(time_fn(lambda: fn(warmup + i)))
-    return times
 
 
-def load_text() -> str:
-    try:
-        return 'load average %.2f %.2f %.2f' % os.getloadavg()
-    except OSError:
-        return 'load average n/a'
 
 
-def row(name: str, ts: List[float]) -> str:
-    return (f'{name:<40} {1e3 * statistics.median(ts):>10.1f} {1e3 * min(ts):>9.1f} {1e3 * max(ts):>9.1f} '
-            f'{len(ts):>5}')
 
 
 def main(argv=None) -> float:
@@ -211,7 +169,7 @@ def main(argv=None) -> float:
     print(f'{"step":<40} {"median ms":>10} {"min ms":>9} {"max ms":>9} {"reps":>5}')
     for ts in (times, fdl_times):
         for name, t in ts.items():
-            print(row(name, t))
+            print(row(name, t, width=40))
     med = {name: statistics.median(t) for ts in (times, fdl_times) for name, t in ts.items()}
     a, b = med['A QPM step (CE + FDL)'], med['B plain timm step (CE)']
     print()
