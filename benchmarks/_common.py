@@ -2,11 +2,19 @@
 import os
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
 from qpm_timm.models.head import placeholder_assignment
+
+
+def setup(args) -> Tuple[torch.device, torch.Generator]:
+    """Apply ``--threads``, seed torch from ``--seed``; the device and a generator for the inputs."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    return torch.device(args.device), torch.Generator().manual_seed(args.seed)
 
 
 def solved_looking_head(model: torch.nn.Module, generator: torch.Generator) -> None:

@@ -30,7 +30,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import qpm_timm  # noqa: F401  (registers the qpm_* models)
-from _common import alternate, copy_backbone, load_text, row, solved_looking_head, timer
+from _common import alternate, copy_backbone, load_text, row, setup, solved_looking_head, timer
 
 TARGET = 1.05
 
@@ -54,14 +54,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-
-
-
-
-
-
-
-
 def gmacs_per_image(model: torch.nn.Module, img_size: int, device: torch.device) -> float:
     """Multiply-accumulates of one forward pass of one image, in billions (torch's FlopCounterMode)."""
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
@@ -69,17 +61,9 @@ def gmacs_per_image(model: torch.nn.Module, img_size: int, device: torch.device)
     return counter.get_total_flops() / 2e9
 
 
-
-
-
-
 def main(argv=None) -> float:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    g = torch.Generator().manual_seed(args.seed)
-    torch.manual_seed(args.seed)
+    device, g = setup(args)
 
     plain = timm.create_model('resnet50').eval()
     qpm_model = timm.create_model('qpm_resnet50_imagenet').eval()

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import qpm_timm  # noqa: F401  (registers the qpm models)
-from _common import alternate, copy_backbone, load_text, row, solved_looking_head, timer
+from _common import alternate, copy_backbone, load_text, row, setup, solved_looking_head, timer
 from qpm_timm.losses import FeatureDiversityLoss
 from qpm_timm.models.qpm import reduce_resnet_strides
 
@@ -74,25 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 def main(argv=None) -> float:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    g = torch.Generator().manual_seed(args.seed)
-    torch.manual_seed(args.seed)
+    device, g = setup(args)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp else nullcontext
 

@@ -294,6 +294,15 @@ def _image_loader(n=30, num_classes=3, size=8, batch_size=7):
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, targets), batch_size=batch_size)
 
 
+def _eval_features(model, loader):
+    """Pooled features, targets and maps of ``model`` in eval mode, stored (the direct reference)."""
+    model.eval()
+    with torch.no_grad():
+        outs = [(model.forward_with_features(x), y) for x, y in loader]
+    return (torch.cat([o.pooled for o, _ in outs]), torch.cat([y for _, y in outs]),
+            torch.cat([o.feature_maps for o, _ in outs]))
+
+
 def test_collect_statistics_runs_the_model_in_eval_and_inference_mode_and_restores_train_mode():
     torch.manual_seed(0)
     model = TinyDense()
@@ -301,12 +310,7 @@ def test_collect_statistics_runs_the_model_in_eval_and_inference_mode_and_restor
     loader = _image_loader()
     stats = collect_statistics(model, loader, num_classes=3)
     assert model.training and all(m == (False, False) for m in model.modes)
-    model.eval()
-    with torch.no_grad():
-        outs = [(model.forward_with_features(x), y) for x, y in loader]
-    maps = torch.cat([o.feature_maps for o, _ in outs])
-    pooled = torch.cat([o.pooled for o, _ in outs])
-    targets = torch.cat([y for _, y in outs])
+    pooled, targets, maps = _eval_features(model, loader)
     assert_matches_reference(stats, reference(pooled, targets, maps, 3))
 
 
@@ -332,12 +336,7 @@ def test_collect_statistics_with_a_dense_qpm_resnet18():
     model = qpm_timm.create_qpm("resnet18", num_classes=4, head="dense")
     loader = _image_loader(n=16, num_classes=4, size=32, batch_size=6)
     stats = collect_statistics(model, loader, num_classes=4)
-    model.eval()
-    with torch.no_grad():
-        outs = [(model.forward_with_features(x), y) for x, y in loader]
-    maps = torch.cat([o.feature_maps for o, _ in outs])
-    pooled = torch.cat([o.pooled for o, _ in outs])
-    targets = torch.cat([y for _, y in outs])
+    pooled, targets, maps = _eval_features(model, loader)
     assert stats.A.shape == (model.num_features, 4) and stats.num_images == 16
     assert np.isfinite(stats.B).all()
     live = stats.std > 0  # random-init ReLU features of a tiny input may be constant (dead)
