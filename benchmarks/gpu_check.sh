@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# One prepared GPU run (issue 5): the embedded default with a ResNet-50 QPM (reduced strides) at 224 px,
-# --amp --channels-last, one dense and one fine-tune epoch; then the QPM/plain training-step ratio on the GPU.
+# One prepared GPU run (issue 5):
+#   1. the embedded default with a ResNet-50 QPM (reduced strides) at 224 px, --amp --channels-last,
+#      one dense and one fine-tune epoch;
+#   2. the QPM/plain training-step ratio on the GPU (benchmarks/train_step.py);
+#   3. the README's main command unchanged (the slim default, 20 + 4 epochs), which picks the GPU by itself.
 # Usage on the device machine (wheels for ortools/timm carried in .whl): bash benchmarks/gpu_check.sh OUT_DIR
 set -uo pipefail
 OUT=${1:-${OUT:-/tmp/gpu_out}}
@@ -14,9 +17,20 @@ fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
 python3 -c "import torch, timm, ortools; print('torch', torch.__version__, 'timm', timm.__version__, 'ortools', ortools.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/device.txt"
-/usr/bin/time -v python3 train.py -c qpm_timm/configs/concepts.yaml --model qpm --backbone resnet50 --reduced-strides \
-  --img-size 224 --amp --channels-last --epochs 1 --finetune-epochs 1 --device cuda --workers 12 -b 64 \
-  --solver-time-limit 5 --dataset-args "{images_per_class: 60}" --output /tmp/gpu_train --no-progress 2>&1 | grep -v "^  feature\|^|" | tee "$OUT/train.log"
-cp /tmp/gpu_train/*/results.json "$OUT/train_results.json" 2>/dev/null
-python3 benchmarks/train_step.py --device cuda --amp --channels-last --reduced-strides --batch-size 32 --img-size 224 \
-  --reps 8 --warmup 2 2>&1 | tee "$OUT/train_step_cuda.txt"
+echo "== 1. ResNet-50 QPM, 224 px, amp, channels-last, 1 + 1 epochs"
+t0=$SECONDS
+timeout 150 python3 train.py -c qpm_timm/configs/concepts.yaml --model qpm --backbone resnet50 \
+  --reduced-strides --img-size 224 --amp --channels-last --epochs 1 --finetune-epochs 1 --device cuda --workers 12 \
+  -b 64 --solver-time-limit 5 --dataset-args "{images_per_class: 60}" --experiment qpm_resnet50-concepts-gpu \
+  --output /tmp/gpu_train --no-progress 2>&1 | grep -v "^  feature\|^|" | tee "$OUT/train.log"
+echo "wall $((SECONDS - t0)) s" | tee -a "$OUT/train.log"
+cp /tmp/gpu_train/qpm_resnet50-concepts-gpu/results.json "$OUT/train_results.json" 2>/dev/null
+echo "== 2. training-step ratio"
+timeout 90 python3 benchmarks/train_step.py --device cuda --amp --channels-last --reduced-strides --batch-size 32 \
+  --img-size 224 --reps 8 --warmup 2 2>&1 | tee "$OUT/train_step_cuda.txt"
+echo "== 3. README main command"
+t0=$SECONDS
+timeout 150 python3 train.py -c qpm_timm/configs/concepts.yaml --output /tmp/gpu_default \
+  --no-progress 2>&1 | grep -v "^  feature\|^|" | tee "$OUT/default.log"
+echo "wall $((SECONDS - t0)) s" | tee -a "$OUT/default.log"
+cp /tmp/gpu_default/*/results.json "$OUT/default_results.json" 2>/dev/null
