@@ -8,13 +8,7 @@
 set -uo pipefail
 OUT=${1:-${OUT:-/tmp/gpu_out}}
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
+source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
 python3 -c "import torch, timm, ortools; print('torch', torch.__version__, 'timm', timm.__version__, 'ortools', ortools.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/device.txt"
 echo "== 1. ResNet-50 QPM, 224 px, amp, channels-last, 1 + 1 epochs"

@@ -37,12 +37,12 @@ def test_splits_share_class_definitions_but_not_images():
 
 def test_default_ground_truth_is_consistent():
     ds = ConceptsDataset('train', images_per_class=2)
-    assert ds.class_concepts.shape == (24, 12) and ds.class_concepts.dtype == bool
-    assert ds.concept_presence.shape == (48, 12) and ds.concept_presence.dtype == bool
+    assert ds.class_concepts.shape == (48, 12) and ds.class_concepts.dtype == bool
+    assert ds.concept_presence.shape == (96, 12) and ds.concept_presence.dtype == bool
     assert ds.concept_names == list(CONCEPT_VOCABULARY[:12]) and ds.img_size == 64
-    assert len({tuple(row) for row in ds.class_concepts}) == 24  # every class distinct
+    assert len({tuple(row) for row in ds.class_concepts}) == 48  # every class distinct
     assert (ds.class_concepts.sum(1) == 3).all() and ds.class_concepts.any(0).all()  # 3 each, all used
-    assert ds.targets == [c for c in range(24) for _ in range(2)]
+    assert ds.targets == [c for c in range(48) for _ in range(2)]
     assert np.array_equal(ds.concept_presence, ds.class_concepts[ds.targets])
     for name, row in zip(ds.classes, ds.class_concepts):
         assert name.split('+') == [ds.concept_names[k] for k in np.flatnonzero(row)]
