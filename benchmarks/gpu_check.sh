@@ -2,7 +2,7 @@
 # One prepared GPU run (issue 5):
 #   1. the embedded default with a ResNet-50 QPM (reduced strides) at 224 px, --amp --channels-last,
 #      one dense and one fine-tune epoch;
-#   2. the QPM/plain training-step ratio on the GPU (benchmarks/train_step.py);
+#   2. the QPM/plain training-step ratio on the GPU (benchmarks/train.py);
 #   3. the README's main command unchanged (the slim default, 20 + 4 epochs), which picks the GPU by itself.
 # Usage on the device machine (wheels for ortools/timm carried in .whl): bash benchmarks/gpu_check.sh OUT_DIR
 set -uo pipefail
@@ -20,7 +20,7 @@ timeout 150 python3 train.py -c qpm_timm/configs/concepts.yaml --model qpm --bac
 echo "wall $((SECONDS - t0)) s" | tee -a "$OUT/train.log"
 cp /tmp/gpu_train/qpm_resnet50-concepts-gpu/results.json "$OUT/train_results.json" 2>/dev/null
 echo "== 2. training-step ratio"
-timeout 90 python3 benchmarks/train_step.py --device cuda --amp --channels-last --reduced-strides --batch-size 32 \
+timeout 90 python3 benchmarks/train.py --device cuda --amp --channels-last --reduced-strides --batch-size 32 \
   --img-size 224 --reps 8 --warmup 2 2>&1 | tee "$OUT/train_step_cuda.txt"
 echo "== 3. README main command"
 t0=$SECONDS

@@ -19,7 +19,7 @@ setting of the target (the QPM's extra cost is then only the head and the FDL). 
 
 Example (CPU, 2 cores; after ``pip install -e .``, or with ``PYTHONPATH=.`` from the repository root):
 
-    python benchmarks/train_step.py --batch-size 8 --img-size 224 --reps 10 --threads 1
+    python benchmarks/train.py --batch-size 8 --img-size 224 --reps 10 --threads 1
 """
 import argparse
 import math
