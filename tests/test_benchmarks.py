@@ -1,0 +1,47 @@
+"""Every benchmark script runs end to end at a tiny size and prints its ratio line (no timing is judged here)."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TRAIN = ['--epochs', '1', '--finetune-epochs', '1', '--img-size', '32', '--n-features', '6', '--n-per-class',
+              '2', '--solver-time-limit', '5', '--dataset-args', '{num_classes: 6, num_concepts: 6, images_per_class: 8}']
+
+
+def _run(args):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize('script, args, expected', [
+    ('inference.py', ['--batch-size', '1', '--img-size', '32', '--reps', '1', '--warmup', '0', '--reduced-reps', '1',
+                      '--threads', '1'],
+     [r'^ratio: \d+\.\d\d \(target <= 1\.05\)$']),
+    ('train.py', ['--backbone', 'resnet18', '--batch-size', '2', '--img-size', '32', '--reps', '1', '--warmup', '0',
+                  '--num-batches', '1', '--num-classes', '10', '--n-features', '8', '--n-per-class', '2', '--threads', '1'],
+     [r'^ratio: \d+\.\d\d \(target <= 1\.15\)$']),
+    ('stats.py', ['--images', '8', '--num-classes', '4', '--img-size', '32', '--batch-size', '4', '--mem-images', '8'],
+     [r'ratio stats/plain throughput: median of per-batch ratios \d+\.\d{3}', r'peak RSS ratio 4N/N: \d+\.\d{3}']),
+    ('solver.py', ['--sizes', 'tiny', '--methods', 'ours,greedy,greedy+swap', '--time-scale', '0.05'],
+     [r'^tiny\s+ours\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+\d+\.\d{3}%', r'^tiny\s+greedy\+swap\s+[\d.]+']),
+])
+def test_benchmark_script_runs_at_tiny_size_and_prints_its_ratio(script, args, expected):
+    out = _run([sys.executable, str(ROOT / 'benchmarks' / script), *args])
+    assert 'failed:' not in out
+    for pattern in expected:
+        assert re.search(pattern, out, re.MULTILINE), f'{pattern!r} not in:\n{out[-2000:]}'
+
+
+def test_recovery_seeds_script_reports_every_seed_and_the_minimum(tmp_path):
+    out = _run(['bash', 'benchmarks/recovery_seeds.sh', str(tmp_path / 'out'), 'cpu', '3', '4', '--', *TINY_TRAIN])
+    rows = re.findall(r'^\s+([34])\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$', out, re.MULTILINE)
+    assert [r[0] for r in rows] == ['3', '4'], out
+    assert all(0 <= float(r[2]) <= 1 for r in rows)
+    assert re.search(r'^2/2 runs: recovery min [\d.]+, median [\d.]+, >= 0\.9 in [012]$', out, re.MULTILINE), out
+    assert (tmp_path / 'out' / 'recovery_seeds.txt').read_text().strip() in out
