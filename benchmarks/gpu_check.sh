@@ -11,20 +11,21 @@ mkdir -p "$OUT"
 source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
 python3 -c "import torch, timm, ortools; print('torch', torch.__version__, 'timm', timm.__version__, 'ortools', ortools.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/device.txt"
+# run_train NAME ARGS...: train.py on the embedded default's config into /tmp/gpu_NAME; log, wall time and
+# results.json come back as $OUT/NAME.log and $OUT/NAME_results.json.
+run_train() {
+  local name=$1; shift
+  local t0=$SECONDS
+  timeout 150 python3 train.py -c qpm_timm/configs/concepts.yaml --output "/tmp/gpu_$name" --experiment "$name" \
+    --no-progress "$@" 2>&1 | grep -v "^  feature\|^|" | tee "$OUT/$name.log"
+  echo "wall $((SECONDS - t0)) s" | tee -a "$OUT/$name.log"
+  cp "/tmp/gpu_$name/$name/results.json" "$OUT/${name}_results.json" 2>/dev/null
+}
 echo "== 1. ResNet-50 QPM, 224 px, amp, channels-last, 1 + 1 epochs"
-t0=$SECONDS
-timeout 150 python3 train.py -c qpm_timm/configs/concepts.yaml --model qpm --backbone resnet50 \
-  --reduced-strides --img-size 224 --amp --channels-last --epochs 1 --finetune-epochs 1 --device cuda --workers 12 \
-  -b 64 --solver-time-limit 5 --dataset-args "{images_per_class: 60}" --experiment qpm_resnet50-concepts-gpu \
-  --output /tmp/gpu_train --no-progress 2>&1 | grep -v "^  feature\|^|" | tee "$OUT/train.log"
-echo "wall $((SECONDS - t0)) s" | tee -a "$OUT/train.log"
-cp /tmp/gpu_train/qpm_resnet50-concepts-gpu/results.json "$OUT/train_results.json" 2>/dev/null
+run_train train --model qpm --backbone resnet50 --reduced-strides --img-size 224 --amp --channels-last --epochs 1 \
+  --finetune-epochs 1 --device cuda --workers 12 -b 64 --solver-time-limit 5 --dataset-args "{images_per_class: 60}"
 echo "== 2. training-step ratio"
 timeout 90 python3 benchmarks/train.py --device cuda --amp --channels-last --reduced-strides --batch-size 32 \
   --img-size 224 --reps 8 --warmup 2 2>&1 | tee "$OUT/train_step_cuda.txt"
 echo "== 3. README main command"
-t0=$SECONDS
-timeout 150 python3 train.py -c qpm_timm/configs/concepts.yaml --output /tmp/gpu_default \
-  --no-progress 2>&1 | grep -v "^  feature\|^|" | tee "$OUT/default.log"
-echo "wall $((SECONDS - t0)) s" | tee -a "$OUT/default.log"
-cp /tmp/gpu_default/*/results.json "$OUT/default_results.json" 2>/dev/null
+run_train default

@@ -28,13 +28,16 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ['ConceptsDataset', 'CONCEPT_VOCABULARY', 'CONCEPTS_MEAN', 'CONCEPTS_STD', 'make_class_concepts',
-           'generate_concept_images']
+__all__ = ['ConceptsDataset', 'CONCEPT_VOCABULARY', 'CONCEPTS_MEAN', 'CONCEPTS_STD', 'CONCEPTS_NUM_CLASSES',
+           'CONCEPTS_IMG_SIZE', 'make_class_concepts', 'generate_concept_images']
 
 # Per-channel pixel mean/std of the default dataset (measured over the default train split,
 # 0..1 scale; colours are symmetric around 0.5 by construction).
 CONCEPTS_MEAN = (0.5, 0.5, 0.5)
 CONCEPTS_STD = (0.155, 0.155, 0.155)
+# Default number of classes (why 48: module docstring) and image side in pixels.
+CONCEPTS_NUM_CLASSES = 48
+CONCEPTS_IMG_SIZE = 64
 
 _SPLITS = {'train': 0, 'val': 1, 'validation': 1, 'test': 1}
 _DEFAULT_IMAGES_PER_CLASS = {0: 100, 1: 25}
@@ -223,9 +226,9 @@ class ConceptsDataset(Dataset):
             self,
             split: str = 'train',
             num_concepts: int = 12,
-            num_classes: int = 48,
+            num_classes: int = CONCEPTS_NUM_CLASSES,
             concepts_per_class: int = 3,
-            img_size: int = 64,
+            img_size: int = CONCEPTS_IMG_SIZE,
             images_per_class: Optional[int] = None,
             seed: int = 0,
             transform: Optional[Callable] = None,

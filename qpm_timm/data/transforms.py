@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torchvision import transforms as T
 
-from .concepts import CONCEPTS_MEAN, CONCEPTS_STD
+from .concepts import CONCEPTS_IMG_SIZE, CONCEPTS_MEAN, CONCEPTS_NUM_CLASSES, CONCEPTS_STD
 
 __all__ = ['QPMDataConfig', 'resolve_qpm_data_config', 'create_qpm_transform']
 
@@ -32,7 +32,7 @@ class QPMDataConfig:
 # Per-dataset statistics as used by the authors (configs/dataset_params.py of ThomasNorr/QPM);
 # ImageNet's for ImageNet and for any other natural-image folder.
 _CONFIGS = {
-    'concepts': QPMDataConfig(CONCEPTS_MEAN, CONCEPTS_STD, 64, 48),
+    'concepts': QPMDataConfig(CONCEPTS_MEAN, CONCEPTS_STD, CONCEPTS_IMG_SIZE, CONCEPTS_NUM_CLASSES),
     'cub': QPMDataConfig((0.4853, 0.4964, 0.4295), (0.2300, 0.2258, 0.2625), 224, 200),
     'cars': QPMDataConfig((0.4593, 0.4466, 0.4453), (0.2920, 0.2910, 0.2988), 224, 196),
     'aircraft': QPMDataConfig((0.4827, 0.5130, 0.5352), (0.2236, 0.2170, 0.2478), 224, 100),
