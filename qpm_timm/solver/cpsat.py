@@ -185,7 +185,6 @@ def solve_neighbourhood(problem: QPMProblem, S: np.ndarray, W: np.ndarray, out: 
     s = {int(h): m.new_bool_var(f"s{h}") for h in free}
     m.add(sum(s.values()) == out.size)
     by_set: Dict[Tuple[int, ...], List[cp_model.IntVar]] = {}
-    options: List[Tuple[Tuple[int, ...], float, cp_model.IntVar]] = []
     lin: Dict[int, float] = {}
     max_abs = 0.0
     per_class = []

@@ -10,15 +10,15 @@ closed-form deltas of the no-uniqueness objective and accepting a swap only if t
 import heapq
 import math
 import time
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .problem import QPMProblem
 
-__all__ = ["assign_classes", "evaluate_selection", "greedy_selection", "local_search", "insertion_scores",
-           "KBestSets"]
+__all__ = ["assign_classes", "best_start", "evaluate_selection", "greedy_selection", "local_search",
+           "insertion_scores", "KBestSets"]
 
 _FORBIDDEN = -1e12
 _LOW = -1e6  # stands in for a missing (n_wc+1)-th value when n_features == n_per_class
@@ -90,7 +90,9 @@ def assign_classes(V: np.ndarray, k: int) -> np.ndarray:
         while changed:  # closure: a class whose unique top set is listed by an included class joins
             changed = False
             for c in sorted(K):
-                e = enum.setdefault(c, KBestSets(V[:, c], k))
+                if c not in enum:
+                    enum[c] = KBestSets(V[:, c], k)
+                e = enum[c]
                 e.get(K[c] + 1)
                 for s in e.sets[:K[c]]:
                     o = owner.get(s)
@@ -160,13 +162,13 @@ def _swap_deltas(problem: QPMProblem, S: np.ndarray, in_s: np.ndarray) -> np.nda
     A, P, B = problem.A, problem.penalty, problem.B
     k = problem.n_per_class
     V = A[S]
-    m = S.size
-    part = -np.partition(-V, k - 1, axis=0) if m == k else -np.partition(-V, (k - 1, k), axis=0)
-    tk = part[k - 1]
-    t1 = part[k] if m > k else np.full(V.shape[1], _LOW)
-    top = _top_sets(V, k)
+    m, C = V.shape
+    order = np.argsort(-V, axis=0, kind="stable")  # one sort gives the k-th and (k+1)-th values and the top sets
+    cols = np.arange(C)
+    tk = V[order[k - 1], cols]
+    t1 = V[order[k], cols] if m > k else np.full(C, _LOW)
     mask = np.zeros_like(V)
-    np.put_along_axis(mask, top.T, 1.0, axis=0)
+    np.put_along_axis(mask, order[:k], 1.0, axis=0)
     loss = (mask * (V - t1)).sum(axis=1)
     hi = np.maximum(A - tk, 0.0)
     base = hi.sum(axis=1)
@@ -226,3 +228,25 @@ def local_search(problem: QPMProblem, S: np.ndarray, deadline: float = math.inf,
         if not moved:
             break
     return S, Z, W, scans
+
+
+def best_start(problem: QPMProblem, deadline: float = math.inf, say: Callable[[str], None] = lambda msg: None
+               ) -> Tuple[np.ndarray, float, np.ndarray]:
+    """Phase 1 of ``solve_qpm``: the tau-clique (when tau was derived) and the greedy selection, each
+    descended by :func:`local_search`; returns the best (S, Z, W), the earlier start on ties.
+
+    Raises ValueError when ``deadline`` passes before the greedy start is built.
+    """
+    starts = [("greedy", greedy_selection(problem))]
+    if problem.clique is not None:
+        starts.insert(0, ("tau-clique", problem.clique))
+    if time.perf_counter() > deadline:
+        raise ValueError("the time limit expired before a feasible solution was found "
+                         "(the greedy start alone took longer); raise time_limit")
+    best = None
+    for name, S0 in starts:
+        S, Z, W, _ = local_search(problem, S0, deadline)
+        say(f"start {name}: Z={Z:.6f} after local search")
+        if best is None or Z > best[1] + 1e-12:
+            best = (S, Z, W)
+    return best

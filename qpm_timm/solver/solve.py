@@ -32,7 +32,7 @@ from ortools.sat.python import cp_model
 
 from .cpsat import build_full_model, hint_full_model, read_full_solution, sat_parameters, \
     solve_neighbourhood
-from .heuristic import greedy_selection, insertion_scores, local_search
+from .heuristic import best_start, insertion_scores, local_search
 from .problem import QPMProblem
 from .solution import QPMSolution, check_solution
 
@@ -65,6 +65,13 @@ def _default_workers(workers: Optional[int]) -> int:
     return int(workers)
 
 
+def _ranked_outside(problem: QPMProblem, S: np.ndarray) -> np.ndarray:
+    """The features outside S by decreasing insertion gain (index order on ties)."""
+    score = insertion_scores(problem, S)
+    outside = np.flatnonzero(np.isfinite(score))
+    return outside[np.lexsort((outside, -score[outside]))]
+
+
 def solve_qpm(problem: QPMProblem, time_limit: float = 120.0, seed: int = 0,
               workers: Optional[int] = None, log: bool = False) -> QPMSolution:
     """Solve the QPM problem (spec: "The optimisation problem"); returns a checked QPMSolution.
@@ -87,19 +94,7 @@ def solve_qpm(problem: QPMProblem, time_limit: float = 120.0, seed: int = 0,
         f"n_wc={problem.n_per_class} tau={problem.tau:.6g} (tau procedure {problem.tau_time:.2f}s) "
         f"workers={workers}")
 
-    starts = [("greedy", greedy_selection(problem))]
-    if problem.clique is not None:
-        starts.insert(0, ("tau-clique", problem.clique))
-    if time.perf_counter() > deadline:
-        raise ValueError(f"time_limit={time_limit}s expired before a feasible solution was found "
-                         f"(the greedy start alone took longer); raise time_limit")
-    best = None
-    for name, S0 in starts:
-        S, Z, W, _ = local_search(problem, S0, deadline)
-        say(f"start {name}: Z={Z:.6f} after local search")
-        if best is None or Z > best[1] + 1e-12:
-            best = (S, Z, W)
-    S, Z, W = best
+    S, Z, W = best_start(problem, deadline, say)
     bound = problem.upper_bound()
     status = "feasible"
     say(f"incumbent Z={Z:.6f} bound={bound:.6f}")
@@ -125,14 +120,12 @@ def solve_qpm(problem: QPMProblem, time_limit: float = 120.0, seed: int = 0,
         say(f"full CP-SAT model: {solver.status_name(st)} Z={Z:.6f} bound={bound:.6f}")
 
     rounds = 0
+    ranked = _ranked_outside(problem, S)
     while status != "optimal" and det_used < det_budget and F > problem.n_features:
         if time.perf_counter() >= deadline:
             cut_by_wall = True
             break
         kind = "LNS" if rounds % 4 == 0 else "kick"
-        score = insertion_scores(problem, S)
-        outside = np.flatnonzero(np.isfinite(score))
-        ranked = outside[np.lexsort((outside, -score[outside]))]
         d = min(2 + (rounds // 4) % 2 if kind == "LNS" else 2 + rounds % 4, problem.n_features,
                 ranked.size)
         out = np.sort(rng.choice(S, size=d, replace=False))
@@ -156,6 +149,7 @@ def solve_qpm(problem: QPMProblem, time_limit: float = 120.0, seed: int = 0,
         det_used += _LS_CHARGE * scans * F * C * problem.n_features
         if Z2 > Z + 1e-9:
             S, Z, W = S2, Z2, W2
+            ranked = _ranked_outside(problem, S)
             say(f"{kind} round {rounds} ({d} out): Z={Z:.6f} bound={bound:.6f}")
     if cut_by_wall:
         say("wall-clock cap reached before the deterministic budget: this result may depend on load")

@@ -62,8 +62,6 @@ def find_tau_clique(R: np.ndarray, n_features: int) -> Tuple[float, np.ndarray]:
         best = np.lexsort((np.arange(sets.shape[0]), sums, worst_all))[0]
         clique = np.sort(sets[best])
         worst = float(worst_all[best])
-    iu = np.triu_indices(F, k=1)
-    vals = R[iu]
-    above = vals[vals > worst]
+    above = R[R > worst]  # R is strict upper triangular and worst >= 0: the pairs above the clique's worst
     tau = float(above.min()) if above.size else float(np.nextafter(worst, np.inf))
     return tau, clique
