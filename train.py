@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 import qpm_timm
 from qpm_timm import hub
+from qpm_timm.atomic import atomic_write
 from qpm_timm.data import create_qpm_dataset, create_qpm_transform, get_class_names, resolve_qpm_data_config
 from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.explain import class_feature_table, feature_names
@@ -287,12 +288,6 @@ def broadcast(obj, args):
     return box[0]
 
 
-def atomic_json(path: Path, data) -> None:
-    tmp = path.with_suffix('.tmp')
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def prepare_experiment(args) -> Path:
     """The experiment folder, created empty; refuses to overwrite an earlier run unless ``--resume``."""
     name = args.experiment or f'{args.model if args.model != "qpm" else "qpm_" + str(args.backbone)}-{args.dataset}'
@@ -437,7 +432,8 @@ def main(argv=None) -> dict:
             results['concept_recovery'] = recovery.score
             print(recovery.format(getattr(val_set, 'concept_names', None)))
         results['wall_time_s'] = round(time.time() - started, 1)
-        atomic_json(exp / 'results.json', results)
+        with atomic_write(exp / 'results.json') as fh:
+            json.dump(results, fh, indent=2)
         print(f'validation top-1 {results["top1"]:.2f} %' + (
             f', concept recovery {results["concept_recovery"]:.3f}' if 'concept_recovery' in results else '') +
               f'; exported to {exp / "export"}')

@@ -45,6 +45,7 @@ from torchvision import transforms as T
 
 import qpm_timm
 from qpm_timm import hub
+from qpm_timm.atomic import atomic_write
 from qpm_timm.data import create_qpm_dataset, create_qpm_transform, get_class_names, resolve_qpm_data_config
 from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.metrics import (
@@ -152,16 +153,8 @@ def write_results(path: str, results: Dict[str, Any], fmt: str = 'csv') -> None:
         writer.writeheader()
         writer.writerow(results)
         text = buf.getvalue()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', dir=folder)
-    try:
-        with os.fdopen(fd, 'w', newline='') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, newline='') as f:
+        f.write(text)
 
 
 # --- data --------------------------------------------------------------------------------------------------------

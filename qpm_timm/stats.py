@@ -35,7 +35,6 @@ transforms, for the maps), pooled features and maps come from the same un-augmen
 """
 import math
 import os
-import tempfile
 from dataclasses import dataclass, fields
 from typing import Tuple, Union
 
@@ -43,6 +42,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from .atomic import atomic_write
 
 __all__ = [
     "QPMStatistics", "StatisticsAccumulator", "collect_statistics", "finish_locality_bias",
@@ -96,17 +97,8 @@ class QPMStatistics:
 
     def save(self, path: PathLike) -> None:
         """Write an ``.npz`` file atomically (temporary file in the same folder, then rename)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-qpm-stats-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **{f.name: np.asarray(getattr(self, f.name)) for f in fields(self)})
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path, "wb") as fh:
+            np.savez(fh, **{f.name: np.asarray(getattr(self, f.name)) for f in fields(self)})
 
     @classmethod
     def load(cls, path: PathLike) -> "QPMStatistics":

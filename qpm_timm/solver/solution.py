@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from ..atomic import atomic_write
 from .problem import QPMProblem
 
 __all__ = ["QPMSolution", "check_solution"]
@@ -47,13 +48,8 @@ class QPMSolution:
 
     def save(self, path) -> None:
         """Write JSON atomically (temporary file in the same folder, then ``os.replace``)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as fh:
+        with atomic_write(path) as fh:
             json.dump(self.to_dict(), fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path, problem: Optional[QPMProblem] = None) -> "QPMSolution":
