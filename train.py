@@ -43,7 +43,7 @@ from tqdm import tqdm
 import qpm_timm
 from qpm_timm import hub
 from qpm_timm.atomic import atomic_write
-from qpm_timm.data import create_qpm_dataset, create_qpm_transform, get_class_names, resolve_qpm_data_config
+from qpm_timm.data import create_qpm_split, get_class_names, resolve_qpm_data_config, with_transform
 from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.explain import class_feature_table, feature_names
 from qpm_timm.losses import FeatureDiversityLoss
@@ -319,18 +319,16 @@ def check_args(args) -> None:
 
 
 def build_data(args):
-    """Train (augmented), train-eval (statistics: eval transforms) and val datasets, class names."""
+    """Train (augmented), train-eval (the same images with val's eval transform, for the statistics) and val
+    datasets, class names."""
     extra = dict(args.dataset_args or {})
     cfg = resolve_qpm_data_config(args.dataset)
     img_size = args.img_size or cfg.img_size
-
-    def make(split, training):
-        transform = create_qpm_transform(args.dataset, is_training=training, img_size=img_size,
-                                         crop_to_bbox=extra.get('crop_to_bbox', True))
-        return create_qpm_dataset(args.dataset, args.data_dir, split=split, is_training=training,
-                                  transform=transform, **extra)
-    train, train_eval, val = make(args.train_split, True), make(args.train_split, False), make(args.val_split, False)
-    return train, train_eval, val, get_class_names(train), img_size, cfg
+    train = create_qpm_split(args.dataset, args.data_dir, args.train_split, is_training=True, transform_size=img_size,
+                             **extra)
+    val = create_qpm_split(args.dataset, args.data_dir, args.val_split, is_training=False, transform_size=img_size,
+                           **extra)
+    return train, with_transform(train, val.transform), val, get_class_names(train), img_size, cfg
 
 
 def concept_score(model, dataset, device, args):

@@ -46,7 +46,7 @@ from torchvision import transforms as T
 import qpm_timm
 from qpm_timm import hub
 from qpm_timm.atomic import atomic_write
-from qpm_timm.data import create_qpm_dataset, create_qpm_transform, get_class_names, resolve_qpm_data_config
+from qpm_timm.data import create_qpm_split, get_class_names, resolve_qpm_data_config
 from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.metrics import (
     class_independence, concept_recovery, contrastiveness, feature_correlation, sid_at_k, structural_grounding,
@@ -83,7 +83,7 @@ group.add_argument('--split', metavar='NAME', default='val', help='split to eval
 group.add_argument('--train-split', metavar='NAME', default='train',
                    help='split for Class-Independence, Contrastiveness and Correlation (default: train)')
 group.add_argument('--dataset-args', type=_yaml_mapping, default=None, metavar='YAML',
-                   help='extra dataset kwargs, e.g. "{images_per_class: 100}" or "{crop: false}"')
+                   help='extra dataset kwargs, e.g. "{images_per_class: 100}" or "{crop_to_bbox: false}"')
 group.add_argument('--img-size', type=int, default=None, metavar='N',
                    help='input image size (default: the dataset\'s size of the QPM recipe, 64 for concepts)')
 group.add_argument('--workers', '-j', type=int, default=4, metavar='N', help='data loading processes')
@@ -176,10 +176,9 @@ def describe_eval_transform(transform) -> Tuple[float, str]:
     return crop_pct, resize.interpolation.value
 
 
-def build_dataset(args, split: str, transform):
-    extra = dict(args.dataset_args or {})
-    return create_qpm_dataset(args.dataset, args.data_dir, split=split, is_training=False, transform=transform,
-                              **extra)
+def build_dataset(args, split: str, img_size: int):
+    return create_qpm_split(args.dataset, args.data_dir, split, is_training=False, transform_size=img_size,
+                            **(args.dataset_args or {}))
 
 
 # --- model -------------------------------------------------------------------------------------------------------
@@ -336,8 +335,7 @@ def main(argv=None) -> Dict[str, Any]:
     device = torch.device(args.device)
 
     img_size = args.img_size or resolve_qpm_data_config(args.dataset).img_size
-    transform = create_qpm_transform(args.dataset, is_training=False, img_size=img_size)
-    eval_set = build_dataset(args, args.split, transform)
+    eval_set = build_dataset(args, args.split, img_size)
     num_classes = args.num_classes or len(get_class_names(eval_set))
 
     state_dict = hub.read_weights(args.checkpoint) if args.checkpoint else None
@@ -354,7 +352,7 @@ def main(argv=None) -> Dict[str, Any]:
     sid_k = min(5, model.n_per_class) if args.interpretability else None
     loader = create_qpm_loader(eval_set, args.batch_size, num_workers=args.workers)
     eval_out = evaluate(model, loader, device, args, sid_k)
-    crop_pct, interpolation = describe_eval_transform(transform)
+    crop_pct, interpolation = describe_eval_transform(eval_set.transform)
     results = OrderedDict(
         model=args.model,
         top1=round(eval_out['top1'], 4), top1_err=round(100 - eval_out['top1'], 4),
@@ -365,7 +363,7 @@ def main(argv=None) -> Dict[str, Any]:
                  f'Acc@5 {results["top5"]:.3f} ({results["top5_err"]:.3f})')
 
     if args.interpretability:
-        train_set = build_dataset(args, args.train_split, transform)
+        train_set = build_dataset(args, args.train_split, img_size)
         train_loader = create_qpm_loader(train_set, args.batch_size, num_workers=args.workers)
         train_pooled, train_labels = pooled_features(model, train_loader, device, args)
         metrics = interpretability(model, train_pooled, train_labels, eval_out, eval_set, sid_k)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_TRAIN = ['--epochs', '1', '--finetune-epochs', '1', '--img-size', '32', '--n-features', '6', '--n-per-class',
-              '2', '--solver-time-limit', '5', '--dataset-args', '{num_classes: 6, num_concepts: 6, images_per_class: 8}']
+TINY_TRAIN = ['--epochs', '1', '--finetune-epochs', '1', '--img-size', '32', '--n-features', '6', '--n-per-class', '2',
+              '--solver-time-limit', '5', '--dataset-args', '{num_classes: 6, num_concepts: 6, images_per_class: 8}']
 
 
 def _run(args):
@@ -24,7 +24,8 @@ def _run(args):
                       '--threads', '1'],
      [r'^ratio: \d+\.\d\d \(target <= 1\.05\)$']),
     ('train.py', ['--backbone', 'resnet18', '--batch-size', '2', '--img-size', '32', '--reps', '1', '--warmup', '0',
-                  '--num-batches', '1', '--num-classes', '10', '--n-features', '8', '--n-per-class', '2', '--threads', '1'],
+                  '--num-batches', '1', '--num-classes', '10', '--n-features', '8', '--n-per-class', '2',
+                  '--threads', '1'],
      [r'^ratio: \d+\.\d\d \(target <= 1\.15\)$']),
     ('stats.py', ['--images', '8', '--num-classes', '4', '--img-size', '32', '--batch-size', '4', '--mem-images', '8'],
      [r'ratio stats/plain throughput: median of per-batch ratios \d+\.\d{3}', r'peak RSS ratio 4N/N: \d+\.\d{3}']),

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qpm_timm.data import CUB200Dataset, create_qpm_dataset, cub_readable_name, get_class_names
+from torchvision import transforms as T
+
+from qpm_timm.data import CUB200Dataset, create_qpm_dataset, create_qpm_split, cub_readable_name, get_class_names
 
 CLASSES = ['001.Black_footed_Albatross', '002.Laysan_Albatross', '003.Sooty_Albatross']
 # image_id: (class_id, is_train, (x, y, w, h), image size (w, h))
@@ -135,6 +137,16 @@ def test_factory_reaches_cub_with_transform_and_class_names(tmp_path):
     ds = create_qpm_dataset('cub', root=str(tmp_path), split='validation', transform=lambda im: im.size)
     assert ds.split == 'test' and ds[0] == ((16, 16), 0)
     assert get_class_names('CUB2011', root=str(tmp_path))[0] == 'Black footed Albatross'
+
+
+def test_split_transform_follows_the_datasets_crop_to_bbox(tmp_path):
+    make_cub_tree(tmp_path)
+    cropped = create_qpm_split('cub', str(tmp_path), 'test', transform_size=8)
+    whole = create_qpm_split('cub', str(tmp_path), 'test', transform_size=8, crop_to_bbox=False)
+    assert cropped.crop_to_bbox and not whole.crop_to_bbox
+    assert not any(isinstance(t, T.CenterCrop) for t in cropped.transform.transforms)  # box crop: squash resize
+    assert any(isinstance(t, T.CenterCrop) for t in whole.transform.transforms)  # whole image: center crop
+    assert cropped[0][0].shape == whole[0][0].shape == (3, 8, 8)
 
 
 def test_readable_name_strips_the_number_prefix():

@@ -7,8 +7,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN
 from torchvision import transforms as T
 
 from qpm_timm.data import (
-    CONCEPTS_MEAN, ConceptsDataset, create_qpm_dataset, create_qpm_transform, get_class_names,
-    resolve_qpm_data_config)
+    CONCEPTS_MEAN, ConceptsDataset, create_qpm_dataset, create_qpm_split, create_qpm_transform, get_class_names,
+    resolve_qpm_data_config, with_transform)
 
 
 def _png(path, size=(12, 10), colour=(200, 30, 30)):
@@ -23,6 +23,16 @@ def test_concepts_by_name_forwards_kwargs_and_refuses_a_root():
     assert get_class_names(ds) == ds.classes
     with pytest.raises(ValueError, match='takes no root'):
         create_qpm_dataset('concepts', root='/data')
+
+
+def test_with_transform_reads_the_same_samples_through_another_transform_without_rebuilding():
+    train = create_qpm_split('concepts', split='train', is_training=True, transform_size=32, num_concepts=4,
+                             num_classes=3, concepts_per_class=2, images_per_class=2)
+    view = with_transform(train, T.PILToTensor())
+    assert view.images is train.images and view.targets == train.targets
+    assert train.transform is not view.transform and train[0][0].dtype == torch.float32  # original untouched
+    image, target = view[1]
+    assert torch.equal(image, torch.from_numpy(np.array(train.images[1])).permute(2, 0, 1)) and target == 0
 
 
 def test_class_per_folder_tree_through_timm(tmp_path):

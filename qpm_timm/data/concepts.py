@@ -187,7 +187,7 @@ def generate_concept_images(
 
     Image ``i`` (class ``i // images_per_class``) is drawn from its own seed ``(seed, split_id, i)``,
     with its class's concepts in random order. Cached in memory (the last 4 splits), so building
-    the same split again (train.py's train and train-eval sets) costs nothing.
+    the same split again in one process (validate.py after train.py, the tests) costs nothing.
     """
     class_concepts = np.frombuffer(class_concepts_bytes, dtype=bool).reshape(-1, num_concepts)
     images = np.empty((len(class_concepts) * images_per_class, img_size, img_size, 3), dtype=np.uint8)

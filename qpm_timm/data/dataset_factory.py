@@ -16,6 +16,7 @@ evaluation split (CUB/Cars/Aircraft only have a test split; Aircraft trains on `
 as the authors do). Nothing is downloaded: a missing dataset raises ``FileNotFoundError`` naming
 what is missing.
 """
+import copy
 import os
 from typing import List, Optional, Union
 
@@ -25,9 +26,10 @@ from torchvision.datasets import FGVCAircraft, StanfordCars
 
 from .concepts import ConceptsDataset
 from .cub import CUB200Dataset
-from .transforms import canonical_name
+from .transforms import canonical_name, create_qpm_transform
 
-__all__ = ['create_qpm_dataset', 'get_class_names', 'StanfordCarsDataset', 'FGVCAircraftDataset']
+__all__ = ['create_qpm_dataset', 'create_qpm_split', 'with_transform', 'get_class_names', 'StanfordCarsDataset',
+           'FGVCAircraftDataset']
 
 _EVAL_SPLITS = ('val', 'validation', 'test', 'eval', 'evaluation')
 _TRAIN_SPLITS = ('train', 'training')
@@ -135,6 +137,34 @@ def create_qpm_dataset(
     if '/' not in timm_name or timm_name.split('/', 1)[0].lower() not in ('hfds', 'hfids', 'tfds', 'wds'):
         _need_root(name or 'folder', root)
     return create_dataset(timm_name, root=root, split=split, is_training=is_training, **kwargs)
+
+
+def create_qpm_split(
+        name: str,
+        root: Optional[str] = None,
+        split: str = 'train',
+        is_training: bool = False,
+        transform_size: Optional[int] = None,
+        **kwargs,
+) -> Dataset:
+    """Split ``split`` of dataset ``name`` reading through the recipe's train or eval transform
+    (:func:`create_qpm_transform` with output side ``transform_size``, default the dataset's; it follows the
+    dataset's ``crop_to_bbox``, default True); ``kwargs`` go to the dataset class (``--dataset-args``, where
+    the concepts dataset's own ``img_size`` is its rendering size). The one way train.py and validate.py
+    build their data.
+    """
+    transform = create_qpm_transform(name, is_training=is_training, img_size=transform_size,
+                                     crop_to_bbox=kwargs.get('crop_to_bbox', True))
+    return create_qpm_dataset(name, root, split=split, is_training=is_training, transform=transform, **kwargs)
+
+
+def with_transform(dataset: Dataset, transform) -> Dataset:
+    """The same samples read through ``transform``: a shallow copy, so nothing is built or scanned again
+    (e.g. the training split with the eval transform for the statistics pass). Every map-style dataset here
+    (and timm's ``ImageDataset``, torchvision's) applies ``self.transform`` in ``__getitem__``."""
+    view = copy.copy(dataset)
+    view.transform = transform
+    return view
 
 
 def get_class_names(dataset: Union[str, Dataset], root: Optional[str] = None, **kwargs) -> List[str]:
