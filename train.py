@@ -37,7 +37,8 @@ import yaml
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import (
-    AverageMeter, CheckpointSaver, ParseKwargs, accuracy, init_distributed_device, random_seed, update_summary)
+    AverageMeter, CheckpointSaver, ParseKwargs, accuracy, dispatch_clip_grad, init_distributed_device, random_seed,
+    update_summary)
 from tqdm import tqdm
 
 import qpm_timm
@@ -132,7 +133,6 @@ group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 
 group.add_argument('--output', default='output/train', metavar='PATH')
 group.add_argument('--experiment', default='', metavar='NAME', help='default: <model>-<dataset>')
 group.add_argument('--no-progress', action='store_true', default=False, help='no progress bars')
-group.add_argument('--log-interval', type=int, default=50)
 
 
 class TrainingError(Exception):
@@ -186,9 +186,10 @@ def to_device(x, y, device, args):
     return x, y.to(device)
 
 
-def train_one_epoch(epoch, model, step_model, loader, optimizer, fdl, args, device, amp):
+def train_one_epoch(epoch, model, step_model, loader, optimizer, scheduler, fdl, args, device, amp):
     model.train()
     losses = AverageMeter()
+    num_updates = epoch * len(loader)
     bar = tqdm(loader, desc=f'epoch {epoch}', disable=args.no_progress or args.rank != 0, leave=False)
     for x, y in bar:
         x, y = to_device(x, y, device, args)
@@ -198,9 +199,12 @@ def train_one_epoch(epoch, model, step_model, loader, optimizer, fdl, args, devi
         optimizer.zero_grad()
         loss.backward()
         if args.clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+            dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
         optimizer.step()
         losses.update(loss.item(), x.shape[0])
+        num_updates += 1
+        if scheduler is not None:  # a no-op unless the schedule steps per update (--sched-on-updates)
+            scheduler.step_update(num_updates=num_updates, metric=losses.avg)
         bar.set_postfix(loss=f'{losses.avg:.3f}')
     return OrderedDict(loss=losses.avg)
 
@@ -239,7 +243,8 @@ def run_stage(name, model, loaders, args, device, amp, epochs, optimizer, schedu
         random_seed(args.seed + 1000 * (name == 'finetune') + epoch, args.rank)  # same batches after a resume
         if hasattr(train_loader.sampler, 'set_epoch'):
             train_loader.sampler.set_epoch(epoch)
-        train_metrics = train_one_epoch(epoch, model, step_model, train_loader, optimizer, fdl, args, device, amp)
+        train_metrics = train_one_epoch(epoch, model, step_model, train_loader, optimizer, scheduler, fdl, args,
+                                        device, amp)
         metrics = evaluate(model, val_loader, device, args, amp)
         if scheduler is not None:
             scheduler.step(epoch + 1, metrics['top1'])
@@ -381,7 +386,7 @@ def main(argv=None) -> dict:
         groups = [{'params': model.backbone.parameters()},
                   {'params': model.head.parameters(), 'lr': args.lr * args.head_lr_scale}]
         optimizer = create_optimizer_v2(groups, **optimizer_kwargs(cfg=args))
-        scheduler, _ = create_scheduler_v2(optimizer, **scheduler_kwargs(args))
+        scheduler, _ = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loaders[0]))
         start = resume_epoch(model, optimizer, exp / 'dense')
         run_stage('dense', model, loaders, args, device, amp, args.epochs, optimizer, scheduler, exp / 'dense', start)
 

@@ -115,3 +115,12 @@ def test_an_earlier_run_is_never_overwritten_without_resume(reference):
     proc = _train('--output', str(reference.parent), '--experiment', 'ref', check=False)
     assert proc.returncode == 2 and '--resume' in proc.stderr
     assert (reference / 'solution.json').read_bytes() == before
+
+
+def test_a_schedule_stepped_per_update_and_another_clip_mode_train_like_timm(tmp_path):
+    _train('--output', str(tmp_path), '--experiment', 'updates', '--sched', 'cosine', '--sched-on-updates',
+           '--clip-grad', '0.5', '--clip-mode', 'agc', '--finetune-epochs', '0')
+    rows = (tmp_path / 'updates' / 'dense' / 'summary.csv').read_text().splitlines()[1:]
+    lrs = [float(row.split(',')[-1]) for row in rows]
+    # cosine over 3 epochs of updates from lr 0.05: after epoch e the last update set 0.025 (1 + cos(pi (e+1) / 3))
+    assert lrs[:2] == pytest.approx([0.0375, 0.0125], rel=1e-6)
