@@ -46,7 +46,7 @@ from qpm_timm import hub
 from qpm_timm.atomic import atomic_write
 from qpm_timm.data import create_qpm_split, get_class_names, resolve_qpm_data_config, with_transform
 from qpm_timm.data.loader import create_qpm_loader
-from qpm_timm.explain import class_feature_table, feature_names
+from qpm_timm.explain import model_feature_table
 from qpm_timm.losses import FeatureDiversityLoss
 from qpm_timm.metrics import concept_recovery
 from qpm_timm.models.head import check_qpm_sizes
@@ -405,7 +405,6 @@ def main(argv=None) -> dict:
     solution, channels = broadcast(solve(stats, args, exp / 'solution.json') if args.rank == 0 else None, args)
     model.set_qpm_head(torch.as_tensor(channels[solution.selected]), torch.as_tensor(solution.assignment),
                        torch.as_tensor(stats.mean), torch.as_tensor(stats.std))
-    model.to(device)
 
     # stage 4: fine-tune with the binary head frozen (only trainable parameters)
     metrics = {}
@@ -425,11 +424,9 @@ def main(argv=None) -> dict:
     results = dict(top1=metrics['top1'], top5=metrics['top5'], objective=solution.objective,
                    solver_status=solution.status)
     if args.rank == 0:
-        hub.save_pretrained(model.cpu().eval(), exp / 'export', label_names=class_names,
+        hub.save_pretrained(model.eval(), exp / 'export', label_names=class_names,
                             data_config=dict(input_size=(3, img_size, img_size), mean=data_cfg.mean, std=data_cfg.std))
-        model.to(device)
-        print(class_feature_table(model.class_weights.cpu(), class_names,
-                                  feature_names(model.head.selection.tolist()), max_rows=50))
+        print(model_feature_table(model, class_names, max_rows=50))
         if hasattr(val_set, 'class_concepts'):
             recovery = concept_score(model, val_set, device, args)
             results['concept_recovery'] = recovery.score

@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-__all__ = ['class_features', 'feature_names', 'class_feature_table', 'Explanation', 'explain']
+__all__ = ['class_features', 'feature_names', 'class_feature_table', 'model_feature_table', 'Explanation', 'explain']
 
 
 def feature_names(selection: Sequence[int]) -> List[str]:
@@ -44,6 +44,12 @@ def class_feature_table(
     usage = (assignment > 0).sum(0).tolist()
     lines += ['', 'classes per feature: ' + ', '.join(f'{names[j]}: {u}' for j, u in enumerate(usage))]
     return '\n'.join(lines)
+
+
+def model_feature_table(model, class_names: Optional[Sequence[str]] = None, max_rows: Optional[int] = None) -> str:
+    """:func:`class_feature_table` of a QPM, its features named by backbone channel (:func:`feature_names`)."""
+    return class_feature_table(model.class_weights.cpu(), class_names, feature_names(model.head.selection.tolist()),
+                               max_rows)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from timm.models._hub import save_config_for_hf
 
-from .explain import class_feature_table, feature_names
+from .explain import model_feature_table
 from .models.qpm import VARIANT_ARGS, QPMModel, default_cfgs
 
 __all__ = ['save_pretrained', 'read_weights', 'model_card', 'write_hub_configs']
@@ -81,8 +81,7 @@ def model_card(
         names = list(label_names) if label_names is not None else [f'class {c}' for c in range(model.num_classes)]
         lines += ['## Classes and their features', '',
                   'Feature `f<j> (ch <c>)` is backbone channel `c`, the j-th kept feature.', '',
-                  class_feature_table(model.class_weights.cpu(), names, feature_names(model.head.selection.tolist())),
-                  '']
+                  model_feature_table(model, names), '']
     else:
         lines += ['## Classes and their features', '',
                   'This card describes the architecture; the class -> feature table is written by '
