@@ -18,7 +18,7 @@ All metrics are fractions in [0, 1]; the paper reports them multiplied by 100.
 """
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch

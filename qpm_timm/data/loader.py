@@ -4,7 +4,6 @@ timm's ``create_loader`` installs timm's own transform pipeline on the dataset; 
 (TrivialAugmentWide + ColorJitter 0.1 + h-flip, :func:`qpm_timm.data.create_qpm_transform`) lives in
 this package, so the scripts build plain ``DataLoader``s around datasets that carry that transform.
 """
-from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset

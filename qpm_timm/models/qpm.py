@@ -17,7 +17,7 @@ Loading rules (one place, :meth:`QPMModel.load_state_dict`, used by every timm l
 import logging
 import re
 import warnings
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -39,6 +39,16 @@ HF_HUB_ORG = 'qpm-timm'  # the Hugging Face organisation that publishes every re
 _POOL_TYPES = ('avg', 'max', 'avgmax', '')
 
 
+def _check_backbone(backbone: Any) -> None:
+    if not isinstance(backbone, str) or not timm.is_model(backbone):
+        raise ValueError(f'unknown backbone {backbone!r}: give a timm model name (see timm.list_models()).')
+
+
+def _check_pool(global_pool: Any) -> None:
+    if global_pool not in _POOL_TYPES:
+        raise ValueError(f'global_pool must be one of {_POOL_TYPES}, got {global_pool!r}.')
+
+
 class QPMOutput(NamedTuple):
     """Everything one forward pass hands to the loss, the statistics and the explanations."""
     logits: torch.Tensor  # (N, C)
@@ -47,7 +57,8 @@ class QPMOutput(NamedTuple):
 
 
 def reduce_resnet_strides(model: ResNet) -> None:
-    """Reduced strides of the recipe: layer3 and layer4 keep stride 1, no dilation (224 px -> 28 x 28 maps)."""
+    """Reduced strides of the recipe: layer3 and layer4 keep stride 1, no dilation (224 px -> 28 x 28 maps);
+    the model's ``feature_info`` reductions follow (at most 8)."""
     if not isinstance(model, ResNet):
         raise ValueError(f'reduced_strides applies to timm ResNet backbones (layer3/layer4), not {type(model).__name__}.')
     for layer in (model.layer3, model.layer4):
@@ -61,6 +72,8 @@ def reduce_resnet_strides(model: ResNet) -> None:
                 elif getattr(child, 'stride', 1) not in (1, (1, 1)) and not isinstance(child, nn.Conv2d):
                     raise ValueError(f'cannot reduce the stride of {type(child).__name__} in {name}; '
                                      f'use a plain ResNet or reduced_strides=False.')
+    for info in model.feature_info:
+        info['reduction'] = min(info['reduction'], 8)
 
 
 def _prefix_matcher(matcher: Any, prefix: str) -> Any:
@@ -101,12 +114,10 @@ class QPMModel(nn.Module):
             **backbone_kwargs: passed to ``timm.create_model(backbone, ...)``; unknown ones raise TypeError.
         """
         super().__init__()
-        if not isinstance(backbone, str) or not timm.is_model(backbone):
-            raise ValueError(f'unknown backbone {backbone!r}: give a timm model name (see timm.list_models()).')
+        _check_backbone(backbone)
         if head not in ('dense', 'qpm'):
             raise ValueError(f"head must be 'dense' or 'qpm', got {head!r}.")
-        if global_pool not in _POOL_TYPES:
-            raise ValueError(f'global_pool must be one of {_POOL_TYPES}, got {global_pool!r}.')
+        _check_pool(global_pool)
         self.backbone = timm.create_model(
             backbone, pretrained=False, num_classes=0, global_pool='', in_chans=in_chans, device=device, dtype=dtype,
             **backbone_kwargs)
@@ -122,7 +133,7 @@ class QPMModel(nn.Module):
         self.n_features = n_features
         self.n_per_class = n_per_class
         self.drop_rate = drop_rate
-        self.feature_info = _feature_info(self.backbone, reduced_strides)
+        self.feature_info = [dict(i, module='backbone.' + i['module']) for i in self.backbone.feature_info]
         self.num_classes = num_classes
         self.head: Union[DenseHead, QPMHead]
         if head == 'dense':
@@ -226,8 +237,7 @@ class QPMModel(nn.Module):
         """``num_classes=0`` removes the classifier and keeps the head state; ``num_classes > 0`` gives a fresh
         dense ``Linear(num_features, num_classes)``: a new label set needs a new statistics pass and solve."""
         pool = self.head.global_pool.pool_type if global_pool is None else global_pool
-        if pool not in _POOL_TYPES:
-            raise ValueError(f'global_pool must be one of {_POOL_TYPES}, got {pool!r}.')
+        _check_pool(pool)
         if num_classes == 0 and self.is_qpm:
             h = self.head
             self.head = self._qpm_head(h.selection, None, h.mean, h.std, pool)
@@ -315,16 +325,6 @@ def _check_nchw_features(backbone: nn.Module, in_chans: int, num_features: int) 
                          f'N x {num_features} x H x W (a CNN backbone).')
 
 
-def _feature_info(backbone: nn.Module, reduced_strides: bool) -> List[Dict[str, Any]]:
-    info = [dict(i, module='backbone.' + i['module']) for i in backbone.feature_info]
-    if reduced_strides:
-        for i in info:
-            i['reduction'] = min(i['reduction'], 8)
-        for i in backbone.feature_info:
-            i['reduction'] = min(i['reduction'], 8)
-    return info
-
-
 def _cfg(num_classes: int, reduced_strides: bool, **kwargs) -> Dict[str, Any]:
     return {
         'num_classes': num_classes, 'input_size': (3, 224, 224),
@@ -410,8 +410,7 @@ def qpm(pretrained: bool = False, backbone: str = 'resnet50', **kwargs) -> QPMMo
 
     Input size, normalisation and first conv come from the backbone's own pretrained config.
     """
-    if not isinstance(backbone, str) or not timm.is_model(backbone):
-        raise ValueError(f'unknown backbone {backbone!r}: give a timm model name (see timm.list_models()).')
+    _check_backbone(backbone)
     overlay = {}
     if not kwargs.get('pretrained_cfg'):  # an exported config (local-dir:, hf-hub:) keeps its own values
         bcfg = timm.models.get_pretrained_cfg(backbone)
