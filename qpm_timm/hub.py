@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from timm.models._hub import save_config_for_hf
 
 from .explain import model_feature_table
-from .models.qpm import VARIANT_ARGS, QPMModel, default_cfgs
+from .models.qpm import VARIANT_ARGS, QPMModel
 
 __all__ = ['save_pretrained', 'read_weights', 'model_card', 'write_hub_configs']
 
@@ -138,12 +138,11 @@ def write_hub_configs(out_dir: str) -> None:
     """``hub_configs/<variant>/{config.json, README.md}`` for every registered variant (default_cfgs table)."""
     for variant in VARIANT_ARGS:
         model = timm.create_model(variant, device='meta')
-        cfg = default_cfgs[variant].default.to_dict()
 
-        def write(tmp: Path, model=model, cfg=cfg) -> None:
+        def write(tmp: Path, model=model) -> None:
             save_config_for_hf(model, tmp / 'config.json', model_args=_model_args(model))
             config = json.loads((tmp / 'config.json').read_text())
-            config['pretrained_cfg']['hf_hub_id'] = cfg['hf_hub_id']
+            config['pretrained_cfg']['hf_hub_id'] = model.pretrained_cfg['hf_hub_id']
             (tmp / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
             (tmp / 'README.md').write_text(model_card(model, trained=False))
 

@@ -121,15 +121,9 @@ class DenseHead(nn.Module):
             dtype=None,
     ):
         super().__init__()
-        self.num_classes = num_classes
         self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_features, num_classes, device=device, dtype=dtype) if num_classes > 0 else nn.Identity()
-
-    @property
-    def out_features(self) -> int:
-        """Width of the pre-logits features."""
-        return self.fc.in_features if isinstance(self.fc, nn.Linear) else -1
 
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """The dense head reads every channel."""
@@ -167,7 +161,6 @@ class QPMHead(nn.Module):
         self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
         self.drop = nn.Dropout(drop_rate)
         self.fc = BinaryLinear(assignment) if assignment is not None else nn.Identity()
-        self.num_classes = 0 if assignment is None else assignment.shape[0]
 
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """The ``n_f*`` kept feature maps (``s_f = 1``)."""
