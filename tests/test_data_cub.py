@@ -149,6 +149,13 @@ def test_split_transform_follows_the_datasets_crop_to_bbox(tmp_path):
     assert cropped[0][0].shape == whole[0][0].shape == (3, 8, 8)
 
 
+@pytest.mark.parametrize('split, expected', [('training', 'train'), ('val', 'test'), ('eval', 'test'),
+                                             ('evaluation', 'test')])
+def test_every_split_name_of_the_shared_table_is_accepted(tmp_path, split, expected):
+    make_cub_tree(tmp_path)
+    assert CUB200Dataset(str(tmp_path), split=split).split == expected
+
+
 def test_readable_name_strips_the_number_prefix():
     assert cub_readable_name('200.Common_Yellowthroat') == 'Common Yellowthroat'
     assert cub_readable_name('Plain_Name') == 'Plain Name'

@@ -97,6 +97,14 @@ def test_cars_reads_torchvision_layout(tmp_path):
         create_qpm_dataset('cars', root=str(base), split='test')
 
 
+@pytest.mark.parametrize('split, expected', [('training', 'train'), ('test', 'val'), ('eval', 'val'),
+                                             ('evaluation', 'val')])
+def test_concepts_accepts_every_split_name_of_the_shared_table(split, expected):
+    ds = create_qpm_dataset('concepts', split=split, num_concepts=4, num_classes=3, concepts_per_class=2,
+                            img_size=32, images_per_class=1)
+    assert ds.split == expected
+
+
 def test_unknown_split_is_refused(tmp_path):
     with pytest.raises(ValueError, match='unknown split'):
         create_qpm_dataset('aircraft', root=str(tmp_path), split='holdout')

@@ -28,6 +28,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .splits import is_train_split
+
 __all__ = ['ConceptsDataset', 'CONCEPT_VOCABULARY', 'CONCEPTS_MEAN', 'CONCEPTS_STD', 'CONCEPTS_NUM_CLASSES',
            'CONCEPTS_IMG_SIZE', 'make_class_concepts', 'generate_concept_images']
 
@@ -39,7 +41,6 @@ CONCEPTS_STD = (0.155, 0.155, 0.155)
 CONCEPTS_NUM_CLASSES = 48
 CONCEPTS_IMG_SIZE = 64
 
-_SPLITS = {'train': 0, 'val': 1, 'validation': 1, 'test': 1}
 _DEFAULT_IMAGES_PER_CLASS = {0: 100, 1: 25}
 
 
@@ -203,7 +204,7 @@ class ConceptsDataset(Dataset):
     """Generated images whose classes are distinct sets of known concepts (QPM's ground truth).
 
     Args:
-        split: ``'train'`` or ``'val'`` (``'validation'``/``'test'`` are aliases of ``'val'``);
+        split: ``'train'`` or ``'val'`` (any name of :mod:`.splits`: ``'test'``, ``'eval'``... mean ``'val'``);
             the splits share the class definitions and have disjoint image seeds.
         num_concepts: size K of the vocabulary used (the first K of ``CONCEPT_VOCABULARY``).
         num_classes: number of classes C; each is a distinct set of concepts.
@@ -234,14 +235,12 @@ class ConceptsDataset(Dataset):
             transform: Optional[Callable] = None,
             target_transform: Optional[Callable] = None,
     ):
-        if split not in _SPLITS:
-            raise ValueError(f'unknown split {split!r}; use one of {sorted(_SPLITS)}.')
+        split_id = 0 if is_train_split(split) else 1
         if not 1 <= num_concepts <= len(CONCEPT_VOCABULARY):
             raise ValueError(f'num_concepts={num_concepts} must lie in [1, {len(CONCEPT_VOCABULARY)}] '
                              f'(the size of CONCEPT_VOCABULARY).')
         if img_size < 16:
             raise ValueError(f'img_size={img_size} is too small to draw concepts; use >= 16.')
-        split_id = _SPLITS[split]
         if images_per_class is None:
             images_per_class = _DEFAULT_IMAGES_PER_CLASS[split_id]
         if images_per_class < 1:

@@ -16,10 +16,11 @@ import numpy as np
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import default_loader
 
+from .splits import is_train_split
+
 __all__ = ['CUB200Dataset', 'find_cub_folder', 'cub_readable_name']
 
 CUB_FOLDER = 'CUB_200_2011'
-_SPLITS = {'train': 1, 'training': 1, 'test': 0, 'val': 0, 'validation': 0, 'eval': 0}
 
 
 def find_cub_folder(root: str) -> str:
@@ -90,7 +91,7 @@ class CUB200Dataset(Dataset):
 
     Args:
         root: the ``CUB_200_2011`` folder or its parent.
-        split: ``'train'`` or ``'test'`` (``'val'``/``'validation'`` are aliases of ``'test'``).
+        split: ``'train'`` or ``'test'`` (any name of :mod:`.splits`: ``'val'``, ``'eval'``... mean ``'test'``).
         crop_to_bbox: crop every image to its ground-truth bounding box (the authors' CUB recipe).
         transform / target_transform: applied in ``__getitem__``.
         loader: path -> PIL image (RGB).
@@ -110,10 +111,9 @@ class CUB200Dataset(Dataset):
             target_transform: Optional[Callable] = None,
             loader: Callable = default_loader,
     ):
-        if split not in _SPLITS:
-            raise ValueError(f'unknown CUB split {split!r}; use one of {sorted(_SPLITS)}.')
         self.folder = find_cub_folder(root)
-        self.split = 'train' if _SPLITS[split] else 'test'
+        is_training_image = int(is_train_split(split))
+        self.split = 'train' if is_training_image else 'test'
         self.crop_to_bbox = crop_to_bbox
         self.transform = transform
         self.target_transform = target_transform
@@ -140,7 +140,7 @@ class CUB200Dataset(Dataset):
         self.samples: List[Tuple[str, int]] = []
         box_list = []
         for image_id in sorted(images):
-            if _lookup(is_train, image_id, 'train_test_split.txt')[0] != _SPLITS[split]:
+            if _lookup(is_train, image_id, 'train_test_split.txt')[0] != is_training_image:
                 continue
             class_id = _lookup(labels, image_id, 'image_class_labels.txt')[0]
             if not 1 <= class_id <= len(self.classes):

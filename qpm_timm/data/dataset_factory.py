@@ -11,10 +11,10 @@ name                           dataset
 anything else                  passed to timm ``create_dataset`` unchanged (``torch/...``, ``hfds/...``)
 =============================  =====================================================================
 
-Splits: ``'train'`` is the training split; ``'val'``, ``'validation'`` and ``'test'`` all mean the
-evaluation split (CUB/Cars/Aircraft only have a test split; Aircraft trains on ``trainval``,
-as the authors do). Nothing is downloaded: a missing dataset raises ``FileNotFoundError`` naming
-what is missing.
+Splits (one table, :mod:`.splits`): ``'train'``/``'training'`` is the training split; ``'val'``,
+``'validation'``, ``'test'``, ``'eval'`` and ``'evaluation'`` all mean the evaluation split (CUB/Cars/Aircraft
+only have a test split; Aircraft trains on ``trainval``, as the authors do). Nothing is downloaded: a missing
+dataset raises ``FileNotFoundError`` naming what is missing.
 """
 import copy
 import os
@@ -26,22 +26,11 @@ from torchvision.datasets import FGVCAircraft, StanfordCars
 
 from .concepts import ConceptsDataset
 from .cub import CUB200Dataset
+from .splits import is_train_split
 from .transforms import canonical_name, create_qpm_transform
 
 __all__ = ['create_qpm_dataset', 'create_qpm_split', 'with_transform', 'get_class_names', 'StanfordCarsDataset',
            'FGVCAircraftDataset']
-
-_EVAL_SPLITS = ('val', 'validation', 'test', 'eval', 'evaluation')
-_TRAIN_SPLITS = ('train', 'training')
-
-
-def _is_train(split: str) -> bool:
-    if split in _TRAIN_SPLITS:
-        return True
-    if split in _EVAL_SPLITS:
-        return False
-    raise ValueError(f'unknown split {split!r}; use "train" or one of {_EVAL_SPLITS}.')
-
 
 def _need_root(name: str, root: Optional[str]) -> str:
     if not root:
@@ -69,7 +58,7 @@ class StanfordCarsDataset(StanfordCars):
     def __init__(self, root: str, split: str = 'train', **kwargs):
         root = _inner_root(_need_root('cars', root), 'stanford_cars')
         base = os.path.join(root, 'stanford_cars')
-        train = _is_train(split)
+        train = is_train_split(split)
         needed = [os.path.join(base, 'devkit', 'cars_meta.mat')]
         needed += ([os.path.join(base, 'devkit', 'cars_train_annos.mat'), os.path.join(base, 'cars_train')] if train
                    else [os.path.join(base, 'cars_test_annos_withlabels.mat'), os.path.join(base, 'cars_test')])
@@ -92,7 +81,7 @@ class FGVCAircraftDataset(FGVCAircraft):
 
     def __init__(self, root: str, split: str = 'train', annotation_level: str = 'variant', **kwargs):
         root = _inner_root(_need_root('aircraft', root), 'fgvc-aircraft-2013b')
-        tv_split = 'trainval' if _is_train(split) else 'test'
+        tv_split = 'trainval' if is_train_split(split) else 'test'
         data = os.path.join(root, 'fgvc-aircraft-2013b', 'data')
         level_file = {'variant': 'variants.txt', 'family': 'families.txt', 'manufacturer': 'manufacturers.txt'}
         if annotation_level not in level_file:
