@@ -27,8 +27,8 @@ Documented edge cases:
 * negative activations: the shares use the positive part, ``w_n = x_n^+ / sum_f x_nf^+``
   (identical to the spec for ReLU backbones, whose pooled features are >= 0); an image without
   positive activation adds nothing to ``locality``/``edge`` but still counts in ``N``;
-* under DDP a ``DistributedSampler`` without ``drop_last`` repeats a few images to even out the
-  shards; they are counted twice (negligible for training sets of thousands of images).
+* under DDP every rank reads a disjoint shard (``create_qpm_loader(..., shard=True)``, no padding) and
+  ``all_reduce`` sums them, so every image counts exactly once.
 
 Unlike the authors' code (one pass for the pooled features, a second one, with the training
 transforms, for the maps), pooled features and maps come from the same un-augmented pass.
