@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 import qpm_timm  # noqa: E402
 from qpm_timm.stats import StatisticsAccumulator, collect_statistics  # noqa: E402
+from _common import load_text, timer  # noqa: E402
 
 ARCH = "resnet18"
 
@@ -49,12 +50,6 @@ def make_model(num_classes: int) -> torch.nn.Module:
     return qpm_timm.create_qpm(ARCH, num_classes=num_classes, head="dense").eval()
 
 
-def timed(fn, *args) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
-
-
 def throughput(args) -> None:
     """Per batch, alternately: plain ``model(x)`` and the statistics step of ``collect_statistics``.
 
@@ -73,6 +68,7 @@ def throughput(args) -> None:
         _, maps, pooled = model.forward_with_features(x)
         accumulator.update(pooled, y, maps)
 
+    timed = timer(torch.device('cpu'))
     plain, stats = [], []
     with torch.inference_mode():
         x0, y0 = batches[0]  # warm-up of both paths (oneDNN kernels, first-call costs)
@@ -80,12 +76,12 @@ def throughput(args) -> None:
         stats_step(x0, y0, StatisticsAccumulator(model.num_features, args.num_classes))
         for i, (x, y) in enumerate(batches):
             if i % 2 == 0:
-                plain.append(timed(model, x))
-                stats.append(timed(stats_step, x, y, acc))
+                plain.append(timed(lambda: model(x)))
+                stats.append(timed(lambda: stats_step(x, y, acc)))
             else:
-                stats.append(timed(stats_step, x, y, acc))
-                plain.append(timed(model, x))
-    acc.compute()  # first call imports scikit-learn
+                stats.append(timed(lambda: stats_step(x, y, acc)))
+                plain.append(timed(lambda: model(x)))
+    acc.compute()  # untimed first call (one-off import and allocation costs)
     t_compute = timed(acc.compute)
     n, b = args.images, args.batch_size
     pair_ratios = [p / s for p, s in zip(plain, stats)]
@@ -155,12 +151,12 @@ def main() -> None:
     if args.child is not None:
         child(args.child, args)
         return
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {load_text()} at start")
     if not args.skip_throughput:
         throughput(args)
     if not args.skip_memory:
         memory(args)
-    print(f"load average {os.getloadavg()[0]:.1f} at end")
+    print(f"{load_text()} at end")
 
 
 if __name__ == "__main__":
