@@ -44,8 +44,10 @@ def cub_readable_name(folder_name: str) -> str:
     return name.replace('_', ' ')
 
 
-def _read_table(folder: str, filename: str, n_fields: int, field_desc: str) -> List[Tuple[int, List[str]]]:
-    """``(line number, fields)`` of a whitespace-separated CUB text file; the last field keeps spaces."""
+def _read_table(folder: str, filename: str, field_desc: str, casts: Sequence[Callable]) -> Dict[int, tuple]:
+    """``{id: (casted fields...)}`` of a whitespace-separated CUB text file (an id, then one field per cast;
+    the last field keeps spaces); a malformed line names the file and line."""
+    n_fields = len(casts) + 1
     path = os.path.join(folder, filename)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'CUB-200-2011: missing file {path!r}.')
@@ -62,7 +64,7 @@ def _read_table(folder: str, filename: str, n_fields: int, field_desc: str) -> L
             rows.append((line_no, fields))
     if not rows:
         raise ValueError(f'CUB-200-2011: {path!r} is empty.')
-    return rows
+    return _parse(rows, filename, casts)
 
 
 def _parse(rows: List[Tuple[int, List[str]]], filename: str, casts: Sequence[Callable]) -> Dict[int, tuple]:
@@ -119,8 +121,7 @@ class CUB200Dataset(Dataset):
         self.target_transform = target_transform
         self.loader = loader
 
-        class_rows = _parse(_read_table(self.folder, 'classes.txt', 2, '<class_id> <class_name>'),
-                            'classes.txt', (str,))
+        class_rows = _read_table(self.folder, 'classes.txt', '<class_id> <class_name>', (str,))
         class_ids = sorted(class_rows)
         if class_ids != list(range(1, len(class_ids) + 1)):
             raise ValueError(f'CUB-200-2011: classes.txt must number the classes 1..{len(class_ids)}.')
@@ -128,13 +129,10 @@ class CUB200Dataset(Dataset):
         self.classes = [cub_readable_name(name) for name in self.class_folders]
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
-        images = _parse(_read_table(self.folder, 'images.txt', 2, '<image_id> <image_name>'), 'images.txt', (str,))
-        labels = _parse(_read_table(self.folder, 'image_class_labels.txt', 2, '<image_id> <class_id>'),
-                        'image_class_labels.txt', (int,))
-        is_train = _parse(_read_table(self.folder, 'train_test_split.txt', 2, '<image_id> <is_training_image>'),
-                          'train_test_split.txt', (int,))
-        boxes = _parse(_read_table(self.folder, 'bounding_boxes.txt', 5, '<image_id> <x> <y> <width> <height>'),
-                       'bounding_boxes.txt', (float,) * 4)
+        images = _read_table(self.folder, 'images.txt', '<image_id> <image_name>', (str,))
+        labels = _read_table(self.folder, 'image_class_labels.txt', '<image_id> <class_id>', (int,))
+        is_train = _read_table(self.folder, 'train_test_split.txt', '<image_id> <is_training_image>', (int,))
+        boxes = _read_table(self.folder, 'bounding_boxes.txt', '<image_id> <x> <y> <width> <height>', (float,) * 4)
 
         self.image_ids: List[int] = []
         self.samples: List[Tuple[str, int]] = []
@@ -177,8 +175,7 @@ class CUB200Dataset(Dataset):
         names = None
         for folder in (os.path.join(self.folder, 'attributes'), self.folder, os.path.dirname(self.folder)):
             if os.path.isfile(os.path.join(folder, 'attributes.txt')):
-                rows = _parse(_read_table(folder, 'attributes.txt', 2, '<attribute_id> <attribute_name>'),
-                              'attributes.txt', (str,))
+                rows = _read_table(folder, 'attributes.txt', '<attribute_id> <attribute_name>', (str,))
                 names = [rows[i][0] for i in sorted(rows)]
                 if len(names) != matrix.shape[1]:
                     raise ValueError(f'CUB-200-2011: attributes.txt names {len(names)} attributes, '
