@@ -1,32 +1,52 @@
-""" Hugging Face Hub format: ``model.safetensors`` + timm ``config.json`` + a model card.
+""" Hugging Face Hub format: ``model.safetensors`` + timm ``config.json`` + a model card, and the push.
 
 A folder written by :func:`save_pretrained` loads back with ``timm.create_model('local-dir:<folder>',
 pretrained=True)``, with ``pretrained_cfg_overlay=dict(file=<folder>/model.safetensors)`` and with
-``checkpoint_path=``, and can be pushed to the Hub as it is (``huggingface_hub.upload_folder``).
+``checkpoint_path=``. Its model card is rendered from the config.json written beside it, so every field the card
+states (input size, mean, std, crop, interpolation, head sizes) is the one timm loads.
 
-``python -m qpm_timm.hub --write-configs hub_configs`` regenerates ``hub_configs/<variant>/`` (config.json +
-model card) for every registered variant from the ``default_cfgs`` table of :mod:`qpm_timm.models.qpm`.
+    python -m qpm_timm.hub push <experiment-or-export-folder> --repo-id ORG/NAME [--private] [--revision REV]
+        [--results validate.json] [--dry-run]
+    python -m qpm_timm.hub write-configs hub_configs      (also: --write-configs hub_configs)
+
+``push`` (:func:`push_to_hub`) uploads, in one commit, the export's weights and config.json, a model card naming
+the repository and the run's results (``results.json`` of train.py, a validate.py JSON), and the run's
+``args.yaml`` / ``results.json``; ``write-configs`` regenerates ``hub_configs/<variant>/`` (config.json + model card)
+of every registered variant from the ``default_cfgs`` table of :mod:`qpm_timm.models.qpm`.
 """
 import argparse
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 import timm
+import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from timm.models._hub import save_config_for_hf
 
 from .explain import model_feature_table
-from .models.qpm import VARIANT_ARGS, QPMModel
+from .models.qpm import VARIANT_ARGS, QPMModel, unreadable_checkpoint_message
 
-__all__ = ['save_pretrained', 'read_weights', 'model_card', 'write_hub_configs']
+__all__ = ['save_pretrained', 'read_weights', 'model_card', 'write_hub_configs', 'push_to_hub', 'PushPlan',
+           'RunResults']
 
 WEIGHTS_NAME = 'model.safetensors'
+CONFIG_NAME = 'config.json'
+CARD_NAME = 'README.md'
+RUN_FILES = ('args.yaml', 'results.json')  # what train.py leaves beside export/, uploaded with it
+VALIDATE_RESULTS_NAME = 'validate_results.json'
+# config.json fields a model card states: the architecture, the head sizes and the evaluation transform
+_CARD_PRETRAINED_FIELDS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
+_DATASET_NAMES = {'cub': 'CUB-200-2011', 'cars': 'Stanford Cars', 'aircraft': 'FGVC-Aircraft',
+                  'imagenet': 'ImageNet-1k', 'concepts': 'qpm-timm concepts (generated)'}
 
 
 def read_weights(path: str) -> Dict[str, torch.Tensor]:
@@ -41,50 +61,106 @@ def read_weights(path: str) -> Dict[str, torch.Tensor]:
             raise ValueError(f'{path} is not a readable safetensors file (truncated or corrupted: {e}); '
                              f'delete it (and its Hugging Face cache entry) and export or download it again.') from e
     try:
-        return timm.models.load_state_dict(path)
+        return timm.models.load_state_dict(path)  # torch.load(weights_only=True)
     except Exception as e:  # torch.load raises many types for a damaged file
-        raise ValueError(f'{path} is not a readable checkpoint ({type(e).__name__}: {e}).') from e
+        raise ValueError(unreadable_checkpoint_message(path, e)) from e
 
 
 def _model_args(model: QPMModel) -> Dict:
-    """Arguments that rebuild the head shapes (recorded in config.json's ``model_args``)."""
-    return dict(head='qpm' if model.is_qpm else 'dense', n_features=model.n_features,
+    """Arguments that rebuild the head (recorded in config.json's ``model_args``)."""
+    args = dict(head='qpm' if model.is_qpm else 'dense', n_features=model.n_features,
                 n_per_class=model.n_per_class, num_classes=model.num_classes)
+    if model.relu_after_norm:
+        args['relu_after_norm'] = True
+    return args
+
+
+# --- model card ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunResults:
+    """Metrics of a run for the model card: which file they come from, on which dataset and split."""
+    source: str
+    metrics: Dict[str, float]
+    dataset: Optional[str] = None
+    split: Optional[str] = None
+
+
+def _card_fields(config: Dict[str, Any]) -> List[tuple]:
+    """``(dotted config.json path, value)`` of every field the card states."""
+    fields = [('architecture', config['architecture']), ('num_classes', config['num_classes'])]
+    fields += [(f'model_args.{k}', v) for k, v in config.get('model_args', {}).items()]
+    cfg = config['pretrained_cfg']
+    fields += [(f'pretrained_cfg.{k}', cfg[k]) for k in _CARD_PRETRAINED_FIELDS if k in cfg]
+    return fields
+
+
+def _model_index(name: str, results: Sequence[RunResults]) -> List[Dict[str, Any]]:
+    """Hub ``model-index`` metadata: the accuracy of every result whose dataset is known."""
+    entries = []
+    for r in results:
+        metrics = [dict(type='accuracy', value=r.metrics[k], name=label)
+                   for k, label in (('top1', 'Top-1 accuracy'), ('top5', 'Top-5 accuracy')) if k in r.metrics]
+        if r.dataset and metrics:
+            dataset = dict(name=_DATASET_NAMES.get(r.dataset, r.dataset), type=r.dataset)
+            if r.split:
+                dataset['split'] = r.split
+            entries.append(dict(task=dict(type='image-classification', name='Image Classification'),
+                                dataset=dataset, metrics=metrics))
+    return [dict(name=name, results=entries)] if entries else []
 
 
 def model_card(
         model: QPMModel,
-        label_names: Optional[Sequence[str]] = None,
+        config: Dict[str, Any],
         repo_id: Optional[str] = None,
+        local_dir: Optional[str] = None,
+        results: Sequence[RunResults] = (),
         trained: bool = True,
 ) -> str:
-    """Model card (README.md): architecture, usage and, for trained weights, every class's features."""
-    cfg = model.pretrained_cfg
-    arch = cfg.get('architecture', 'qpm')
-    repo_id = repo_id or cfg.get('hf_hub_id') or f'<org>/{arch}'
-    load = f"timm.create_model('hf-hub:{repo_id}', pretrained=True)"
+    """Model card (README.md) of ``model`` rendered from its ``config`` (config.json): usage with the repository id
+    (or ``local-dir:`` when none is known), the config's fields, the run's results (also as Hub ``model-index``)
+    and, for trained weights, every class's features."""
+    cfg, args = config['pretrained_cfg'], config.get('model_args', {})
+    name = repo_id.split('/')[-1] if repo_id else config['architecture']
+    front = dict(tags=['image-classification', 'timm', 'qpm', 'interpretable'], library_name='timm',
+                 license=cfg.get('license', 'apache-2.0'))
+    index = _model_index(name, results)
+    if index:
+        front['model-index'] = index
+    where = f'hf-hub:{repo_id}' if repo_id else f'local-dir:{local_dir or "<folder>"}'
+    paper = f', {cfg["paper_ids"]}' if cfg.get('paper_ids') else ''
+    relu = ' The normalised features pass a ReLU before the binary layer (CHiQPM\'s head).' \
+        if args.get('relu_after_norm') else ''
     lines = [
-        '---', 'tags:', '- image-classification', '- timm', '- qpm', '- interpretable', 'library_name: timm',
-        f"license: {cfg.get('license', 'apache-2.0')}", '---', '',
-        f'# {arch}', '',
-        f'A QPM (Norrenbrock et al., ICLR 2025, {cfg.get("paper_ids", "arXiv:2502.20130")}) on a '
-        f'`{model.backbone_name}` backbone: a globally interpretable classifier whose final layer is a binary '
-        f'class x feature assignment. {model.num_classes} classes share {model.n_features} features; every '
-        f'class uses exactly {model.n_per_class} of them, and no two classes use the same set.', '',
-        '## Usage', '', '```python', 'import timm, qpm_timm', f'model = {load}.eval()',
-        'out = model.forward_with_features(images)  # logits, feature maps, pooled features',
-        'print(qpm_timm.explain.class_feature_table(model.class_weights))', '```', '',
-        f"Input: {tuple(cfg.get('input_size', (3, 224, 224)))}, mean {tuple(cfg.get('mean', ()))}, "
-        f"std {tuple(cfg.get('std', ()))}, crop_pct {cfg.get('crop_pct')}.", '',
+        '---', yaml.safe_dump(front, sort_keys=False).rstrip(), '---', '',
+        f'# {name}', '',
+        f'A QPM (Norrenbrock et al., ICLR 2025{paper}): a globally interpretable classifier whose final layer is a '
+        f'binary class x feature assignment. Its {config["num_classes"]} classes share {args.get("n_features")} '
+        f'features; every class uses exactly {args.get("n_per_class")} of them, and no two classes use the same '
+        f'set.{relu}', '',
+        '## Usage', '', '```python', 'import timm, qpm_timm',
+        f"model = timm.create_model('{where}', pretrained=True).eval()",
+        'transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))  # evaluation transform',
+        'out = model.forward_with_features(transform(image).unsqueeze(0))  # logits, feature maps, pooled features',
+        'print(qpm_timm.explain.model_feature_table(model))', '```', '',
+        '## Configuration', '', 'The values of config.json (the evaluation transform is `pretrained_cfg`):', '',
+        '| field | value |', '|---|---|',
+        *[f'| {k} | `{json.dumps(v)}` |' for k, v in _card_fields(config)], '',
     ]
+    if results:
+        lines += ['## Results', '', '| metric | value | source |', '|---|---|---|']
+        for r in results:
+            where_from = r.source + (f', {r.dataset}' if r.dataset else '') + (f' {r.split} split' if r.split else '')
+            lines += [f'| {k} | {v} | {where_from} |' for k, v in r.metrics.items()]
+        lines += ['']
+    lines += ['## Classes and their features', '']
     if trained and model.is_qpm and model.num_classes:
-        names = list(label_names) if label_names is not None else [f'class {c}' for c in range(model.num_classes)]
-        lines += ['## Classes and their features', '',
-                  'Feature `f<j> (ch <c>)` is backbone channel `c`, the j-th kept feature.', '',
+        names = config.get('label_names') or [f'class {c}' for c in range(model.num_classes)]
+        lines += ['Feature `f<j> (ch <c>)` is backbone channel `c`, the j-th kept feature.', '',
                   model_feature_table(model, names), '']
     else:
-        lines += ['## Classes and their features', '',
-                  'This card describes the architecture; the class -> feature table is written by '
+        lines += ['This card describes the architecture only; no weights come with it. The class -> feature table is '
+                  'written by '
                   '`qpm_timm.hub.save_pretrained` when trained weights are exported.', '']
     return '\n'.join(lines)
 
@@ -109,13 +185,20 @@ def _write_folder(folder: Path, write) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _read_json(path: Path) -> Dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
 def save_pretrained(
         model: QPMModel,
         folder: str,
         label_names: Optional[Sequence[str]] = None,
         data_config: Optional[Dict] = None,
+        repo_id: Optional[str] = None,
+        results: Sequence[RunResults] = (),
 ) -> Path:
-    """Export ``model`` as a Hub repository folder: ``model.safetensors``, ``config.json``, ``README.md``."""
+    """Export ``model`` as a Hub repository folder: ``model.safetensors``, ``config.json``, ``README.md`` (rendered
+    from that config.json, with ``repo_id`` in its usage line when given, else ``local-dir:<folder>``)."""
     if not isinstance(model, QPMModel):
         raise TypeError(f'save_pretrained exports QPMModel instances, got {type(model).__name__}.')
     if label_names is not None and len(label_names) != model.num_classes:
@@ -126,9 +209,10 @@ def save_pretrained(
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={'format': 'pt'})
         config = dict(label_names=label_names) if label_names else {}
-        save_config_for_hf(model, tmp / 'config.json', model_config=config, model_args=_model_args(model),
+        save_config_for_hf(model, tmp / CONFIG_NAME, model_config=config, model_args=_model_args(model),
                            data_config=data_config)
-        (tmp / 'README.md').write_text(model_card(model, label_names))
+        card = model_card(model, _read_json(tmp / CONFIG_NAME), repo_id, str(folder), results)
+        (tmp / CARD_NAME).write_text(card)
 
     _write_folder(Path(folder), write)
     return Path(folder)
@@ -140,22 +224,156 @@ def write_hub_configs(out_dir: str) -> None:
         model = timm.create_model(variant, device='meta')
 
         def write(tmp: Path, model=model) -> None:
-            save_config_for_hf(model, tmp / 'config.json', model_args=_model_args(model))
-            config = json.loads((tmp / 'config.json').read_text())
-            config['pretrained_cfg']['hf_hub_id'] = model.pretrained_cfg['hf_hub_id']
-            (tmp / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
-            (tmp / 'README.md').write_text(model_card(model, trained=False))
+            save_config_for_hf(model, tmp / CONFIG_NAME, model_args=_model_args(model))
+            config = _read_json(tmp / CONFIG_NAME)
+            repo_id = model.pretrained_cfg['hf_hub_id']
+            config['pretrained_cfg']['hf_hub_id'] = repo_id
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + '\n')
+            (tmp / CARD_NAME).write_text(model_card(model, config, repo_id=repo_id, trained=False))
 
         _write_folder(Path(out_dir) / variant, write)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--write-configs', metavar='DIR', required=True,
-                        help='write config.json + model card of every registered variant under DIR')
+# --- push ---------------------------------------------------------------------------------------------------------
+@dataclass
+class PushPlan:
+    """What :func:`push_to_hub` uploads (or, for a dry run, would upload) and where; ``commit_url`` once pushed."""
+    repo_id: str
+    revision: str
+    private: bool
+    endpoint: str
+    files: Dict[str, int] = field(default_factory=dict)  # path in the repository -> size in bytes
+    commit_url: Optional[str] = None
+
+    def describe(self) -> str:
+        target = f'{self.endpoint}/{self.repo_id} (revision {self.revision}, {"private" if self.private else "public"})'
+        head = f'pushed to {target}: {self.commit_url}' if self.commit_url else f'dry run, would push to {target}:'
+        return '\n'.join([head] + [f'  {name}  {size} bytes' for name, size in self.files.items()])
+
+
+def _check_repo_id(repo_id: str) -> None:
+    if not isinstance(repo_id, str) or not re.fullmatch(r'[\w.-]+/[\w.-]+', repo_id) or '--' in repo_id \
+            or '..' in repo_id:
+        raise ValueError(f'--repo-id must be ORG/NAME (letters, digits, "-", "_", "."), got {repo_id!r}.')
+
+
+def _find_export(folder: Path) -> tuple:
+    """(export folder, folder of the run's args.yaml / results.json) of an export or a train.py experiment folder."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f'{folder} does not exist or is not a folder.')
+    if (folder / 'export').is_dir():
+        return folder / 'export', folder
+    if (folder / WEIGHTS_NAME).is_file() and (folder / CONFIG_NAME).is_file():
+        run = folder.parent if folder.name == 'export' else folder
+        return folder, run
+    raise ValueError(f'{folder} is neither an export ({WEIGHTS_NAME} + {CONFIG_NAME}) nor a train.py experiment '
+                     f'folder (with export/): finish the run with train.py --resume, or export the model with '
+                     f'qpm_timm.hub.save_pretrained.')
+
+
+def _run_results(run: Path, validate_results: Optional[str]) -> List[RunResults]:
+    """The run's ``results.json`` (train.py) and a validate.py JSON results file, with the run's dataset/split."""
+    args = yaml.safe_load((run / 'args.yaml').read_text()) if (run / 'args.yaml').is_file() else {}
+    dataset, split = (args or {}).get('dataset'), (args or {}).get('val_split')
+    found = []
+    for path, source in ((run / 'results.json', 'results.json (train.py)'),
+                         (validate_results, 'validate.py')):
+        if path and Path(path).is_file():
+            metrics = {k: v for k, v in _read_json(path).items() if isinstance(v, (int, float))
+                       and not isinstance(v, bool)}
+            found.append(RunResults(source, metrics, dataset, split if source.startswith('results') else None))
+    return found
+
+
+def _stage(source: Union[QPMModel, str], repo_id: str, staging: Path, validate_results: Optional[str]) -> None:
+    """Fill ``staging`` with what one commit uploads: weights, config.json, the card for ``repo_id``, run files."""
+    if isinstance(source, QPMModel):
+        source = save_pretrained(source, staging.parent / 'export')
+    export, run = _find_export(Path(source))
+    if validate_results and not Path(validate_results).is_file():
+        raise FileNotFoundError(f'--results {validate_results} does not exist.')
+    model = timm.create_model(f'local-dir:{export}', pretrained=True)  # refuses an export that does not load
+    staging.mkdir(parents=True)
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        shutil.copy2(export / name, staging / name)
+    for name in RUN_FILES:
+        if (run / name).is_file():
+            shutil.copy2(run / name, staging / name)
+    if validate_results:
+        shutil.copy2(validate_results, staging / VALIDATE_RESULTS_NAME)
+    card = model_card(model, _read_json(export / CONFIG_NAME), repo_id, results=_run_results(run, validate_results))
+    (staging / CARD_NAME).write_text(card)
+
+
+def push_to_hub(
+        source: Union[QPMModel, str],
+        repo_id: str,
+        private: bool = False,
+        revision: Optional[str] = None,
+        dry_run: bool = False,
+        validate_results: Optional[str] = None,
+        commit_message: Optional[str] = None,
+) -> PushPlan:
+    """Upload a QPM to the Hub repository ``repo_id`` in one commit (module docstring).
+
+    Args:
+        source: a :class:`QPMModel` (exported first), an export folder or a train.py experiment folder.
+        repo_id: ``ORG/NAME``; created (``private`` or public) when missing.
+        revision: branch to commit to (created from ``main`` when missing); default ``main``.
+        dry_run: only stage the files and return the plan; no request is made.
+        validate_results: a validate.py JSON results file, shown on the card and uploaded.
+    """
+    from huggingface_hub import HfApi, constants
+    _check_repo_id(repo_id)
+    with tempfile.TemporaryDirectory(prefix='qpm-push-') as tmp:
+        staging = Path(tmp) / 'repo'
+        _stage(source, repo_id, staging, validate_results)
+        plan = PushPlan(repo_id, revision or 'main', private, constants.ENDPOINT,
+                        {f.name: f.stat().st_size for f in sorted(staging.iterdir())})
+        if dry_run:
+            return plan
+        api = HfApi()
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if plan.revision != 'main':
+            api.create_branch(repo_id, branch=plan.revision, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=staging, revision=plan.revision,
+                                 commit_message=commit_message or f'Upload {repo_id.split("/")[-1]} (qpm-timm)')
+        plan.commit_url = info.commit_url
+    return plan
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     epilog='Exit code 2 on bad input, 1 when the Hub refuses the push.')
+    parser.add_argument('--write-configs', metavar='DIR', default=None, help='same as the write-configs command')
+    commands = parser.add_subparsers(dest='command')
+    push = commands.add_parser('push', help='upload an export or a train.py experiment folder to the Hub')
+    push.add_argument('folder', help='export folder (model.safetensors + config.json) or experiment folder')
+    push.add_argument('--repo-id', required=True, metavar='ORG/NAME')
+    push.add_argument('--private', action='store_true', default=False, help='create the repository private')
+    push.add_argument('--revision', default=None, metavar='BRANCH', help='default: main')
+    push.add_argument('--results', default=None, metavar='FILE', help='a validate.py JSON results file for the card')
+    push.add_argument('--dry-run', action='store_true', default=False, help='list files and target, no network')
+    configs = commands.add_parser('write-configs', help='config.json + model card of every registered variant')
+    configs.add_argument('dir', metavar='DIR')
     args = parser.parse_args(argv)
-    write_hub_configs(args.write_configs)
+    if args.command == 'write-configs' or (args.command is None and args.write_configs):
+        write_hub_configs(args.dir if args.command else args.write_configs)
+        return 0
+    if args.command != 'push':
+        parser.error('give a command: push or write-configs')
+    from huggingface_hub.errors import HfHubHTTPError
+    try:
+        plan = push_to_hub(args.folder, args.repo_id, args.private, args.revision, args.dry_run, args.results)
+    except (ValueError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except HfHubHTTPError as e:
+        print(f'error: the Hub refused the push to {args.repo_id}: {e}', file=sys.stderr)
+        return 1
+    print(plan.describe())
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -1,3 +1,5 @@
 """QPM architectures, registered in timm's model registry on import."""
 from .head import BinaryLinear, DenseHead, QPMHead, check_assignment, check_qpm_sizes, check_selection
+from .authors import AUTHORS_RELEASES, authors_to_qpm
+from .qpm import PretrainedWeightsUnavailableError
 from .qpm import HF_HUB_ORG, VARIANT_ARGS, QPMModel, QPMOutput, create_qpm, default_cfgs, reduce_resnet_strides

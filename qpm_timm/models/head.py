@@ -4,8 +4,8 @@ Two head states of a QPM (spec: "Pipeline"):
 
 * :class:`DenseHead` (stage 1, dense training): pool -> feature dropout 0.2 -> ``Linear(F, C)``.
 * :class:`QPMHead` (stage 4, fine-tune and inference): select ``n_f*`` channels -> pool ->
-  ``(x - mean) / std`` -> feature dropout 0.1 -> ``x @ W^T`` with ``W`` the binary class x feature
-  assignment and no bias. Selection, mean, std and ``W`` are buffers: they are frozen, and every
+  ``(x - mean) / std`` [-> ReLU, CHiQPM's head] -> feature dropout 0.1 -> ``x @ W^T`` with ``W`` the binary
+  class x feature assignment and no bias. Selection, mean, std and ``W`` are buffers: they are frozen, and every
   *parameter* of a QPM still receives a gradient.
 
 Both heads expose ``select`` (the feature maps the head reads), ``forward_pooled`` (everything after
@@ -153,8 +153,11 @@ class QPMHead(nn.Module):
             std: torch.Tensor,
             pool_type: str = 'avg',
             drop_rate: float = QPM_DROP_RATE,
+            relu: bool = False,
     ):
+        """``relu``: a ReLU on the normalised features (the head of CHiQPM, the authors' hierarchical QPM)."""
         super().__init__()
+        self.relu = relu
         self.register_buffer('selection', selection.long())
         self.register_buffer('mean', mean)
         self.register_buffer('std', std)
@@ -167,11 +170,13 @@ class QPMHead(nn.Module):
         return x.index_select(1, self.selection)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """``(x - mean) / std`` with the frozen statistics of the dense model (spec stage 2)."""
+        """``(x - mean) / std`` with the frozen statistics of the dense model (spec stage 2), then the ReLU of a
+        CHiQPM head: the features the binary layer sums."""
         mean, std = self.mean.to(x.dtype), self.std.to(x.dtype)
         if self.global_pool.is_identity():  # un-pooled maps (global_pool=''); a fixed setting, fx-traceable
             mean, std = mean[:, None, None], std[:, None, None]
-        return (x - mean) / std
+        x = (x - mean) / std
+        return F.relu(x) if self.relu else x
 
     def forward_pooled(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.drop(self.normalize(x))

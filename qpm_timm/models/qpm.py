@@ -15,6 +15,7 @@ Loading rules (one place, :meth:`QPMModel.load_state_dict`, used by every timm l
   (``train.py --initial-checkpoint``). ``num_classes=0`` keeps the selected, normalised features.
 """
 import logging
+import pickle
 import re
 import warnings
 from typing import Any, Dict, List, NamedTuple, Optional, Union
@@ -23,15 +24,20 @@ import torch
 import torch.nn as nn
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from huggingface_hub.errors import (
+    EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
+)
 from safetensors import SafetensorError
 from timm.models import ResNet, build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
+from .authors import filter_authors_weights, releases_of
 from .head import (
     DENSE_DROP_RATE, QPM_DROP_RATE, DenseHead, QPMHead, check_assignment, check_qpm_sizes, check_selection,
     placeholder_assignment,
 )
 
-__all__ = ['QPMModel', 'QPMOutput', 'create_qpm', 'reduce_resnet_strides', 'HF_HUB_ORG']
+__all__ = ['QPMModel', 'QPMOutput', 'create_qpm', 'reduce_resnet_strides', 'HF_HUB_ORG',
+           'PretrainedWeightsUnavailableError', 'unreadable_checkpoint_message']
 
 _logger = logging.getLogger(__name__)
 
@@ -97,6 +103,7 @@ class QPMModel(nn.Module):
             global_pool: str = 'avg',
             drop_rate: Optional[float] = None,
             in_chans: int = 3,
+            relu_after_norm: bool = False,
             device=None,
             dtype=None,
             **backbone_kwargs,
@@ -111,6 +118,7 @@ class QPMModel(nn.Module):
             reduced_strides: ResNet layer3/layer4 with stride 1 (the recipe for fine-grained data).
             global_pool: pooling of the head ('avg' as in the method).
             drop_rate: feature dropout; None: 0.2 for the dense head, 0.1 for the QPM head.
+            relu_after_norm: the QPM head applies a ReLU to the normalised features (CHiQPM's head).
             **backbone_kwargs: passed to ``timm.create_model(backbone, ...)``; unknown ones raise TypeError.
         """
         super().__init__()
@@ -133,6 +141,7 @@ class QPMModel(nn.Module):
         self.n_features = n_features
         self.n_per_class = n_per_class
         self.drop_rate = drop_rate
+        self.relu_after_norm = relu_after_norm
         self.feature_info = [dict(i, module='backbone.' + i['module']) for i in self.backbone.feature_info]
         self.num_classes = num_classes
         self.head: Union[DenseHead, QPMHead]
@@ -177,7 +186,7 @@ class QPMModel(nn.Module):
         head = QPMHead(
             selection.to(dd['device']),
             None if assignment is None else assignment.to(**dd),
-            mean.to(**dd), std.to(**dd), global_pool, drop)
+            mean.to(**dd), std.to(**dd), global_pool, drop, self.relu_after_norm)
         return head.train(self.training)
 
     def set_qpm_head(
@@ -360,14 +369,79 @@ VARIANT_ARGS = {  # architecture arguments of each registered variant
 }
 
 
+class PretrainedWeightsUnavailableError(RuntimeError):
+    """``pretrained=True`` found no weights: the Hub repository is missing or empty, or offline with no cache."""
+
+
+_NOT_ON_HUB = (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)
+_UNREADABLE_FILE = (RuntimeError, EOFError, pickle.UnpicklingError)  # what torch.load raises for a bad file
+
+
+def unreadable_checkpoint_message(path: str, error: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, and what to do."""
+    if 'weights_only' in str(error) or isinstance(error, pickle.UnpicklingError):
+        return (f'{path} is not a plain state dict of tensors: torch.load(weights_only=True) refused it '
+                f'({type(error).__name__}: {str(error).splitlines()[0]}); it holds code or other objects, which are '
+                f'never run here. Load it only if you trust it, and save model.state_dict() again.')
+    return (f'{path} is not a readable checkpoint, truncated or corrupted ({type(error).__name__}: '
+            f'{str(error).splitlines()[0] if str(error) else "empty file"}); download or export it again.')
+
+
+def _hub_reason(error: Exception) -> str:
+    if isinstance(error, RepositoryNotFoundError):
+        return 'the repository does not exist (or is private)'
+    if isinstance(error, RevisionNotFoundError):
+        return 'the repository has no such revision'
+    if isinstance(error, LocalEntryNotFoundError):
+        return 'no network or HF_HUB_OFFLINE=1, and the weights are not in the Hugging Face cache'
+    return 'the repository holds no weights file'
+
+
+def weights_unavailable_message(variant: str, repo_id: str, reason: str, backbone: str = '') -> str:
+    """Names the variant and the repository and says the two ways to weights: convert the authors' release and
+    push it (README, "Release notes for maintainers"), or train with the variant's recipe."""
+    releases = releases_of(variant)
+    dataset = variant.rsplit('_', 1)[-1] if variant in VARIANT_ARGS else '<dataset>'
+    model = f'--model {variant}' if variant in VARIANT_ARGS else f'--model {variant} --backbone {backbone}'
+    source = releases[0].source if releases else 'authors-qpm'
+    released = (', '.join(f'{r.name} ({r.url})' for r in releases) if releases else
+                'none for this variant; a checkpoint of their code for it converts the same way')
+    return (
+        f'{variant}: no pretrained weights at the Hugging Face Hub repository {repo_id}: {reason}. qpm-timm has '
+        f'not published weights there (see the README\'s Models table). Two ways to weights:\n'
+        f'  1. convert a checkpoint of the authors\' code (they released: {released}), then load or push it:\n'
+        f'       python -m qpm_timm.convert --source {source} --checkpoint <file.pth> --variant {variant} '
+        f'--output <folder>\n'
+        f'       timm.create_model("local-dir:<folder>", pretrained=True)  or  '
+        f'python -m qpm_timm.hub push <folder> --repo-id {repo_id}\n'
+        f'  2. train it with the variant\'s recipe: python train.py {model} --dataset {dataset} --data-dir <data>, '
+        f'then timm.create_model("local-dir:<output>/export", pretrained=True).')
+
+
+def _load_error(variant: str, kwargs: Dict[str, Any], error: Exception) -> Optional[Exception]:
+    """Our error for a failed ``pretrained=True`` load, or None when it is not a missing or unreadable file."""
+    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    if isinstance(error, SafetensorError):
+        return ValueError(f'the weights of {variant} ({cfg.file or cfg.hf_hub_id or variant}) are truncated or '
+                          f'corrupted ({error}); delete the file (or its Hugging Face cache entry) and export or '
+                          f'download it again.')
+    if cfg.file and not str(cfg.file).endswith('.safetensors') and isinstance(error, _UNREADABLE_FILE):
+        return ValueError(f'{variant}: {unreadable_checkpoint_message(cfg.file, error)}')
+    if not cfg.file and cfg.hf_hub_id and isinstance(error, _NOT_ON_HUB) and not isinstance(error, GatedRepoError):
+        return PretrainedWeightsUnavailableError(weights_unavailable_message(
+            variant, cfg.hf_hub_id, _hub_reason(error), kwargs.get('backbone', '')))
+    return None
+
+
 def _create_qpm(variant: str, pretrained: bool = False, **kwargs) -> QPMModel:
     try:
-        return build_model_with_cfg(QPMModel, variant, pretrained, feature_cfg=dict(feature_cls='getter'), **kwargs)
-    except SafetensorError as e:
-        cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-        source = cfg.file or cfg.hf_hub_id or variant
-        raise ValueError(f'the weights of {variant} ({source}) are truncated or corrupted ({e}); delete the file '
-                         f'(or its Hugging Face cache entry) and export or download it again.') from e
+        return build_model_with_cfg(QPMModel, variant, pretrained, feature_cfg=dict(feature_cls='getter'),
+                                    pretrained_filter_fn=filter_authors_weights, **kwargs)
+    except (SafetensorError, *_UNREADABLE_FILE, *_NOT_ON_HUB) as e:
+        error = _load_error(variant, kwargs, e)
+        if error is None:
+            raise
+        raise error from e
 
 
 def _variant(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> QPMModel:
