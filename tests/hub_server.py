@@ -11,6 +11,21 @@ It answers exactly the requests ``huggingface_hub`` (2.x, ``file_download.py`` /
   ``cardData`` from the README's YAML front matter.
 - ``GET /api/models/{repo_id}/tree/{revision}[/{path}]`` (``list_repo_tree``, ``snapshot_download``).
 
+and the writes of ``HfApi.create_repo`` / ``create_branch`` / ``upload_folder`` / ``create_commit``:
+
+- ``POST /api/repos/create`` (409 when it exists, which ``exist_ok=True`` accepts), stored in a temporary
+  folder of the server; ``POST /api/models/{repo_id}/branch/{branch}`` (from ``main``, 409 when it exists).
+- ``POST /api/validate-yaml``: the README's front matter must parse, and a ``model-index`` must hold the fields
+  the Hub reads (task type, dataset name/type, metric type/value), else 400 with the errors.
+- ``POST /api/models/{repo_id}/preupload/{revision}``: upload mode per file (``lfs`` for weights, like the Hub's
+  default ``.gitattributes``) and the current ``oid`` of files already there.
+- The git-LFS "basic" transfer: ``POST /{repo_id}.git/info/lfs/objects/batch`` answers with an upload URL
+  (no actions for objects already stored), ``PUT /lfs-upload/{sha256}`` stores the bytes after checking their
+  sha256. The server speaks git-LFS, not Xet, so clients run with ``HF_HUB_DISABLE_XET=1``.
+- ``POST /api/models/{repo_id}/commit/{revision}`` (NDJSON: header, ``file`` base64 content, ``lfsFile`` by
+  oid, ``deletedFile``/``deletedFolder``): applied to the branch's folder all at once after every operation was
+  checked; recorded in :attr:`LocalHubServer.commits`.
+
 Errors carry the ``X-Error-Code`` the client maps to its exceptions: ``RepoNotFound`` →
 ``RepositoryNotFoundError``, ``RevisionNotFound`` → ``RevisionNotFoundError``, ``EntryNotFound``
 (with ``X-Repo-Commit``) → ``RemoteEntryNotFoundError``, an ``EntryNotFoundError``, which timm's
@@ -25,12 +40,15 @@ so a test can show that a download happened, or that an offline call made none.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -57,6 +75,11 @@ _RESOLVE_RE = re.compile(rf"^/{_REPO_ID}/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 _INFO_RE = re.compile(rf"^/api/models/{_REPO_ID}(?:/revision/(?P<rev>[^/]+))?$")
 _TREE_RE = re.compile(rf"^/api/models/{_REPO_ID}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$")
 _RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
+_PREUPLOAD_RE = re.compile(rf"^/api/models/{_REPO_ID}/preupload/(?P<rev>[^/]+)$")
+_COMMIT_RE = re.compile(rf"^/api/models/{_REPO_ID}/commit/(?P<rev>[^/]+)$")
+_BRANCH_RE = re.compile(rf"^/api/models/{_REPO_ID}/branch/(?P<branch>[^/]+)$")
+_LFS_BATCH_RE = re.compile(rf"^/{_REPO_ID}\.git/info/lfs/objects/batch$")
+_LFS_UPLOAD_RE = re.compile(r"^/lfs-upload/(?P<oid>[0-9a-f]{64})$")
 _TRUE = ("1", "true", "True")
 
 
@@ -68,6 +91,16 @@ class RequestRecord:
     path: str
     query: str
     status: int
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """One commit the server applied: repository, branch, summary and the paths it added or deleted."""
+
+    repo_id: str
+    revision: str
+    summary: str
+    paths: Tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -170,6 +203,10 @@ class LocalHubServer:
         self._digests = _DigestCache()
         self._httpd: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
+        self._storage: Optional[Path] = None  # created repositories and LFS objects, removed by stop()
+        self._private: Dict[str, bool] = {}
+        self._lfs: Dict[str, Path] = {}
+        self._commits: List[CommitRecord] = []
         for repo_id, folder in (repos or {}).items():
             self.add_repo(repo_id, folder)
 
@@ -198,6 +235,103 @@ class LocalHubServer:
             if snap.commit == revision:
                 return snap
         raise HubError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+
+    def has_repo(self, repo_id: str) -> bool:
+        with self._lock:
+            return repo_id in self._branches
+
+    def is_private(self, repo_id: str) -> bool:
+        return self._private.get(repo_id, False)
+
+    # ----------------------------------------------------------------------------- writes
+    def _store(self, *parts: str) -> Path:
+        with self._lock:
+            if self._storage is None:
+                self._storage = Path(tempfile.mkdtemp(prefix="local-hub-"))
+        return self._storage.joinpath(*parts)
+
+    def create_repo(self, repo_id: str, private: bool = False) -> str:
+        """A new, empty model repository (branch ``main``) in the server's storage; 409 when it exists."""
+        if self.has_repo(repo_id):
+            raise HubError(409, "RepoExists", f"You already created this model repo: {repo_id}")
+        folder = self._store("repos", repo_id, "main")
+        folder.mkdir(parents=True)
+        self._private[repo_id] = private
+        return self.add_repo(repo_id, folder)
+
+    def create_branch(self, repo_id: str, branch: str, starting_point: str = "main") -> str:
+        """Branch ``branch`` with the files of ``starting_point``; 409 when it exists."""
+        snap = self.snapshot(repo_id, starting_point)
+        with self._lock:
+            exists = branch in self._branches[repo_id]
+        if exists:
+            raise HubError(409, "BranchExists", f"Reference already exists: refs/heads/{branch}")
+        folder = self._store("repos", repo_id, "branches", branch)
+        for f in snap.files.values():
+            (folder / f.path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f.local_path, folder / f.path)
+        folder.mkdir(parents=True, exist_ok=True)
+        return self.add_repo(repo_id, folder, branch)
+
+    def store_lfs(self, oid: str, data: bytes) -> None:
+        """Keep an uploaded LFS object; its content must hash to ``oid``."""
+        if hashlib.sha256(data).hexdigest() != oid:
+            raise HubError(400, "BadRequest", f"uploaded content does not match sha256 {oid}")
+        path = self._store("lfs", oid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        with self._lock:
+            self._lfs[oid] = path
+
+    def has_lfs(self, oid: str) -> bool:
+        with self._lock:
+            return oid in self._lfs
+
+    def commit(self, repo_id: str, revision: str, items: List[dict]) -> str:
+        """Apply the NDJSON ``items`` of a commit to branch ``revision``; returns the new commit hash."""
+        snap = self.snapshot(repo_id, revision)
+        with self._lock:
+            folder = self._branches[repo_id].get(revision)
+        if folder is None:
+            raise HubError(400, "BadRequest", f"commits go to a branch, not to {revision}")
+        if not items or items[0].get("key") != "header":
+            raise HubError(400, "BadRequest", "a commit starts with its header")
+        writes: Dict[str, Union[bytes, Path, None]] = {}  # path -> content, LFS object, or None (delete)
+        for item in items[1:]:
+            key, value = item.get("key"), item.get("value", {})
+            path = _safe_repo_path(value.get("path", ""))
+            if key == "file":
+                writes[path] = base64.b64decode(value["content"])
+            elif key == "lfsFile":
+                if not self.has_lfs(value.get("oid", "")):
+                    raise HubError(400, "BadRequest", f"LFS object {value.get('oid')} of {path} was not uploaded")
+                writes[path] = self._lfs[value["oid"]]
+            elif key == "deletedFile" and path in snap.files:
+                writes[path] = None
+            elif key == "deletedFolder":
+                writes.update({p: None for p in snap.files if p.startswith(path.rstrip("/") + "/")})
+            else:
+                raise HubError(400, "BadRequest", f"cannot apply {key} {path}")
+        for path, content in writes.items():
+            target = folder / path
+            if content is None:
+                target.unlink()
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Path):
+                shutil.copyfile(content, target)
+            else:
+                target.write_bytes(content)
+        with self._lock:
+            self._commits.append(CommitRecord(repo_id, revision, items[0]["value"].get("summary", ""),
+                                              tuple(writes)))
+        return self.snapshot(repo_id, revision).commit
+
+    @property
+    def commits(self) -> List[CommitRecord]:
+        """Every commit applied so far, oldest first."""
+        with self._lock:
+            return list(self._commits)
 
     def _scan(self, repo_id: str, folder: Path) -> RepoSnapshot:
         files: Dict[str, RepoFile] = {}
@@ -246,6 +380,9 @@ class LocalHubServer:
         self._httpd.server_close()
         self._thread.join(timeout=10)
         self._httpd, self._thread = None, None
+        if self._storage is not None:
+            shutil.rmtree(self._storage, ignore_errors=True)
+            self._storage = None
 
     def __enter__(self) -> "LocalHubServer":
         return self.start()
@@ -313,13 +450,20 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._dispatch(head=False)
 
+    def do_POST(self) -> None:
+        self._dispatch(head=False)
+
+    def do_PUT(self) -> None:
+        self._dispatch(head=False)
+
     def _dispatch(self, head: bool) -> None:
         url = urlsplit(self.path)
         path = unquote(url.path)
         status = 500
         try:
-            m = _RESOLVE_RE.match(url.path)
-            if m is not None:
+            if self.command in ("POST", "PUT"):
+                status = self._write(url.path, self._body())
+            elif (m := _RESOLVE_RE.match(url.path)) is not None:
                 status = self._resolve(unquote(m["repo"]), unquote(m["rev"]), unquote(m["file"]), head)
             elif (m := _TREE_RE.match(url.path)) is not None:
                 status = self._tree(unquote(m["repo"]), unquote(m["rev"]), unquote(m["path"] or ""), url.query, head)
@@ -335,6 +479,70 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             status = self._send_error(HubError(500, "InternalError", f"{type(err).__name__}: {err}"), head)
         finally:
             self.server_hub._record(RequestRecord(self.command, path, url.query, status))
+
+    def _body(self) -> bytes:
+        """The request body (``Content-Length`` or chunked), always read whole so the connection stays usable."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while (size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)) > 0:
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            self.rfile.readline()
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _write(self, url_path: str, body: bytes) -> int:
+        """The POST / PUT endpoints (module docstring)."""
+        hub = self.server_hub
+        if self.command == "PUT" and (m := _LFS_UPLOAD_RE.match(url_path)) is not None:
+            hub.store_lfs(m["oid"], body)
+            return self._send(200, {}, b"", head=False)
+        if self.command != "POST":
+            raise HubError(405, "MethodNotAllowed", f"{self.command} {url_path}")
+        if url_path == "/api/repos/create":
+            data = json.loads(body or b"{}")
+            repo_id = "/".join(p for p in (data.get("organization"), data.get("name")) if p)
+            if hub.has_repo(repo_id):  # the Hub's 409 carries the url, which create_repo(exist_ok=True) reads
+                body = json.dumps({"error": f"You already created this model repo: {repo_id}",
+                                   "url": f"{hub.endpoint}/{repo_id}"}).encode()
+                return self._send(409, {"Content-Type": "application/json"}, body, head=False)
+            hub.create_repo(repo_id, private=data.get("visibility") == "private" or data.get("private") is True)
+            return self._send_json({"url": f"{hub.endpoint}/{repo_id}", "name": repo_id}, head=False)
+        if url_path == "/api/validate-yaml":
+            errors = _card_metadata_errors(json.loads(body).get("content", ""))
+            if errors:
+                return self._send(400, {"Content-Type": "application/json"},
+                                  json.dumps({"errors": [{"message": e} for e in errors]}).encode(), head=False)
+            return self._send_json({"errors": [], "warnings": []}, head=False)
+        if (m := _BRANCH_RE.match(url_path)) is not None:
+            start = json.loads(body or b"{}").get("startingPoint") or "main"
+            hub.create_branch(unquote(m["repo"]), unquote(m["branch"]), start)
+            return self._send_json({}, head=False)
+        if (m := _PREUPLOAD_RE.match(url_path)) is not None:
+            snap = hub.snapshot(unquote(m["repo"]), unquote(m["rev"]))
+            files = []
+            for f in json.loads(body)["files"]:
+                existing = snap.files.get(f["path"])
+                files.append({"path": f["path"], "uploadMode": "lfs" if _is_lfs(f["path"], f["size"]) else "regular",
+                              "shouldIgnore": False, "oid": existing.etag if existing else None})
+            return self._send_json({"files": files}, head=False)
+        if (m := _LFS_BATCH_RE.match(url_path)) is not None:
+            hub.snapshot(unquote(m["repo"]))  # 404 for a repository that does not exist
+            objects = []
+            for obj in json.loads(body)["objects"]:
+                entry = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
+                if not hub.has_lfs(obj["oid"]):
+                    entry["actions"] = {"upload": {"href": f"{hub.endpoint}/lfs-upload/{obj['oid']}"}}
+                objects.append(entry)
+            return self._send_json({"transfer": "basic", "objects": objects}, head=False,
+                                   headers={"Content-Type": "application/vnd.git-lfs+json"})
+        if (m := _COMMIT_RE.match(url_path)) is not None:
+            repo_id, revision = unquote(m["repo"]), unquote(m["rev"])
+            items = [json.loads(line) for line in body.splitlines() if line.strip()]
+            commit = hub.commit(repo_id, revision, items)
+            return self._send_json({"success": True, "commitOid": commit, "pullRequestUrl": None,
+                                    "commitUrl": f"{hub.endpoint}/{repo_id}/commit/{commit}"}, head=False)
+        raise HubError(404, "NotFound", f"This local Hub does not serve POST {url_path}")
 
     def _send_headers(self, status: int, headers: Mapping[str, str], length: int) -> None:
         self.send_response(status)
@@ -417,7 +625,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             "author": repo_id.split("/")[0] if "/" in repo_id else None,
             "sha": snap.commit,
             "lastModified": modified.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
-            "private": False,
+            "private": self.server_hub.is_private(repo_id),
             "gated": False,
             "disabled": False,
             "downloads": 0,
@@ -439,6 +647,42 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             raise HubError(404, "EntryNotFound", f"{prefix} does not exist on {revision}",
                            {"X-Repo-Commit": snap.commit})
         return self._send_json(entries, head)
+
+
+def _safe_repo_path(path: str) -> str:
+    """A relative POSIX path inside a repository (no ``..``, not absolute, not under ``.git``)."""
+    parts = path.strip("/").split("/")
+    if not path or path.startswith("/") or ".." in parts or parts[0] == ".git":
+        raise HubError(400, "BadRequest", f"invalid path in repository: {path!r}")
+    return "/".join(parts)
+
+
+def _card_metadata_errors(content: str) -> List[str]:
+    """What the Hub's YAML validation would refuse in a README: unparsable front matter, an incomplete
+    ``model-index`` (each result needs ``task.type``, ``dataset.name``/``type``, metrics with ``type``/``value``)."""
+    import yaml
+
+    if not content.startswith("---"):
+        return []
+    parts = content.split("---", 2)
+    try:
+        meta = yaml.safe_load(parts[1]) if len(parts) == 3 else None
+    except yaml.YAMLError as err:
+        return [f"invalid YAML front matter: {err}"]
+    if not isinstance(meta, dict):
+        return ["the YAML front matter is not a mapping"]
+    errors = []
+    for model in meta.get("model-index") or []:
+        for result in model.get("results") or []:
+            if not (result.get("task") or {}).get("type"):
+                errors.append(f"model-index {model.get('name')}: a result without task.type")
+            dataset = result.get("dataset") or {}
+            if not (dataset.get("name") and dataset.get("type")):
+                errors.append(f"model-index {model.get('name')}: a result without dataset name and type")
+            for metric in result.get("metrics") or []:
+                if not metric.get("type") or not isinstance(metric.get("value"), (int, float)):
+                    errors.append(f"model-index {model.get('name')}: a metric without type or numeric value")
+    return errors
 
 
 def _tree_entries(snap: RepoSnapshot, prefix: str, recursive: bool) -> Iterator[dict]:
@@ -483,6 +727,7 @@ def hub_client_env(endpoint: str, hf_home: PathLike, offline: bool = False) -> D
         HF_HUB_DISABLE_TELEMETRY="1",
         HF_HUB_DISABLE_PROGRESS_BARS="1",
         HF_HUB_DISABLE_IMPLICIT_TOKEN="1",
+        HF_HUB_DISABLE_XET="1",  # this server speaks git-LFS for uploads, not Xet
         NO_PROXY="127.0.0.1,localhost",
         no_proxy="127.0.0.1,localhost",
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
