@@ -18,21 +18,20 @@ import timm
 
 from .data.transforms import resolve_qpm_data_config
 from .hub import read_weights, save_pretrained
-from .models.authors import AUTHORS_SOURCES, authors_to_qpm, is_authors_state_dict
+from .models.authors import (
+    AUTHORS_EVAL_DATASETS, AUTHORS_SOURCES, authors_to_qpm, is_authors_state_dict, variant_dataset,
+)
 from .models.qpm import VARIANT_ARGS, QPMModel
 
 __all__ = ['authors_data_config', 'convert_authors_checkpoint', 'load_authors_checkpoint']
 
-_DATASETS = ('cub', 'cars')  # datasets whose evaluation transform in the authors' get_data.py is known here
-
-
 def _variant_dataset(variant: str) -> str:
     if variant not in VARIANT_ARGS:
         raise ValueError(f'unknown variant {variant!r}; one of {", ".join(VARIANT_ARGS)}.')
-    dataset = variant.rsplit('_', 1)[-1]
-    if dataset not in _DATASETS:
+    dataset = variant_dataset(variant)
+    if dataset not in AUTHORS_EVAL_DATASETS:
         raise ValueError(f'{variant}: the authors released no {dataset} checkpoint and their {dataset} evaluation '
-                         f'transform is not one of the known ones ({", ".join(_DATASETS)}); not converted.')
+                         f'transform is not one of the known ones ({", ".join(AUTHORS_EVAL_DATASETS)}); not converted.')
     return dataset
 
 

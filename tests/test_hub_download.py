@@ -100,3 +100,37 @@ def test_create_model_pretrained_downloads_caches_and_loads_then_works_offline(t
     assert any("backbone" in w for w in report["other_warnings"]), report["other_warnings"]
     torch.testing.assert_close(other["features"], features)
     assert other["logits"].shape == (2, 10)
+
+
+_UNAVAILABLE = """
+import timm, qpm_timm
+try:
+    timm.create_model({variant!r}, pretrained=True)
+except qpm_timm.models.PretrainedWeightsUnavailableError as e:
+    print(e)
+"""
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("no_repository", "the repository does not exist (or is private)"),
+    ("empty_repository", "the repository holds no weights file"),
+    ("offline_no_cache", "no network or HF_HUB_OFFLINE=1, and the weights are not in the Hugging Face cache"),
+])
+def test_unpublished_variant_error_names_variant_repository_and_the_two_ways_to_weights(
+        tmp_path, hub_server, case, reason):
+    repo_id = default_cfgs[VARIANT].default.hf_hub_id
+    if case == "empty_repository":
+        (tmp_path / "empty").mkdir()
+        hub_server.add_repo(repo_id, tmp_path / "empty")
+    message = hub_server.run_python(_UNAVAILABLE.format(variant=VARIANT), hf_home=tmp_path / "hf_home",
+                                    offline=case == "offline_no_cache")
+    assert message.startswith(f"{VARIANT}: no pretrained weights at the Hugging Face Hub repository {repo_id}: "
+                              f"{reason}.")
+    for way in ("QPM-WithCrop (--source authors-qpm): https://drive.google.com/",
+                "CHiQPM-WithCrop (--source authors-chiqpm): https://drive.google.com/",
+                f"python -m qpm_timm.convert --source authors-qpm --checkpoint <file.pth> --variant {VARIANT}",
+                f"python -m qpm_timm.hub push <folder> --repo-id {repo_id}",
+                f"python train.py --model {VARIANT} --dataset cub --data-dir <data>"):
+        assert way in message, message
+    statuses = {r.status for r in hub_server.requests}
+    assert statuses == (set() if case == "offline_no_cache" else {404})

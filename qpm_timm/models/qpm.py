@@ -30,7 +30,7 @@ from huggingface_hub.errors import (
 from safetensors import SafetensorError
 from timm.models import ResNet, build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
-from .authors import filter_authors_weights, releases_of
+from .authors import AUTHORS_EVAL_DATASETS, filter_authors_weights, releases_of, variant_dataset
 from .head import (
     DENSE_DROP_RATE, QPM_DROP_RATE, DenseHead, QPMHead, check_assignment, check_qpm_sizes, check_selection,
     placeholder_assignment,
@@ -400,22 +400,24 @@ def _hub_reason(error: Exception) -> str:
 def weights_unavailable_message(variant: str, repo_id: str, reason: str, backbone: str = '') -> str:
     """Names the variant and the repository and says the two ways to weights: convert the authors' release and
     push it (README, "Release notes for maintainers"), or train with the variant's recipe."""
-    releases = releases_of(variant)
-    dataset = variant.rsplit('_', 1)[-1] if variant in VARIANT_ARGS else '<dataset>'
-    model = f'--model {variant}' if variant in VARIANT_ARGS else f'--model {variant} --backbone {backbone}'
-    source = releases[0].source if releases else 'authors-qpm'
-    released = (', '.join(f'{r.name} ({r.url})' for r in releases) if releases else
-                'none for this variant; a checkpoint of their code for it converts the same way')
-    return (
-        f'{variant}: no pretrained weights at the Hugging Face Hub repository {repo_id}: {reason}. qpm-timm has '
-        f'not published weights there (see the README\'s Models table). Two ways to weights:\n'
-        f'  1. convert a checkpoint of the authors\' code (they released: {released}), then load or push it:\n'
-        f'       python -m qpm_timm.convert --source {source} --checkpoint <file.pth> --variant {variant} '
-        f'--output <folder>\n'
-        f'       timm.create_model("local-dir:<folder>", pretrained=True)  or  '
-        f'python -m qpm_timm.hub push <folder> --repo-id {repo_id}\n'
-        f'  2. train it with the variant\'s recipe: python train.py {model} --dataset {dataset} --data-dir <data>, '
-        f'then timm.create_model("local-dir:<output>/export", pretrained=True).')
+    push = f'python -m qpm_timm.hub push <folder> --repo-id {repo_id}'
+    first = f'push an export of trained weights (qpm_timm.hub.save_pretrained): {push}'
+    train = f'--model {variant} --backbone {backbone} --dataset <dataset>'
+    if variant in VARIANT_ARGS:
+        train = f'--model {variant} --dataset {variant_dataset(variant)}'
+    if variant in VARIANT_ARGS and variant_dataset(variant) in AUTHORS_EVAL_DATASETS:
+        releases = releases_of(variant)
+        released = ('; '.join(f'{r.name} (--source {r.source}): {r.url}' for r in releases) if releases else
+                    'none for this variant; a checkpoint of their code for it converts the same way')
+        first = (f'convert a checkpoint of the authors\' code (released: {released}), then load or push it:\n'
+                 f'       python -m qpm_timm.convert --source {releases[0].source if releases else "authors-qpm"} '
+                 f'--checkpoint <file.pth> --variant {variant} --output <folder>\n'
+                 f'       timm.create_model("local-dir:<folder>", pretrained=True)  or  {push}')
+    return (f'{variant}: no pretrained weights at the Hugging Face Hub repository {repo_id}: {reason}. (The README\'s '
+            f'Models table lists which variants have published weights.) Two ways to weights:\n'
+            f'  1. {first}\n'
+            f'  2. train it with the variant\'s recipe: python train.py {train} --data-dir <data>, then '
+            f'timm.create_model("local-dir:<output>/export", pretrained=True).')
 
 
 def _load_error(variant: str, kwargs: Dict[str, Any], error: Exception) -> Optional[Exception]:
