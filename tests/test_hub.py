@@ -1,6 +1,7 @@
 """Hub format: export, the three timm loading paths, bad files, generated hub_configs."""
 import filecmp
 import json
+import re
 
 import pytest
 import torch
@@ -115,14 +116,14 @@ def test_failed_export_leaves_the_earlier_export_intact(exported, tmp_path, monk
 def test_hub_configs_have_not_drifted_from_the_default_cfgs_table(tmp_path):
     from pathlib import Path
     committed = Path(__file__).resolve().parents[1] / 'hub_configs'
-    hub.write_hub_configs(tmp_path)
+    assert hub.main(['write-configs', str(tmp_path)]) == 0
     variants = sorted(p.name for p in tmp_path.iterdir())
     assert variants == sorted(p.name for p in committed.iterdir() if p.is_dir())
     for variant in variants:
         match, mismatch, errors = filecmp.cmpfiles(committed / variant, tmp_path / variant,
                                                    ['config.json', 'README.md'], shallow=False)
         assert not mismatch and not errors, f'hub_configs/{variant} drifted: run python -m qpm_timm.hub ' \
-                                            f'--write-configs hub_configs ({mismatch + errors})'
+                                            f'write-configs hub_configs ({mismatch + errors})'
     config = json.loads((committed / 'qpm_resnet50_cub' / 'config.json').read_text())
     assert config['pretrained_cfg']['hf_hub_id'] == 'qpm-timm/qpm_resnet50_cub'
     assert config['model_args']['n_features'] == 50 and config['num_classes'] == 200
@@ -135,3 +136,51 @@ def test_exported_input_size_and_normalisation_survive_local_dir_loading(tmp_pat
     cfg = timm.create_model(f'local-dir:{tmp_path / "q"}', pretrained=True).pretrained_cfg
     assert tuple(cfg['input_size']) == (3, 32, 32) and tuple(cfg['mean']) == (0.5, 0.5, 0.5)
     assert tuple(cfg['pool_size']) == (1, 1) and cfg['first_conv'] == 'backbone.conv1'
+
+
+def _card_fields(card):
+    """The card's ``| field | `json` |`` rows."""
+    return {k: json.loads(v) for k, v in re.findall(r'^\| ([\w.]+) \| `(.*)` \|$', card, re.M)}
+
+
+def _config_value(config, dotted):
+    for part in dotted.split('.'):
+        config = config[part]
+    return config
+
+
+def test_model_card_states_exactly_what_config_json_holds(tmp_path):
+    """The embedded default's data config (64 px, the concepts mean/std) shows in the card as in config.json."""
+    from qpm_timm.data.concepts import CONCEPTS_IMG_SIZE, CONCEPTS_MEAN, CONCEPTS_STD
+    model = qpm_timm.create_qpm('resnet18', 6, relu_after_norm=True, **SMALL)
+    data = dict(input_size=(3, CONCEPTS_IMG_SIZE, CONCEPTS_IMG_SIZE), mean=CONCEPTS_MEAN, std=CONCEPTS_STD,
+                crop_pct=1.0, crop_mode='squash', interpolation='bilinear')
+    hub.save_pretrained(model, tmp_path / 'q', data_config=data)
+    config = json.loads((tmp_path / 'q' / 'config.json').read_text())
+    card = (tmp_path / 'q' / 'README.md').read_text()
+    fields = _card_fields(card)
+    assert {f'pretrained_cfg.{k}' for k in data} | {'architecture', 'num_classes', 'model_args.n_features',
+                                                     'model_args.n_per_class', 'model_args.relu_after_norm'} <= set(fields)
+    for dotted, value in fields.items():
+        assert value == _config_value(config, dotted), dotted
+    assert fields['pretrained_cfg.input_size'] == [3, 64, 64] and fields['pretrained_cfg.mean'] == list(CONCEPTS_MEAN)
+    assert f"timm.create_model('local-dir:{tmp_path / 'q'}', pretrained=True)" in card
+    assert 'ReLU before the binary layer' in card
+    assert '<org>' not in card and '0.485' not in card and '224' not in card
+
+
+def test_model_card_names_the_repository_and_carries_results_as_hub_model_index(exported):
+    from huggingface_hub import ModelCard
+    model, folder = exported
+    config = json.loads((folder / 'config.json').read_text())
+    results = [hub.RunResults('results.json (train.py)', dict(top1=87.5, top5=97.25), 'cub', 'val'),
+               hub.RunResults('validate.py', dict(top1=87.25, sid_at_5=0.9))]
+    card = hub.model_card(model, config, repo_id='org/qpm-birds', results=results)
+    assert "timm.create_model('hf-hub:org/qpm-birds', pretrained=True)" in card
+    assert '| top1 | 87.5 | results.json (train.py), cub val split |' in card
+    assert '| sid_at_5 | 0.9 | validate.py |' in card
+    evals = ModelCard(card).data.eval_results  # what the Hub reads from model-index
+    assert [(r.task_type, r.dataset_type, r.dataset_name, r.dataset_split, r.metric_type, r.metric_value)
+            for r in evals] == [('image-classification', 'cub', 'CUB-200-2011', 'val', 'accuracy', 87.5),
+                                ('image-classification', 'cub', 'CUB-200-2011', 'val', 'accuracy', 97.25)]
+    assert ModelCard(card).data.model_name == 'qpm-birds'
