@@ -76,6 +76,9 @@ def _read_label_names(path: str) -> List[str]:
     return [line.split(' ', 1)[1] for line in lines] if numbered else lines
 
 
+_SOURCE_URLS = {'authors-qpm': 'https://github.com/ThomasNorr/QPM', 'authors-chiqpm': 'https://github.com/ThomasNorr/CHiQPM'}
+
+
 def convert_authors_checkpoint(
         checkpoint: str,
         variant: str,
@@ -89,6 +92,10 @@ def convert_authors_checkpoint(
     failure) and return the folder."""
     data_config = authors_data_config(variant, crop_to_bbox, img_size)
     model = load_authors_checkpoint(checkpoint, variant, source)
+    model.pretrained_cfg.update(  # provenance: their weights, under no licence their repositories state
+        license='other', origin_url=_SOURCE_URLS[source],
+        notes=f"converted from the authors' checkpoint {Path(checkpoint).name} ({source}); the authors' "
+              f"repositories state no licence for their weights")
     return save_pretrained(model, output, label_names=label_names, data_config=data_config)
 
 

@@ -43,8 +43,9 @@ CONFIG_NAME = 'config.json'
 CARD_NAME = 'README.md'
 RUN_FILES = ('args.yaml', 'results.json')  # what train.py leaves beside export/, uploaded with it
 VALIDATE_RESULTS_NAME = 'validate_results.json'
-# config.json fields a model card states: the architecture, the head sizes and the evaluation transform
-_CARD_PRETRAINED_FIELDS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')
+# config.json fields a model card states: the architecture, the head sizes, the evaluation transform, provenance
+_CARD_PRETRAINED_FIELDS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std', 'license',
+                           'origin_url', 'notes')
 _DATASET_NAMES = {'cub': 'CUB-200-2011', 'cars': 'Stanford Cars', 'aircraft': 'FGVC-Aircraft',
                   'imagenet': 'ImageNet-1k', 'concepts': 'qpm-timm concepts (generated)'}
 

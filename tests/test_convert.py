@@ -118,6 +118,10 @@ def test_converter_reproduces_their_forward_and_the_export_reloads_identically(a
     assert {k: config['pretrained_cfg'][k] for k in ('input_size', 'crop_pct', 'crop_mode', 'interpolation')} == \
         dict(input_size=[3, 224, 224], crop_pct=1.0, crop_mode='squash', interpolation='bilinear')
     assert config['pretrained_cfg']['mean'] == [0.4853, 0.4964, 0.4295]  # the authors' CUB normalisation
+    # provenance: their file, their repository, no licence claimed for their weights
+    assert config['pretrained_cfg']['license'] == 'other' and path.name in config['pretrained_cfg']['notes']
+    assert config['pretrained_cfg']['origin_url'].endswith('/CHiQPM' if relu else '/QPM')
+    assert 'license: other' in (out / 'README.md').read_text()
 
 
 def test_the_no_crop_release_is_evaluated_with_resize_and_center_crop():
