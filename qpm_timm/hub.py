@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from timm.models._hub import save_config_for_hf
 
 from .explain import model_feature_table
+from .models.authors import variant_dataset
 from .models.qpm import VARIANT_ARGS, QPMModel, unreadable_checkpoint_message
 
 __all__ = ['save_pretrained', 'read_weights', 'model_card', 'write_hub_configs', 'push_to_hub', 'PushPlan',
@@ -244,6 +245,7 @@ class PushPlan:
     private: bool
     endpoint: str
     files: Dict[str, int] = field(default_factory=dict)  # path in the repository -> size in bytes
+    card: str = ''  # the README.md it uploads
     commit_url: Optional[str] = None
 
     def describe(self) -> str:
@@ -272,10 +274,12 @@ def _find_export(folder: Path) -> tuple:
                      f'qpm_timm.hub.save_pretrained.')
 
 
-def _run_results(run: Path, validate_results: Optional[str]) -> List[RunResults]:
-    """The run's ``results.json`` (train.py) and a validate.py JSON results file, with the run's dataset/split."""
-    args = yaml.safe_load((run / 'args.yaml').read_text()) if (run / 'args.yaml').is_file() else {}
-    dataset, split = (args or {}).get('dataset'), (args or {}).get('val_split')
+def _run_results(run: Path, validate_results: Optional[str], architecture: str) -> List[RunResults]:
+    """The run's ``results.json`` (train.py) and a validate.py JSON results file, with the run's dataset (from its
+    args.yaml, else the one a registered variant is named after) and, for train.py's, its validation split."""
+    args = (yaml.safe_load((run / 'args.yaml').read_text()) if (run / 'args.yaml').is_file() else None) or {}
+    dataset = args.get('dataset') or (variant_dataset(architecture) if architecture in VARIANT_ARGS else None)
+    split = args.get('val_split')
     found = []
     for path, source in ((run / 'results.json', 'results.json (train.py)'),
                          (validate_results, 'validate.py')):
@@ -302,7 +306,9 @@ def _stage(source: Union[QPMModel, str], repo_id: str, staging: Path, validate_r
             shutil.copy2(run / name, staging / name)
     if validate_results:
         shutil.copy2(validate_results, staging / VALIDATE_RESULTS_NAME)
-    card = model_card(model, _read_json(export / CONFIG_NAME), repo_id, results=_run_results(run, validate_results))
+    config = _read_json(export / CONFIG_NAME)
+    results = _run_results(run, validate_results, config['architecture'])
+    card = model_card(model, config, repo_id, results=results)
     (staging / CARD_NAME).write_text(card)
 
 
@@ -330,7 +336,8 @@ def push_to_hub(
         staging = Path(tmp) / 'repo'
         _stage(source, repo_id, staging, validate_results)
         plan = PushPlan(repo_id, revision or 'main', private, constants.ENDPOINT,
-                        {f.name: f.stat().st_size for f in sorted(staging.iterdir())})
+                        {f.name: f.stat().st_size for f in sorted(staging.iterdir())},
+                        (staging / CARD_NAME).read_text())
         if dry_run:
             return plan
         api = HfApi()

@@ -114,7 +114,8 @@ except qpm_timm.models.PretrainedWeightsUnavailableError as e:
 @pytest.mark.parametrize("case, reason", [
     ("no_repository", "the repository does not exist (or is private)"),
     ("empty_repository", "the repository holds no weights file"),
-    ("offline_no_cache", "no network or HF_HUB_OFFLINE=1, and the weights are not in the Hugging Face cache"),
+    ("offline_no_cache", "no network or HF_HUB_OFFLINE=1 (which skips the connection retries), and the weights are "
+                         "not in the Hugging Face cache"),
 ])
 def test_unpublished_variant_error_names_variant_repository_and_the_two_ways_to_weights(
         tmp_path, hub_server, case, reason):

@@ -6,6 +6,8 @@ import pytest
 import torch
 import yaml
 
+import timm
+
 import qpm_timm
 from qpm_timm import hub
 from qpm_timm.models.head import placeholder_assignment
@@ -104,6 +106,18 @@ def test_push_then_download_gives_the_same_model_with_its_card_and_run_files(tmp
         assert torch.equal(got[REPO], model(x)) and torch.equal(got[REPO + '@v2'], other(x))
     assert evals == [['accuracy', 99.75, 'concepts', 'val'], ['accuracy', 100.0, 'concepts', 'val'],
                      ['accuracy', 99.5, 'concepts', None], ['accuracy', 100.0, 'concepts', None]]
+
+
+def test_results_of_a_variant_export_without_args_yaml_are_reported_on_the_variant_dataset(tmp_path):
+    """A converted release pushed with validate.py results: model-index on the dataset the variant is named after."""
+    from huggingface_hub import ModelCard
+    hub.save_pretrained(timm.create_model('qpm_resnet18_cub'), tmp_path / 'release')
+    (tmp_path / 'validate.json').write_text(json.dumps(dict(top1=81.5, top5=94.0)))
+    plan = hub.push_to_hub(tmp_path / 'release', 'qpm-timm/qpm_resnet18_cub', dry_run=True,
+                           validate_results=str(tmp_path / 'validate.json'))
+    assert sorted(plan.files) == ['README.md', 'config.json', 'model.safetensors', 'validate_results.json']
+    evals = ModelCard(plan.card).data.eval_results
+    assert [(r.dataset_name, r.metric_value) for r in evals] == [('CUB-200-2011', 81.5), ('CUB-200-2011', 94.0)]
 
 
 @pytest.mark.parametrize('argv, message', [

@@ -393,7 +393,8 @@ def _hub_reason(error: Exception) -> str:
     if isinstance(error, RevisionNotFoundError):
         return 'the repository has no such revision'
     if isinstance(error, LocalEntryNotFoundError):
-        return 'no network or HF_HUB_OFFLINE=1, and the weights are not in the Hugging Face cache'
+        return ('no network or HF_HUB_OFFLINE=1 (which skips the connection retries), and the weights are not in '
+                'the Hugging Face cache')
     return 'the repository holds no weights file'
 
 
