@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from timm.models._hub import save_config_for_hf
 
 from .explain import model_feature_table
-from .models.qpm import VARIANT_ARGS, QPMModel
+from .models.qpm import LOAD_TIME_ARGS, VARIANT_ARGS, QPMModel
 
 __all__ = ['save_pretrained', 'read_weights', 'model_card', 'write_hub_configs']
 
@@ -50,6 +50,16 @@ def _model_args(model: QPMModel) -> Dict:
     """Arguments that rebuild the head shapes (recorded in config.json's ``model_args``)."""
     return dict(head='qpm' if model.is_qpm else 'dense', n_features=model.n_features,
                 n_per_class=model.n_per_class, num_classes=model.num_classes)
+
+
+def _drop_load_time_args(config_path: Path) -> None:
+    """Remove from config.json's ``model_args`` what only says how the weights were first loaded
+    (``pretrained_backbone``: a reload takes the exported weights, never the backbone's)."""
+    config = json.loads(config_path.read_text())
+    args = config.get('model_args', {})
+    if any(k in args for k in LOAD_TIME_ARGS):
+        config['model_args'] = {k: v for k, v in args.items() if k not in LOAD_TIME_ARGS}
+        config_path.write_text(json.dumps(config, indent=2) + '\n')
 
 
 def model_card(
@@ -128,6 +138,7 @@ def save_pretrained(
         config = dict(label_names=label_names) if label_names else {}
         save_config_for_hf(model, tmp / 'config.json', model_config=config, model_args=_model_args(model),
                            data_config=data_config)
+        _drop_load_time_args(tmp / 'config.json')
         (tmp / 'README.md').write_text(model_card(model, label_names))
 
     _write_folder(Path(folder), write)

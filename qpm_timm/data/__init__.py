@@ -4,4 +4,4 @@ from .concepts import CONCEPT_VOCABULARY, CONCEPTS_MEAN, CONCEPTS_STD, ConceptsD
 from .cub import CUB200Dataset, cub_readable_name, find_cub_folder
 from .dataset_factory import FGVCAircraftDataset, StanfordCarsDataset, create_qpm_dataset, create_qpm_split, \
     get_class_names, with_transform
-from .transforms import QPMDataConfig, create_qpm_transform, resolve_qpm_data_config
+from .transforms import QPMDataConfig, create_qpm_transform, qpm_data_config, resolve_qpm_data_config

@@ -1,3 +1,4 @@
 """QPM architectures, registered in timm's model registry on import."""
 from .head import BinaryLinear, DenseHead, QPMHead, check_assignment, check_qpm_sizes, check_selection
 from .qpm import HF_HUB_ORG, VARIANT_ARGS, QPMModel, QPMOutput, create_qpm, default_cfgs, reduce_resnet_strides
+from .adopt import from_timm_classifier, is_qpm_state_dict, load_weights
