@@ -347,10 +347,6 @@ def build_data(args, data_config: dict):
                              **extra)
     val = create_qpm_split(args.dataset, args.data_dir, args.val_split, is_training=False, data_config=data_config,
                            **extra)
-    for split, ds in ((args.train_split, train), (args.val_split, val)):
-        if len(ds) == 0:
-            raise TrainingError(f'the {split} split of {args.dataset} ({args.data_dir}) holds no images; give a '
-                                f'folder with one sub-folder of images per class.')
     return train, with_transform(train, val.transform), val, get_class_names(train)
 
 

@@ -125,7 +125,11 @@ def create_qpm_dataset(
     timm_name = '' if key in ('imagenet', 'folder', 'image_folder', '') else name
     if '/' not in timm_name or timm_name.split('/', 1)[0].lower() not in ('hfds', 'hfids', 'tfds', 'wds'):
         _need_root(name or 'folder', root)
-    return create_dataset(timm_name, root=root, split=split, is_training=is_training, **kwargs)
+    try:
+        return create_dataset(timm_name, root=root, split=split, is_training=is_training, **kwargs)
+    except RuntimeError as e:  # timm's reader: "Found 0 images in subfolders of ..."
+        raise ValueError(f'dataset {name or "folder"!r} at {root!r} (split {split!r}) holds no images it can read '
+                         f'({e}); give a folder with one sub-folder of images per class.') from e
 
 
 def create_qpm_split(

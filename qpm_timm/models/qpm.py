@@ -139,6 +139,7 @@ class QPMModel(nn.Module):
         if head not in ('dense', 'qpm'):
             raise ValueError(f"head must be 'dense' or 'qpm', got {head!r}.")
         _check_pool(global_pool)
+        check_qpm_sizes(num_classes, n_features, n_per_class)  # before any weights are fetched
         self.backbone, classifier = _create_backbone(
             backbone, pretrained_backbone, backbone_pretrained_cfg_overlay, in_chans=in_chans, device=device,
             dtype=dtype, **backbone_kwargs)
