@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ QPM training script, in the style of timm's train.py.
 
-Stages (spec "Pipeline"), each leaving its result in the experiment folder ``<output>/<experiment>/``:
+Stages (docs/METHOD.md, "Pipeline"), each leaving its result in the experiment folder ``<output>/<experiment>/``:
 
     dense/       dense training, CE + Feature Diversity Loss (last.pth.tar, summary.csv)
     statistics.npz   one pass over the un-augmented training set (A, B, mean, std)
@@ -76,7 +76,8 @@ group.add_argument('--reduced-strides', action=argparse.BooleanOptionalAction, d
                    help='ResNet layer3/layer4 with stride 1 (the recipe for fine-grained data)')
 group.add_argument('--pretrained', action='store_true', default=False,
                    help='start the dense stage from the backbone\'s timm pretrained weights (the tag in --backbone or '
-                        'the variant\'s, e.g. resnet50.tv_in1k); a fitting pretrained classifier becomes the dense head')
+                        'the variant\'s, e.g. resnet50.tv_in1k); a fitting pretrained classifier becomes the dense '
+                        'head')
 group.add_argument('--pretrained-path', default=None, metavar='FILE',
                    help='load the backbone\'s pretrained weights from this local file instead (implies --pretrained)')
 group.add_argument('--initial-checkpoint', default='', metavar='PATH',
@@ -87,7 +88,8 @@ group.add_argument('--resume', nargs='?', const=True, default=False, metavar='EX
 group.add_argument('--num-classes', type=int, default=None, metavar='N', help='default: from the dataset')
 group.add_argument('--img-size', type=int, default=None, metavar='N', help='default: from the dataset')
 group.add_argument('--crop-pct', type=float, default=None, metavar='PCT', help='eval crop (default: the dataset\'s)')
-group.add_argument('--interpolation', default=None, metavar='NAME', help='eval resize interpolation (default: bilinear)')
+group.add_argument('--interpolation', default=None, metavar='NAME',
+                   help='eval resize interpolation (default: the dataset\'s, bilinear)')
 group.add_argument('--mean', type=float, nargs=3, default=None, metavar='MEAN', help='default: the dataset\'s')
 group.add_argument('--std', type=float, nargs=3, default=None, metavar='STD', help='default: the dataset\'s')
 group.add_argument('-b', '--batch-size', type=int, default=16, metavar='N')

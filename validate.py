@@ -2,7 +2,7 @@
 """ QPM validation script, in the style of timm's validate.py.
 
 Accuracy (top-1/top-5, as timm reports it) of any timm model and, for a QPM, the method's interpretability
-metrics (QPM_METHOD.md, "Interpretability metrics"; :mod:`qpm_timm.metrics`):
+metrics (docs/METHOD.md, "Interpretability metrics"; :mod:`qpm_timm.metrics`):
 
     sid@k                 on the evaluated split (k = min(5, n_per_class), the paper's SID@5)
     class_independence    on the training split with eval transforms (as the authors do)

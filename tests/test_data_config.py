@@ -1,5 +1,6 @@
-"""One data config from training to export to validation: the eval transform is timm's for the config the export
-records, so timm's ``resolve_data_config(model=...)`` + ``create_transform`` and our validate.py see the same tensors."""
+"""One data config from training to export to validation: the eval transform is timm's for the config the
+export records, so timm's ``resolve_data_config(model=...)`` + ``create_transform`` and our validate.py see the
+same tensors."""
 import numpy as np
 import pytest
 import timm
@@ -11,6 +12,8 @@ import qpm_timm
 import validate
 from qpm_timm import hub
 from qpm_timm.data import create_qpm_transform, qpm_data_config
+
+from folder_tree import make_folder_tree
 
 
 def _export(folder, data_config, num_classes=4):
@@ -37,18 +40,8 @@ def test_the_exported_config_rebuilds_our_eval_transform_with_timm(tmp_path, nam
     assert torch.equal(ours, create_transform(**resolved)(image))
 
 
-def _folder_tree(root, classes=4, per_class=3):
-    rng = np.random.default_rng(1)
-    for split in ('train', 'val'):
-        for c in range(classes):
-            (root / split / f'class{c}').mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 255, (40 + 7 * i, 70, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / f'class{c}' / f'{i}.png')
-
-
 def test_our_validate_and_timms_pipeline_agree_on_an_export_at_its_own_input_size(tmp_path):
-    _folder_tree(tmp_path / 'tree')
+    make_folder_tree(tmp_path / 'tree', classes=4, per_class=3)
     config = dict(qpm_data_config('folder', img_size=48), crop_pct=0.9, interpolation='bicubic')
     model = _export(tmp_path / 'export', config)
     results = validate.main(['--model', f'local-dir:{tmp_path / "export"}', '--pretrained', '--data-dir',

@@ -10,14 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import timm
 import torch
 import yaml
-from PIL import Image
 from safetensors.torch import save_file
 
+from folder_tree import make_folder_tree
 from test_data_cub import make_cub_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,13 +30,7 @@ def data(tmp_path_factory):
     classifier fits those 4 classes (the ImageNet route adopts it as the dense head)."""
     root = tmp_path_factory.mktemp('recipes')
     make_cub_tree(root)
-    rng = np.random.default_rng(0)
-    for split in ('train', 'val'):
-        for c in range(4):
-            (root / 'tree' / split / f'c{c}').mkdir(parents=True)
-            for i in range(2):
-                Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
-                    root / 'tree' / split / f'c{c}' / f'{i}.png')
+    make_folder_tree(root / 'tree', classes=4, per_class=2)
     torch.manual_seed(0)
     save_file(timm.create_model('resnet50', num_classes=4).state_dict(), str(root / 'resnet50.safetensors'))
     return root

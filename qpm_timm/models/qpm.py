@@ -228,7 +228,7 @@ class QPMModel(nn.Module):
             mean: torch.Tensor,
             std: torch.Tensor,
     ) -> None:
-        """Switch to the QPM head (spec stage 4).
+        """Switch to the QPM head (docs/METHOD.md, "Pipeline", stage 4).
 
         Args:
             selection: ``(n_f*,)`` distinct channel indices (solution.selected).
