@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ QPM training script, in the style of timm's train.py.
 
-Stages (spec "Pipeline"), each leaving its result in the experiment folder ``<output>/<experiment>/``:
+Stages (docs/METHOD.md, "Pipeline"), each leaving its result in the experiment folder ``<output>/<experiment>/``:
 
     dense/       dense training, CE + Feature Diversity Loss (last.pth.tar, summary.csv)
     statistics.npz   one pass over the un-augmented training set (A, B, mean, std)
@@ -26,9 +26,6 @@ import time
 from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Tuple
-
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -44,14 +41,14 @@ from tqdm import tqdm
 import qpm_timm
 from qpm_timm import hub
 from qpm_timm.atomic import atomic_write
-from qpm_timm.data import create_qpm_split, get_class_names, resolve_qpm_data_config, with_transform
+from qpm_timm.data import create_qpm_split, get_class_names, qpm_data_config, with_transform
 from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.explain import model_feature_table
 from qpm_timm.losses import FeatureDiversityLoss
 from qpm_timm.metrics import concept_recovery
 from qpm_timm.models.head import check_qpm_sizes
-from qpm_timm.solver import QPMProblem, QPMSolution, solve_qpm
-from qpm_timm.stats import QPMStatistics, collect_statistics
+from qpm_timm.fit import fit_qpm
+from qpm_timm.models import load_weights
 
 _logger = logging.getLogger('train')
 
@@ -62,8 +59,9 @@ config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE
 parser = argparse.ArgumentParser(description='QPM training (timm-style)')
 group = parser.add_argument_group('Dataset parameters')
 group.add_argument('--data-dir', metavar='DIR', default=None, help='path to dataset (root dir)')
-group.add_argument('--dataset', metavar='NAME', default='concepts',
-                   help='concepts (generated, default) | cub | cars | aircraft | imagenet | folder | any timm dataset')
+group.add_argument('--dataset', metavar='NAME', default=None,
+                   help='concepts (generated; the default without --data-dir) | cub | cars | aircraft | imagenet | '
+                        'folder (the default with --data-dir: a class-per-folder tree) | any timm dataset')
 group.add_argument('--train-split', metavar='NAME', default='train')
 group.add_argument('--val-split', metavar='NAME', default='val')
 group.add_argument('--dataset-args', type=yaml.safe_load, default=None, metavar='YAML',
@@ -76,11 +74,24 @@ group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
                    help='backbone kwargs, e.g. stem_width=16 (YAML: model_kwargs: {stem_width: 16})')
 group.add_argument('--reduced-strides', action=argparse.BooleanOptionalAction, default=None,
                    help='ResNet layer3/layer4 with stride 1 (the recipe for fine-grained data)')
-group.add_argument('--initial-checkpoint', default='', metavar='PATH', help='load these weights before training')
+group.add_argument('--pretrained', action='store_true', default=False,
+                   help='start the dense stage from the backbone\'s timm pretrained weights (the tag in --backbone or '
+                        'the variant\'s, e.g. resnet50.tv_in1k); a fitting pretrained classifier becomes the dense '
+                        'head')
+group.add_argument('--pretrained-path', default=None, metavar='FILE',
+                   help='load the backbone\'s pretrained weights from this local file instead (implies --pretrained)')
+group.add_argument('--initial-checkpoint', default='', metavar='PATH',
+                   help='load these weights before training: a QPM checkpoint, or a timm / torchvision checkpoint of '
+                        'the backbone architecture (its classifier becomes the dense head when the classes match)')
 group.add_argument('--resume', nargs='?', const=True, default=False, metavar='EXPERIMENT_DIR',
                    help='continue the experiment after its last finished epoch or stage')
 group.add_argument('--num-classes', type=int, default=None, metavar='N', help='default: from the dataset')
 group.add_argument('--img-size', type=int, default=None, metavar='N', help='default: from the dataset')
+group.add_argument('--crop-pct', type=float, default=None, metavar='PCT', help='eval crop (default: the dataset\'s)')
+group.add_argument('--interpolation', default=None, metavar='NAME',
+                   help='eval resize interpolation (default: the dataset\'s, bilinear)')
+group.add_argument('--mean', type=float, nargs=3, default=None, metavar='MEAN', help='default: the dataset\'s')
+group.add_argument('--std', type=float, nargs=3, default=None, metavar='STD', help='default: the dataset\'s')
 group.add_argument('-b', '--batch-size', type=int, default=16, metavar='N')
 group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N')
 group.add_argument('--channels-last', action='store_true', default=False)
@@ -90,7 +101,8 @@ group.add_argument('--n-features', type=int, default=50, help='n_f*: kept featur
 group.add_argument('--n-per-class', type=int, default=5, help='n_wc: features per class (default 5)')
 group.add_argument('--fdl-beta', type=float, default=0.196, help='Feature Diversity Loss weight (ResNets: 0.196)')
 group.add_argument('--skip-dense', action='store_true', default=False,
-                   help='no dense training: statistics from --initial-checkpoint (as the authors do for ImageNet)')
+                   help='no dense training: statistics of the --initial-checkpoint model, or of the --pretrained one '
+                        'when its classifier fits the classes (as the authors do for ImageNet)')
 group.add_argument('--solver-time-limit', type=float, default=120.0, help='seconds for the CP-SAT solve')
 group.add_argument('--solver-log', action='store_true', default=False, help='show the solver progress')
 group.add_argument('--finetune-epochs', type=int, default=40)
@@ -151,20 +163,39 @@ def _parse_args(argv=None):
 
 
 # --- pieces of the pipeline ------------------------------------------------------------------------------------
+def resolve_dataset(args) -> None:
+    """timm's convention: ``--data-dir`` alone is a class-per-folder tree; nothing at all is the concepts dataset."""
+    if args.dataset is None:
+        args.dataset = 'folder' if args.data_dir else 'concepts'
+
+
 def create_model(args, num_classes: int) -> qpm_timm.QPMModel:
-    """The dense model of stage 1; ``--model`` must be a QPM architecture."""
+    """The dense model of stage 1, with ``--pretrained`` backbone weights or the ``--initial-checkpoint``."""
     kwargs = dict(num_classes=num_classes, n_features=args.n_features, n_per_class=args.n_per_class, head='dense',
                   **args.model_kwargs)
     if args.reduced_strides is not None:
         kwargs['reduced_strides'] = args.reduced_strides
+    if args.pretrained or args.pretrained_path:
+        kwargs['pretrained_backbone'] = True
+        if args.pretrained_path:
+            kwargs['backbone_pretrained_cfg_overlay'] = dict(file=args.pretrained_path)
     if args.model == 'qpm':
         if not args.backbone:
-            raise TrainingError('--model qpm needs --backbone (a timm CNN such as resnet18).')
+            raise TrainingError('--model qpm needs --backbone (a timm CNN such as resnet18 or resnet50.tv_in1k).')
         kwargs['backbone'] = args.backbone
     elif args.model not in qpm_timm.models.VARIANT_ARGS:
         raise TrainingError(f'--model {args.model} is not a QPM architecture; use one of '
                             f'{sorted(qpm_timm.models.VARIANT_ARGS)} or "--model qpm --backbone {args.model}".')
-    return timm.create_model(args.model, **kwargs)
+    model = timm.create_model(args.model, **kwargs)
+    if args.initial_checkpoint:
+        load_weights(model, hub.read_weights(args.initial_checkpoint), source=args.initial_checkpoint)
+    if args.skip_dense and not (args.initial_checkpoint or model.adopted_classifier):
+        why = (f'the pretrained classifier of {model.backbone_name} does not fit the {num_classes} classes'
+               if kwargs.get('pretrained_backbone') else 'neither --initial-checkpoint nor --pretrained is given')
+        raise TrainingError(f'--skip-dense needs a trained dense model ({why}): give --initial-checkpoint FILE, or '
+                            f'--pretrained weights whose classifier fits the classes (the ImageNet route), or train '
+                            f'the dense stage.')
+    return model
 
 
 class WithFeatures(nn.Module):
@@ -266,50 +297,28 @@ def resume_epoch(model, optimizer, folder: Path) -> int:
     return 0 if epoch is None else epoch
 
 
-def solve(stats: QPMStatistics, args, path: Path) -> Tuple[QPMSolution, np.ndarray]:
-    """Stage 3 on rank 0, cached in ``solution.json`` (validated against the statistics' hash).
-
-    Constant features (std 0) cannot be normalised by the QPM head, so the problem is posed over the others;
-    returns the solution and the channel index of each of its features.
-    """
-    channels = np.flatnonzero(stats.std > 0)
-    problem = QPMProblem(stats.A[channels], B=stats.B[channels], n_features=args.n_features,
-                         n_per_class=args.n_per_class)
-    if path.is_file():
-        return QPMSolution.load(path, problem), channels
-    solution = solve_qpm(problem, time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log)
-    solution.save(path)
-    _logger.info(f'solved: Z = {solution.objective:.4f} (bound {solution.bound}), {solution.status}, '
-                 f'{solution.wall_time:.1f} s')
-    return solution, channels
-
-
-def broadcast(obj, args):
-    """``obj`` of rank 0 on every rank."""
-    if not args.distributed:
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def prepare_experiment(args) -> Path:
-    """The experiment folder, created empty; refuses to overwrite an earlier run unless ``--resume``."""
-    name = args.experiment or f'{args.model if args.model != "qpm" else "qpm_" + str(args.backbone)}-{args.dataset}'
+def experiment_folder(args) -> Path:
+    """The experiment folder (not created yet); refuses to overwrite an earlier run unless ``--resume``."""
+    backbone = str(args.backbone).split('.')[0]
+    name = args.experiment or f'{args.model if args.model != "qpm" else "qpm_" + backbone}-{args.dataset}'
     exp = Path(args.resume) if isinstance(args.resume, str) else Path(args.output) / name
     if exp.is_dir() and any(exp.iterdir()) and not args.resume:
         raise TrainingError(f'{exp} already holds a run; pass --resume to continue it or choose --experiment.')
     if args.resume and not (exp / 'args.yaml').is_file():
         raise TrainingError(f'nothing to resume in {exp} (no args.yaml).')
-    if args.rank == 0:
-        try:
-            exp.mkdir(parents=True, exist_ok=True)
-            probe = exp / '.write_test'
-            probe.write_text('')
-            probe.unlink()
-        except OSError as e:
-            raise TrainingError(f'cannot write to the output folder {exp} ({e}); choose a writable --output.') from e
     return exp
+
+
+def start_experiment(exp: Path, args, args_text: str) -> None:
+    """Create the experiment folder and record the arguments (rank 0), once every input has been checked."""
+    if args.rank != 0:
+        return
+    try:
+        exp.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            (exp / 'args.yaml').write_text(args_text)
+    except OSError as e:
+        raise TrainingError(f'cannot write to the output folder {exp} ({e}); choose a writable --output.') from e
 
 
 def check_args(args) -> None:
@@ -317,23 +326,30 @@ def check_args(args) -> None:
         check_qpm_sizes(0, args.n_features, args.n_per_class)
     except ValueError as e:
         raise TrainingError(f'--n-features/--n-per-class: {e}') from e
-    if args.skip_dense and not args.initial_checkpoint:
-        raise TrainingError('--skip-dense needs --initial-checkpoint (the dense model to start from).')
-    if args.initial_checkpoint and not os.path.isfile(args.initial_checkpoint):
-        raise TrainingError(f'--initial-checkpoint {args.initial_checkpoint} does not exist.')
+    for flag, path in (('--initial-checkpoint', args.initial_checkpoint), ('--pretrained-path', args.pretrained_path)):
+        if path and not os.path.isfile(path):
+            raise TrainingError(f'{flag} {path} does not exist.')
 
 
-def build_data(args):
+def eval_data_config(args) -> dict:
+    """The timm data config of the validation transform: the dataset's recipe, flags overriding. The export
+    records it, so timm's ``resolve_data_config(model=...)`` evaluates the model as this run did."""
+    extra = args.dataset_args or {}
+    cfg = qpm_data_config(args.dataset, args.img_size, crop_to_bbox=extra.get('crop_to_bbox', True))
+    overrides = dict(crop_pct=args.crop_pct, interpolation=args.interpolation,
+                     mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None)
+    return {**cfg, **{k: v for k, v in overrides.items() if v is not None}}
+
+
+def build_data(args, data_config: dict):
     """Train (augmented), train-eval (the same images with val's eval transform, for the statistics) and val
     datasets, class names."""
     extra = dict(args.dataset_args or {})
-    cfg = resolve_qpm_data_config(args.dataset)
-    img_size = args.img_size or cfg.img_size
-    train = create_qpm_split(args.dataset, args.data_dir, args.train_split, is_training=True, transform_size=img_size,
+    train = create_qpm_split(args.dataset, args.data_dir, args.train_split, is_training=True, data_config=data_config,
                              **extra)
-    val = create_qpm_split(args.dataset, args.data_dir, args.val_split, is_training=False, transform_size=img_size,
+    val = create_qpm_split(args.dataset, args.data_dir, args.val_split, is_training=False, data_config=data_config,
                            **extra)
-    return train, with_transform(train, val.transform), val, get_class_names(train), img_size, cfg
+    return train, with_transform(train, val.transform), val, get_class_names(train)
 
 
 def concept_score(model, dataset, device, args):
@@ -353,16 +369,19 @@ def main(argv=None) -> dict:
     args, args_text = _parse_args(argv)
     check_args(args)
     device = init_distributed_device(args)
-    exp = prepare_experiment(args)
+    resolve_dataset(args)
+    exp = experiment_folder(args)
     if args.resume:  # the experiment's own arguments, except how to run it
         saved = yaml.safe_load((exp / 'args.yaml').read_text())
         keep = ('resume', 'device', 'workers', 'no_progress', 'solver_log', 'rank', 'world_size', 'local_rank',
                 'distributed')
         args.__dict__.update({k: v for k, v in saved.items() if k not in keep and k in args.__dict__})
+        resolve_dataset(args)
     started = time.time()
     amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp else nullcontext
 
-    train_set, train_eval_set, val_set, class_names, img_size, data_cfg = build_data(args)
+    data_config = eval_data_config(args)
+    train_set, train_eval_set, val_set, class_names = build_data(args, data_config)
     num_classes = args.num_classes or len(class_names)
     try:
         check_qpm_sizes(num_classes, args.n_features, args.n_per_class)
@@ -370,10 +389,7 @@ def main(argv=None) -> dict:
         raise TrainingError(str(e)) from e
     random_seed(args.seed, 0)  # the same initial weights on every rank and in every run
     model = create_model(args, num_classes)
-    if args.initial_checkpoint:
-        model.load_state_dict(hub.read_weights(args.initial_checkpoint))
-    if args.rank == 0 and not args.resume:  # inputs are valid: from here on the run writes its results
-        (exp / 'args.yaml').write_text(args_text)
+    start_experiment(exp, args, args_text)  # inputs are valid: from here on the run writes its results
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -390,21 +406,12 @@ def main(argv=None) -> dict:
         start = resume_epoch(model, optimizer, exp / 'dense')
         run_stage('dense', model, loaders, args, device, amp, args.epochs, optimizer, scheduler, exp / 'dense', start)
 
-    # stage 2: statistics of the dense model on the un-augmented training set
-    stats_path = exp / 'statistics.npz'
-    if stats_path.is_file():
-        stats = QPMStatistics.load(stats_path)
-    else:
-        loader = create_qpm_loader(train_eval_set, vb, num_workers=args.workers, shard=True)
-        stats = collect_statistics(model, loader, num_classes, device=device, amp=args.amp,
-                                   progress=not args.no_progress and args.rank == 0)
-        if args.rank == 0:
-            stats.save(stats_path)
-
-    # stage 3: solve on rank 0, broadcast
-    solution, channels = broadcast(solve(stats, args, exp / 'solution.json') if args.rank == 0 else None, args)
-    model.set_qpm_head(torch.as_tensor(channels[solution.selected]), torch.as_tensor(solution.assignment),
-                       torch.as_tensor(stats.mean), torch.as_tensor(stats.std))
+    # stages 2-3: statistics of the dense model on the un-augmented training set, solve (rank 0), QPM head
+    fit = fit_qpm(model, create_qpm_loader(train_eval_set, vb, num_workers=args.workers, shard=True),
+                  statistics_path=exp / 'statistics.npz', solution_path=exp / 'solution.json', device=device,
+                  amp=args.amp, progress=not args.no_progress and args.rank == 0, time_limit=args.solver_time_limit,
+                  seed=args.seed, log=args.solver_log)
+    solution = fit.solution
 
     # stage 4: fine-tune with the binary head frozen (only trainable parameters)
     metrics = {}
@@ -424,8 +431,7 @@ def main(argv=None) -> dict:
     results = dict(top1=metrics['top1'], top5=metrics['top5'], objective=solution.objective,
                    solver_status=solution.status)
     if args.rank == 0:
-        hub.save_pretrained(model.eval(), exp / 'export', label_names=class_names,
-                            data_config=dict(input_size=(3, img_size, img_size), mean=data_cfg.mean, std=data_cfg.std))
+        hub.save_pretrained(model.eval(), exp / 'export', label_names=class_names, data_config=data_config)
         print(model_feature_table(model, class_names, max_rows=50))
         if hasattr(val_set, 'class_concepts'):
             recovery = concept_score(model, val_set, device, args)

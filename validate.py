@@ -2,7 +2,7 @@
 """ QPM validation script, in the style of timm's validate.py.
 
 Accuracy (top-1/top-5, as timm reports it) of any timm model and, for a QPM, the method's interpretability
-metrics (QPM_METHOD.md, "Interpretability metrics"; :mod:`qpm_timm.metrics`):
+metrics (docs/METHOD.md, "Interpretability metrics"; :mod:`qpm_timm.metrics`):
 
     sid@k                 on the evaluated split (k = min(5, n_per_class), the paper's SID@5)
     class_independence    on the training split with eval transforms (as the authors do)
@@ -40,13 +40,13 @@ import torch
 import torch.nn as nn
 import timm
 import yaml
+from timm.data import create_transform, resolve_data_config
 from timm.utils import AverageMeter, accuracy
-from torchvision import transforms as T
 
 import qpm_timm
 from qpm_timm import hub
 from qpm_timm.atomic import atomic_write
-from qpm_timm.data import create_qpm_split, get_class_names, resolve_qpm_data_config
+from qpm_timm.data import create_qpm_dataset, get_class_names, qpm_data_config, with_transform
 from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.metrics import (
     class_independence, concept_recovery, contrastiveness, feature_correlation, sid_at_k, structural_grounding,
@@ -77,15 +77,21 @@ parser = argparse.ArgumentParser(
            'metric succeeded (atomically), so an earlier results file survives a failed run.')
 group = parser.add_argument_group('Dataset parameters')
 group.add_argument('--data-dir', metavar='DIR', default=None, help='path to dataset (root dir); none for concepts')
-group.add_argument('--dataset', metavar='NAME', default='concepts',
-                   help='concepts (generated, default) | cub | cars | aircraft | imagenet | folder | any timm dataset')
+group.add_argument('--dataset', metavar='NAME', default=None,
+                   help='concepts (generated; the default without --data-dir) | cub | cars | aircraft | imagenet | '
+                        'folder (the default with --data-dir: a class-per-folder tree) | any timm dataset')
 group.add_argument('--split', metavar='NAME', default='val', help='split to evaluate (default: val)')
 group.add_argument('--train-split', metavar='NAME', default='train',
                    help='split for Class-Independence, Contrastiveness and Correlation (default: train)')
 group.add_argument('--dataset-args', type=_yaml_mapping, default=None, metavar='YAML',
                    help='extra dataset kwargs, e.g. "{images_per_class: 100}" or "{crop_to_bbox: false}"')
 group.add_argument('--img-size', type=int, default=None, metavar='N',
-                   help='input image size (default: the dataset\'s size of the QPM recipe, 64 for concepts)')
+                   help='input image size (default: the model\'s data config, as timm resolves it)')
+group.add_argument('--crop-pct', type=float, default=None, metavar='PCT', help='eval crop (default: the model\'s)')
+group.add_argument('--crop-mode', default=None, metavar='MODE', help='center | squash | border (default: the model\'s)')
+group.add_argument('--interpolation', default=None, metavar='NAME', help='resize interpolation (default: the model\'s)')
+group.add_argument('--mean', type=float, nargs=3, default=None, metavar='MEAN', help='default: the model\'s')
+group.add_argument('--std', type=float, nargs=3, default=None, metavar='STD', help='default: the model\'s')
 group.add_argument('--workers', '-j', type=int, default=4, metavar='N', help='data loading processes')
 group = parser.add_argument_group('Model parameters')
 group.add_argument('--model', '-m', default='qpm', metavar='NAME',
@@ -158,27 +164,27 @@ def write_results(path: str, results: Dict[str, Any], fmt: str = 'csv') -> None:
 
 
 # --- data --------------------------------------------------------------------------------------------------------
-def describe_eval_transform(transform) -> Tuple[float, str]:
-    """``crop_pct`` and ``interpolation`` of an eval pipeline (Resize [+ CenterCrop]), as timm reports them.
-
-    A short-side resize followed by a center crop gives ``crop size / resize size``; a resize to a fixed
-    (H, W), as the concepts and cropped-CUB recipes do, gives 1.0.
-    """
-    ops = getattr(transform, 'transforms', [transform])
-    resize = next((t for t in ops if isinstance(t, T.Resize)), None)
-    crop = next((t for t in ops if isinstance(t, T.CenterCrop)), None)
-    if resize is None:
-        return 1.0, 'bilinear'
-    crop_pct = 1.0
-    short = resize.size if isinstance(resize.size, int) else (resize.size[0] if len(resize.size) == 1 else None)
-    if crop is not None and short:
-        crop_pct = round(min(crop.size) / short, 4)
-    return crop_pct, resize.interpolation.value
+def resolve_dataset(args) -> None:
+    """timm's convention: ``--data-dir`` alone is a class-per-folder tree; nothing at all is the concepts dataset."""
+    if args.dataset is None:
+        args.dataset = 'folder' if args.data_dir else 'concepts'
 
 
-def build_dataset(args, split: str, img_size: int):
-    return create_qpm_split(args.dataset, args.data_dir, split, is_training=False, transform_size=img_size,
-                            **(args.dataset_args or {}))
+def build_dataset(args, split: str):
+    """The images of ``split``; the eval transform is set once the model's data config is known."""
+    return create_qpm_dataset(args.dataset, args.data_dir, split=split, **(args.dataset_args or {}))
+
+
+def resolve_eval_config(args, model: nn.Module) -> Dict[str, Any]:
+    """The eval data config as timm's validate.py resolves it (``resolve_data_config(args, model=model)``): the
+    model's ``pretrained_cfg`` (an export records what its training run validated with), flags overriding. Only
+    the generic ``qpm`` architecture built by name carries no data config of its own (its backbone's ImageNet
+    defaults): it gets the dataset's recipe config instead."""
+    if args.model == 'qpm':
+        source = qpm_data_config(args.dataset, crop_to_bbox=(args.dataset_args or {}).get('crop_to_bbox', True))
+    else:
+        source = model.pretrained_cfg
+    return resolve_data_config(vars(args), pretrained_cfg=source)
 
 
 # --- model -------------------------------------------------------------------------------------------------------
@@ -334,8 +340,8 @@ def main(argv=None) -> Dict[str, Any]:
         raise ValidationError(f'-b/--batch-size must be >= 1, got {args.batch_size}.')
     device = torch.device(args.device)
 
-    img_size = args.img_size or resolve_qpm_data_config(args.dataset).img_size
-    eval_set = build_dataset(args, args.split, img_size)
+    resolve_dataset(args)
+    eval_set = build_dataset(args, args.split)
     num_classes = args.num_classes or len(get_class_names(eval_set))
 
     state_dict = hub.read_weights(args.checkpoint) if args.checkpoint else None
@@ -346,24 +352,27 @@ def main(argv=None) -> Dict[str, Any]:
     model.to(device).eval()
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
+    data_config = resolve_eval_config(args, model)
+    transform = create_transform(**data_config)
+    eval_set = with_transform(eval_set, transform)
     param_count = sum(p.numel() for p in model.parameters())
     _logger.info(f'model {args.model} created, param count: {param_count}')
 
     sid_k = min(5, model.n_per_class) if args.interpretability else None
     loader = create_qpm_loader(eval_set, args.batch_size, num_workers=args.workers)
     eval_out = evaluate(model, loader, device, args, sid_k)
-    crop_pct, interpolation = describe_eval_transform(eval_set.transform)
     results = OrderedDict(
         model=args.model,
         top1=round(eval_out['top1'], 4), top1_err=round(100 - eval_out['top1'], 4),
         top5=round(eval_out['top5'], 4), top5_err=round(100 - eval_out['top5'], 4),
         param_count=round(param_count / 1e6, 2),
-        img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
+        img_size=data_config['input_size'][-1], crop_pct=data_config['crop_pct'],
+        interpolation=data_config['interpolation'])
     _logger.info(f' * Acc@1 {results["top1"]:.3f} ({results["top1_err"]:.3f}) '
                  f'Acc@5 {results["top5"]:.3f} ({results["top5_err"]:.3f})')
 
     if args.interpretability:
-        train_set = build_dataset(args, args.train_split, img_size)
+        train_set = with_transform(build_dataset(args, args.train_split), transform)
         train_loader = create_qpm_loader(train_set, args.batch_size, num_workers=args.workers)
         train_pooled, train_labels = pooled_features(model, train_loader, device, args)
         metrics = interpretability(model, train_pooled, train_labels, eval_out, eval_set, sid_k)

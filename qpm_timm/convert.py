@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import timm
 
-from .data.transforms import resolve_qpm_data_config
+from .data.transforms import qpm_data_config
 from .hub import read_weights, save_pretrained
 from .models.authors import (
     AUTHORS_EVAL_DATASETS, AUTHORS_SOURCES, authors_to_qpm, is_authors_state_dict, variant_dataset,
@@ -36,13 +36,10 @@ def _variant_dataset(variant: str) -> str:
 
 
 def authors_data_config(variant: str, crop_to_bbox: bool = True, img_size: int = 224) -> Dict:
-    """The authors' evaluation transform (their ``get_data.py``) as a timm data config: CUB box crops are resized
-    to a square (``squash``), everything else on the short side and center-cropped; bilinear; the dataset's
-    mean/std."""
-    dataset = _variant_dataset(variant)
-    cfg = resolve_qpm_data_config(dataset)
-    return dict(input_size=(3, img_size, img_size), mean=tuple(cfg.mean), std=tuple(cfg.std), crop_pct=1.0,
-                crop_mode='squash' if dataset == 'cub' and crop_to_bbox else 'center', interpolation='bilinear')
+    """The authors' evaluation transform (their ``get_data.py``) as a timm data config, which is the recipe's
+    (:func:`~qpm_timm.data.transforms.qpm_data_config`): CUB box crops resized to a square (``squash``), everything
+    else on the short side and center-cropped; bilinear; the dataset's mean/std."""
+    return qpm_data_config(_variant_dataset(variant), img_size, crop_to_bbox)
 
 
 def _head_sizes(state_dict: Dict[str, torch.Tensor]) -> Dict[str, int]:

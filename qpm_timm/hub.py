@@ -34,7 +34,7 @@ from timm.models._hub import save_config_for_hf
 
 from .explain import model_feature_table
 from .models.authors import variant_dataset
-from .models.qpm import VARIANT_ARGS, QPMModel, unreadable_checkpoint_message
+from .models.qpm import LOAD_TIME_ARGS, VARIANT_ARGS, QPMModel, unreadable_checkpoint_message
 
 __all__ = ['save_pretrained', 'read_weights', 'model_card', 'write_hub_configs', 'push_to_hub', 'PushPlan',
            'RunResults']
@@ -109,6 +109,16 @@ def _model_index(name: str, results: Sequence[RunResults]) -> List[Dict[str, Any
             entries.append(dict(task=dict(type='image-classification', name='Image Classification'),
                                 dataset=dataset, metrics=metrics))
     return [dict(name=name, results=entries)] if entries else []
+
+
+def _drop_load_time_args(config_path: Path) -> None:
+    """Remove from config.json's ``model_args`` what only says how the weights were first loaded
+    (``pretrained_backbone``: a reload takes the exported weights, never the backbone's)."""
+    config = json.loads(config_path.read_text())
+    args = config.get('model_args', {})
+    if any(k in args for k in LOAD_TIME_ARGS):
+        config['model_args'] = {k: v for k, v in args.items() if k not in LOAD_TIME_ARGS}
+        config_path.write_text(json.dumps(config, indent=2) + '\n')
 
 
 def model_card(
@@ -213,6 +223,7 @@ def save_pretrained(
         config = dict(label_names=label_names) if label_names else {}
         save_config_for_hf(model, tmp / CONFIG_NAME, model_config=config, model_args=_model_args(model),
                            data_config=data_config)
+        _drop_load_time_args(tmp / CONFIG_NAME)
         card = model_card(model, _read_json(tmp / CONFIG_NAME), repo_id, str(folder), results)
         (tmp / CARD_NAME).write_text(card)
 

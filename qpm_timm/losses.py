@@ -1,4 +1,4 @@
-"""Feature Diversity Loss (QPM spec, section "Feature Diversity Loss"; Q-SENN / QPM papers).
+"""Feature Diversity Loss (docs/METHOD.md, "Feature Diversity Loss"; Q-SENN / QPM papers).
 
 The loss rewards the features a class relies on for lighting up *different* spatial
 locations. It works unchanged for both head states of a QPM model:
@@ -47,8 +47,8 @@ def predicted_class_weights(logits: torch.Tensor, class_weights: torch.Tensor, e
 def mean_scaled_softmax_maps(feature_maps: torch.Tensor, min_mean: float = 1e-6) -> torch.Tensor:
     """Spatial softmax of every map times (its raw spatial mean / the image's largest mean) -> (N, F, H*W).
 
-    FDL spec: "Spatially softmax each map, scale each map by (its spatial mean / the largest
-    spatial mean of that image's maps)". Computed in float32.
+    docs/METHOD.md, "Feature Diversity Loss": "Softmax every map over its H·W locations, scale each map by its
+    spatial mean divided by the largest spatial mean among that image's maps". Computed in float32.
     """
     maps = feature_maps.float().flatten(2)
     means = maps.mean(dim=2)
@@ -64,7 +64,7 @@ def feature_diversity_loss(
         eps: float = 1e-5,
         min_mean: float = 1e-6,
 ) -> torch.Tensor:
-    """``-beta * mean_n sum_l max_f (w_f * scaled_softmax(M_f)[l])`` (FDL spec), a float32 scalar."""
+    """``-beta * mean_n sum_l max_f (w_f * scaled_softmax(M_f)[l])`` (docs/METHOD.md, FDL), a float32 scalar."""
     _check_shapes(feature_maps, logits, class_weights)
     weights = predicted_class_weights(logits, class_weights, eps)
     maps = mean_scaled_softmax_maps(feature_maps, min_mean) * weights.unsqueeze(2)
@@ -72,7 +72,7 @@ def feature_diversity_loss(
 
 
 class FeatureDiversityLoss(nn.Module):
-    """Feature Diversity Loss, ``beta = 0.196`` for ResNets (QPM spec).
+    """Feature Diversity Loss, ``beta = 0.196`` for ResNets (docs/METHOD.md, "Feature Diversity Loss").
 
     ``forward(feature_maps (N, F, H, W), logits (N, C), class_weights (C, F)) -> scalar``.
     """

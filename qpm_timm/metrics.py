@@ -1,4 +1,4 @@
-"""Interpretability metrics of QPM (QPM_METHOD.md, "Interpretability metrics") and the
+"""Interpretability metrics of QPM (docs/METHOD.md, "Interpretability metrics") and the
 concept-recovery score of the generated concepts dataset.
 
 Pure functions: torch tensors or numpy arrays in, Python floats (or, for SID@k, a per-image
@@ -131,7 +131,7 @@ def sid_at_k(
 
 
 def class_independence(pooled: ArrayLike, labels: ArrayLike, num_classes: int) -> float:
-    """Class-Independence (QPM_METHOD.md; authors' ``compute_class_independence`` in
+    """Class-Independence (docs/METHOD.md; authors' ``compute_class_independence`` in
     ``evaluation/Metrics/Dependence.py``).
 
     Every feature is shifted to minimum 0 over the images; for every class its share of the
@@ -182,7 +182,7 @@ def gaussian_mixture_overlaps(pooled: ArrayLike, random_state: int = 0) -> np.nd
 
 
 def contrastiveness(pooled: ArrayLike, random_state: int = 0) -> float:
-    """Contrastiveness (QPM_METHOD.md; authors' ``1 - gmm_overlap_per_feature(...).mean()``
+    """Contrastiveness (docs/METHOD.md; authors' ``1 - gmm_overlap_per_feature(...).mean()``
     in ``evaluation/qpm_metrics.py``): 1 - mean over features of
     :func:`gaussian_mixture_overlaps`. Near 1 when every feature is clearly on or off,
     0 for a constant feature (both components collapse onto the same point).
@@ -200,7 +200,7 @@ def feature_correlation(
         mean: Optional[ArrayLike] = None,
         std: Optional[ArrayLike] = None,
 ) -> float:
-    """Correlation (QPM_METHOD.md; authors' ``get_correlation`` in
+    """Correlation (docs/METHOD.md; authors' ``get_correlation`` in
     ``evaluation/Metrics/Correlation.py``): mean over features of the largest cosine
     similarity of its activation vector (over images) to any other feature's.
 
@@ -244,7 +244,7 @@ def _cosine_rows(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def structural_grounding(class_weights: ArrayLike, class_attributes: ArrayLike, top: int = 50) -> float:
-    """Structural Grounding (QPM_METHOD.md, CUB only; authors'
+    """Structural Grounding (docs/METHOD.md, CUB only; authors'
     ``get_structural_grounding_for_weight_matrix`` in ``evaluation/Metrics/StructuralGrounding.py``
     and ``CUB200Class.get_class_sim``).
 

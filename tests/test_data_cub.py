@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from torchvision import transforms as T
 
 from qpm_timm.data import CUB200Dataset, create_qpm_dataset, create_qpm_split, cub_readable_name, get_class_names
 
@@ -144,8 +143,10 @@ def test_split_transform_follows_the_datasets_crop_to_bbox(tmp_path):
     cropped = create_qpm_split('cub', str(tmp_path), 'test', transform_size=8)
     whole = create_qpm_split('cub', str(tmp_path), 'test', transform_size=8, crop_to_bbox=False)
     assert cropped.crop_to_bbox and not whole.crop_to_bbox
-    assert not any(isinstance(t, T.CenterCrop) for t in cropped.transform.transforms)  # box crop: squash resize
-    assert any(isinstance(t, T.CenterCrop) for t in whole.transform.transforms)  # whole image: center crop
+    wide = Image.new('RGB', (80, 40), (128, 128, 128))
+    wide.paste((255, 0, 0), (0, 0, 16, 40))  # a red band at the left edge
+    assert cropped.transform(wide)[0, :, 0].min() > 1  # box crop: squashed, the left edge is kept
+    assert whole.transform(wide)[0, :, 0].max() < 1  # whole image: center-cropped, the edge is cut away
     assert cropped[0][0].shape == whole[0][0].shape == (3, 8, 8)
 
 

@@ -1,4 +1,4 @@
-"""Tests of the Feature Diversity Loss (QPM spec, "Feature Diversity Loss")."""
+"""Tests of the Feature Diversity Loss (docs/METHOD.md, "Feature Diversity Loss")."""
 import math
 
 import pytest
@@ -62,7 +62,7 @@ def test_dense_weights_use_absolute_normalised_row_and_mean_scaling():
 def test_binary_assignment_ignores_unassigned_features_and_averages_over_batch():
     # QPM head state: binary (C, F') assignment over selected features. Image 0 predicts class 1
     # (features 2, 3), image 1 predicts class 0 (features 0, 1). Unassigned maps add no location
-    # value, but (spec: "the largest spatial mean of that image's maps") they still set the scale:
+    # value, but (docs/METHOD.md, "the largest spatial mean of that image's maps") they still set the scale:
     # image 0's largest mean is 5/4, so its assigned maps (mean ln3/4) are scaled by ln3/5.
     assignment = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0]], dtype=torch.float32)
     image0 = maps_of((5.0, 1), (5.0, 2), (LN3, 0), (LN3, 3))

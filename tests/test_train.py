@@ -92,7 +92,7 @@ def test_torchrun_with_two_processes_gives_the_assignment_of_one_process(referen
     (['--n-per-class', '7'], 'n_per_class=7 > n_features=6'),
     (['--dataset', 'cub', '--data-dir', '/nonexistent/cub'], '/nonexistent/cub'),
     (['--model', 'resnet18'], 'not a QPM architecture'),
-    (['--skip-dense'], '--skip-dense needs --initial-checkpoint'),
+    (['--skip-dense'], '--skip-dense needs a trained dense model (neither --initial-checkpoint nor --pretrained'),
 ])
 def test_bad_input_exits_non_zero_with_a_clear_message(tmp_path, args, message):
     proc = _train('--output', str(tmp_path), *args, check=False)

@@ -17,7 +17,7 @@ from PIL import Image
 
 import qpm_timm
 from qpm_timm import hub, metrics
-from qpm_timm.data import create_qpm_dataset, create_qpm_transform
+from qpm_timm.data import create_qpm_dataset, create_qpm_transform, qpm_data_config
 from qpm_timm.models.head import placeholder_assignment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,11 +47,11 @@ def exported(tmp_path_factory):
     """QPM and dense exports (local-dir folders) and the QPM's weights as a timm checkpoint."""
     root = tmp_path_factory.mktemp('validate')
     model = _qpm_model()
-    hub.save_pretrained(model, root / 'qpm')
+    hub.save_pretrained(model, root / 'qpm', data_config=qpm_data_config('concepts', IMG))  # as train.py exports
     torch.save({'epoch': 3, 'state_dict': model.state_dict()}, root / 'qpm.pth.tar')
     dense = qpm_timm.create_qpm('resnet18', num_classes=NUM_CLASSES, n_features=N_FEATURES, n_per_class=N_PER_CLASS,
                                 head='dense')
-    hub.save_pretrained(dense, root / 'dense')
+    hub.save_pretrained(dense, root / 'dense', data_config=qpm_data_config('concepts', IMG))
     return root
 
 

@@ -18,7 +18,7 @@ dataset raises ``FileNotFoundError`` naming what is missing.
 """
 import copy
 import os
-from typing import List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 from timm.data import create_dataset
 from torch.utils.data import Dataset
@@ -125,7 +125,11 @@ def create_qpm_dataset(
     timm_name = '' if key in ('imagenet', 'folder', 'image_folder', '') else name
     if '/' not in timm_name or timm_name.split('/', 1)[0].lower() not in ('hfds', 'hfids', 'tfds', 'wds'):
         _need_root(name or 'folder', root)
-    return create_dataset(timm_name, root=root, split=split, is_training=is_training, **kwargs)
+    try:
+        return create_dataset(timm_name, root=root, split=split, is_training=is_training, **kwargs)
+    except RuntimeError as e:  # timm's reader: "Found 0 images in subfolders of ..."
+        raise ValueError(f'dataset {name or "folder"!r} at {root!r} (split {split!r}) holds no images it can read '
+                         f'({e}); give a folder with one sub-folder of images per class.') from e
 
 
 def create_qpm_split(
@@ -134,16 +138,17 @@ def create_qpm_split(
         split: str = 'train',
         is_training: bool = False,
         transform_size: Optional[int] = None,
+        data_config: Optional[Dict[str, Any]] = None,
         **kwargs,
 ) -> Dataset:
-    """Split ``split`` of dataset ``name`` reading through the recipe's train or eval transform
-    (:func:`create_qpm_transform` with output side ``transform_size``, default the dataset's; it follows the
-    dataset's ``crop_to_bbox``, default True); ``kwargs`` go to the dataset class (``--dataset-args``, where
-    the concepts dataset's own ``img_size`` is its rendering size). The one way train.py and validate.py
-    build their data.
+    """Split ``split`` of dataset ``name`` reading through the recipe's train or timm's eval transform
+    (:func:`create_qpm_transform` for the timm ``data_config``, default the dataset's, with output side
+    ``transform_size``; it follows the dataset's ``crop_to_bbox``, default True); ``kwargs`` go to the dataset
+    class (``--dataset-args``, where the concepts dataset's own ``img_size`` is its rendering size). The one way
+    train.py, validate.py and explain.py build their data.
     """
     transform = create_qpm_transform(name, is_training=is_training, img_size=transform_size,
-                                     crop_to_bbox=kwargs.get('crop_to_bbox', True))
+                                     crop_to_bbox=kwargs.get('crop_to_bbox', True), data_config=data_config)
     return create_qpm_dataset(name, root, split=split, is_training=is_training, transform=transform, **kwargs)
 
 

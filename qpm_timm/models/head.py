@@ -1,6 +1,6 @@
 """ QPM classifier heads.
 
-Two head states of a QPM (spec: "Pipeline"):
+Two head states of a QPM (docs/METHOD.md, "Pipeline"):
 
 * :class:`DenseHead` (stage 1, dense training): pool -> feature dropout 0.2 -> ``Linear(F, C)``.
 * :class:`QPMHead` (stage 4, fine-tune and inference): select ``n_f*`` channels -> pool ->
@@ -26,12 +26,12 @@ __all__ = [
     'placeholder_assignment',
 ]
 
-DENSE_DROP_RATE = 0.2  # spec, "Recipe": feature dropout of the dense model
-QPM_DROP_RATE = 0.1  # spec, "Pipeline" stage 4: feature dropout of the QPM
+DENSE_DROP_RATE = 0.2  # docs/METHOD.md, "Recipe": feature dropout of the dense model
+QPM_DROP_RATE = 0.1  # docs/METHOD.md, "Pipeline" stage 4: feature dropout of the QPM
 
 
 def check_qpm_sizes(num_classes: int, n_features: int, n_per_class: int, num_features: Optional[int] = None) -> None:
-    """Refuse sizes for which no QPM exists (spec: "Feasibility")."""
+    """Refuse sizes for which no QPM exists (docs/METHOD.md, "The optimisation problem")."""
     if n_features < 1 or n_per_class < 1:
         raise ValueError(f'n_features ({n_features}) and n_per_class ({n_per_class}) must be >= 1.')
     if n_per_class > n_features:
@@ -49,7 +49,7 @@ def check_qpm_sizes(num_classes: int, n_features: int, n_per_class: int, num_fea
 
 
 def check_selection(selection: torch.Tensor, n_features: int, num_features: int) -> torch.Tensor:
-    """Validate the kept channel indices (``s`` of the spec) and return them as a long tensor."""
+    """Validate the kept channel indices (``s`` of docs/METHOD.md) and return them as a long tensor."""
     selection = torch.as_tensor(selection)
     if selection.dtype.is_floating_point or selection.dtype == torch.bool:
         raise ValueError(f'selection must hold integer channel indices, got dtype {selection.dtype}.')
@@ -65,7 +65,8 @@ def check_selection(selection: torch.Tensor, n_features: int, num_features: int)
 
 
 def check_assignment(assignment: torch.Tensor, num_classes: int, n_features: int, n_per_class: int) -> torch.Tensor:
-    """Validate the binary class x feature matrix ``W`` (spec constraints) and return it as float."""
+    """Validate the binary class x feature matrix ``W`` (docs/METHOD.md, "The optimisation problem");
+    returns it as float."""
     assignment = torch.as_tensor(assignment)
     if assignment.shape != (num_classes, n_features):
         raise ValueError(f'assignment must have shape (num_classes={num_classes}, n_features={n_features}), '
@@ -170,8 +171,8 @@ class QPMHead(nn.Module):
         return x.index_select(1, self.selection)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """``(x - mean) / std`` with the frozen statistics of the dense model (spec stage 2), then the ReLU of a
-        CHiQPM head: the features the binary layer sums."""
+        """``(x - mean) / std`` with the frozen statistics of the dense model (docs/METHOD.md, "Pipeline",
+        stage 2), then the ReLU of a CHiQPM head: the features the binary layer sums."""
         mean, std = self.mean.to(x.dtype), self.std.to(x.dtype)
         if self.global_pool.is_identity():  # un-pooled maps (global_pool=''); a fixed setting, fx-traceable
             mean, std = mean[:, None, None], std[:, None, None]

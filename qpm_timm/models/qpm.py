@@ -15,10 +15,11 @@ Loading rules (one place, :meth:`QPMModel.load_state_dict`, used by every timm l
   (``train.py --initial-checkpoint``). ``num_classes=0`` keeps the selected, normalised features.
 """
 import logging
+import os
 import pickle
 import re
 import warnings
-from typing import Any, Dict, List, NamedTuple, Optional, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,7 @@ from huggingface_hub.errors import (
 from safetensors import SafetensorError
 from timm.models import ResNet, build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
+from ..data.transforms import qpm_data_config, resolve_qpm_data_config
 from .authors import AUTHORS_EVAL_DATASETS, filter_authors_weights, releases_of, variant_dataset
 from .head import (
     DENSE_DROP_RATE, QPM_DROP_RATE, DenseHead, QPMHead, check_assignment, check_qpm_sizes, check_selection,
@@ -43,11 +45,20 @@ _logger = logging.getLogger(__name__)
 
 HF_HUB_ORG = 'qpm-timm'  # the Hugging Face organisation that publishes every registered variant
 _POOL_TYPES = ('avg', 'max', 'avgmax', '')
+LOAD_TIME_ARGS = ('pretrained_backbone', 'backbone_pretrained_cfg_overlay')  # not architecture: never exported
 
 
 def _check_backbone(backbone: Any) -> None:
+    """A timm model name, optionally with one of its pretrained tags (``resnet50.tv_in1k``)."""
     if not isinstance(backbone, str) or not timm.is_model(backbone):
         raise ValueError(f'unknown backbone {backbone!r}: give a timm model name (see timm.list_models()).')
+    if '.' in backbone:
+        try:
+            timm.models.get_pretrained_cfg(backbone)
+        except RuntimeError:
+            arch = backbone.split('.')[0]
+            raise ValueError(f'backbone {backbone!r}: {arch} has no pretrained tag {backbone.split(".", 1)[1]!r}; '
+                             f'its tags: {", ".join(timm.list_pretrained(arch + ".*")) or "none"}.') from None
 
 
 def _check_pool(global_pool: Any) -> None:
@@ -104,13 +115,16 @@ class QPMModel(nn.Module):
             drop_rate: Optional[float] = None,
             in_chans: int = 3,
             relu_after_norm: bool = False,
+            pretrained_backbone: bool = False,
+            backbone_pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
             device=None,
             dtype=None,
             **backbone_kwargs,
     ):
         """
         Args:
-            backbone: name of any timm CNN whose ``forward_features`` returns ``N x C x H x W``.
+            backbone: name of any timm CNN whose ``forward_features`` returns ``N x C x H x W``, optionally with
+                its pretrained tag (``'resnet50.tv_in1k'``): the tag names the weights ``pretrained_backbone`` loads.
             num_classes: number of classes (0: no classifier, the model returns pre-logits).
             n_features: ``n_f*``, the number of kept features.
             n_per_class: ``n_wc``, features per class.
@@ -119,6 +133,13 @@ class QPMModel(nn.Module):
             global_pool: pooling of the head ('avg' as in the method).
             drop_rate: feature dropout; None: 0.2 for the dense head, 0.1 for the QPM head.
             relu_after_norm: the QPM head applies a ReLU to the normalised features (CHiQPM's head).
+            pretrained_backbone: start the backbone from its timm pretrained weights (the initialisation of the
+                dense stage, docs/METHOD.md "Recipe"), loaded by timm itself: Hub, cache, ``HF_HUB_OFFLINE``.
+                When the pretrained classifier is a plain linear layer over the pooled features with
+                ``num_classes`` outputs, it becomes the dense head (the ImageNet route: no dense training).
+                Not recorded in exports: ``pretrained=True`` loads the whole QPM's weights instead.
+            backbone_pretrained_cfg_overlay: timm's ``pretrained_cfg_overlay`` for the backbone, e.g.
+                ``dict(file='resnet50.safetensors')`` for a local file of the backbone's weights.
             **backbone_kwargs: passed to ``timm.create_model(backbone, ...)``; unknown ones raise TypeError.
         """
         super().__init__()
@@ -126,9 +147,10 @@ class QPMModel(nn.Module):
         if head not in ('dense', 'qpm'):
             raise ValueError(f"head must be 'dense' or 'qpm', got {head!r}.")
         _check_pool(global_pool)
-        self.backbone = timm.create_model(
-            backbone, pretrained=False, num_classes=0, global_pool='', in_chans=in_chans, device=device, dtype=dtype,
-            **backbone_kwargs)
+        check_qpm_sizes(num_classes, n_features, n_per_class)  # before any weights are fetched
+        self.backbone, classifier = _create_backbone(
+            backbone, pretrained_backbone, backbone_pretrained_cfg_overlay, in_chans=in_chans, device=device,
+            dtype=dtype, **backbone_kwargs)
         if isinstance(getattr(self.backbone, 'head', None), nn.Module):
             self.backbone.head = nn.Identity()  # the backbone's own head (e.g. ConvNeXt's norm) is never used
         if reduced_strides:
@@ -145,8 +167,11 @@ class QPMModel(nn.Module):
         self.feature_info = [dict(i, module='backbone.' + i['module']) for i in self.backbone.feature_info]
         self.num_classes = num_classes
         self.head: Union[DenseHead, QPMHead]
+        self.adopted_classifier = False  # True when the dense head holds the pretrained backbone's classifier
         if head == 'dense':
             self._set_dense_head(num_classes, global_pool)
+            if classifier is not None:
+                self._adopt_classifier(*classifier, source=f'{backbone} pretrained')
         else:
             placeholder = placeholder_assignment(num_classes, n_features, n_per_class) if num_classes else None
             self.head = self._qpm_head(
@@ -180,6 +205,22 @@ class QPMModel(nn.Module):
         self.head.train(self.training)
         self.num_classes = num_classes
 
+    def _adopt_classifier(self, weight: torch.Tensor, bias: Optional[torch.Tensor], source: str) -> bool:
+        """Copy a trained ``Linear(num_features, C)`` into the dense head when ``C`` is this model's class count;
+        otherwise keep the fresh head and say why. Returns whether it was adopted."""
+        if self.is_qpm or tuple(weight.shape) != (self.num_classes, self.num_features):
+            _logger.info(f'{source}: its classifier ({tuple(weight.shape)[0]} classes) does not fit this '
+                         f'{self.num_classes}-class dense head; the head starts freshly initialised.')
+            return False
+        with torch.no_grad():
+            self.head.fc.weight.copy_(weight)
+            if bias is None:
+                self.head.fc.bias.zero_()
+            else:
+                self.head.fc.bias.copy_(bias)
+        self.adopted_classifier = True
+        return True
+
     def _qpm_head(self, selection, assignment, mean, std, global_pool: str) -> QPMHead:
         dd = self._device_dtype()
         drop = QPM_DROP_RATE if self.drop_rate is None else self.drop_rate
@@ -196,7 +237,7 @@ class QPMModel(nn.Module):
             mean: torch.Tensor,
             std: torch.Tensor,
     ) -> None:
-        """Switch to the QPM head (spec stage 4).
+        """Switch to the QPM head (docs/METHOD.md, "Pipeline", stage 4).
 
         Args:
             selection: ``(n_f*,)`` distinct channel indices (solution.selected).
@@ -316,6 +357,60 @@ class QPMModel(nn.Module):
                              f'{self.n_features} (does config.json match the weights?): {e}') from e
 
 
+def linear_classifier(model: nn.Module) -> Optional[nn.Linear]:
+    """The classifier of a timm model when it is one top-level ``nn.Linear`` after global pooling (ResNet's ``fc``,
+    EfficientNet's ``classifier``), the only kind the dense QPM head reproduces; None otherwise (ConvNeXt's
+    ``head.fc`` follows a norm)."""
+    name = getattr(model, 'pretrained_cfg', {}).get('classifier') or ''
+    head = getattr(model, name, None) if name and '.' not in name else None
+    return head if isinstance(head, nn.Linear) else None
+
+
+def _file_classes(path: str, classifier: Optional[str]) -> int:
+    """Number of classes of the classifier stored in a backbone weights file (0: none stored)."""
+    if not os.path.isfile(path):
+        raise ValueError(f'backbone weights file {path} does not exist.')
+    try:
+        state_dict = timm.models.load_state_dict(path)
+    except Exception as e:  # torch.load / safetensors raise many types for a damaged file
+        raise ValueError(f'backbone weights file {path} is not a readable checkpoint ({type(e).__name__}: {e}).') from e
+    weight = state_dict.get(f'{classifier}.weight') if classifier else None
+    return int(weight.shape[0]) if weight is not None else 0
+
+
+def _create_backbone(
+        name: str,
+        pretrained: bool,
+        overlay: Optional[Dict[str, Any]],
+        **kwargs,
+) -> Tuple[nn.Module, Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]]:
+    """The feature extractor of timm model ``name`` (no pooling, no classifier) and, for pretrained weights whose
+    classifier is a plain top-level ``nn.Linear`` over the pooled features (ResNet's ``fc``), that classifier's
+    ``(weight, bias)``. Pretrained weights come through timm's own loader (``pretrained=True``,
+    ``pretrained_cfg_overlay``), so the Hub, its cache, ``HF_HUB_OFFLINE`` and local files work as for any timm model.
+    """
+    if not pretrained:
+        if overlay:
+            raise ValueError('backbone_pretrained_cfg_overlay is given without pretrained_backbone=True.')
+        return timm.create_model(name, pretrained=False, num_classes=0, global_pool='', **kwargs), None
+    if overlay and overlay.get('file'):  # a local file: build the classifier its weights have, so timm loads strictly
+        classes = _file_classes(overlay['file'], timm.models.get_pretrained_cfg(name).classifier)
+        overlay = {**overlay, 'num_classes': classes}
+        kwargs['num_classes'] = classes
+    try:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    except RuntimeError as e:  # timm: no weights for this tag, or none reachable (offline, no cache)
+        raise ValueError(f'cannot load the pretrained weights of backbone {name!r}: {e}. Give a local file '
+                         f'(backbone_pretrained_cfg_overlay=dict(file=...), train.py --pretrained-path) or check '
+                         f'the network / Hugging Face cache.') from e
+    head = linear_classifier(model)
+    classifier = None
+    if head is not None:
+        classifier = (head.weight.detach().clone(), None if head.bias is None else head.bias.detach().clone())
+    model.reset_classifier(0, '')
+    return model, classifier
+
+
 def _check_nchw_features(backbone: nn.Module, in_chans: int, num_features: int) -> None:
     """Refuse backbones whose ``forward_features`` is not an ``N x C x H x W`` map with ``C == num_features``."""
     p = next(backbone.parameters())
@@ -350,23 +445,37 @@ def _hub(variant: str) -> str:
     return f'{HF_HUB_ORG}/{variant}'
 
 
-# One row per published variant: backbone, dataset, reduced strides; hub_configs/ is generated from this table.
+# Architecture arguments of each registered variant. ``backbone`` carries the timm pretrained tag that
+# ``pretrained_backbone=True`` (train.py --pretrained) loads: torchvision's ImageNet ResNets (timm's ``.tv_in1k``),
+# the initialisation of the authors' dense models.
+VARIANT_ARGS = {
+    'qpm_resnet50_cub': dict(backbone='resnet50.tv_in1k', reduced_strides=True),
+    'qpm_resnet50_cars': dict(backbone='resnet50.tv_in1k', reduced_strides=True),
+    'qpm_resnet50_imagenet': dict(backbone='resnet50.tv_in1k', reduced_strides=False),
+    'qpm_resnet34_cub': dict(backbone='resnet34.tv_in1k', reduced_strides=True),
+    'qpm_resnet18_cub': dict(backbone='resnet18.tv_in1k', reduced_strides=True),
+}
+
+
+def _variant_cfg(variant: str, dataset: str) -> Dict[str, Any]:
+    """A registered variant's row: the eval data config of its dataset's recipe (CUB's box crops squashed)
+    and, in ``notes``, the backbone weights its dense stage starts from."""
+    args = VARIANT_ARGS[variant]
+    data = {k: v for k, v in qpm_data_config(dataset).items() if k != 'input_size'}
+    notes = f"dense stage initialised from timm's {args['backbone']} (pretrained_backbone=True)"
+    return _cfg(resolve_qpm_data_config(dataset).num_classes, args['reduced_strides'], hf_hub_id=_hub(variant),
+                notes=notes, **data)
+
+
+# One row per published variant; hub_configs/ is generated from this table.
 default_cfgs = generate_default_cfgs({
-    'qpm_resnet50_cub': _cfg(200, True, hf_hub_id=_hub('qpm_resnet50_cub'), crop_pct=1.0),
-    'qpm_resnet50_cars': _cfg(196, True, hf_hub_id=_hub('qpm_resnet50_cars'), crop_pct=1.0),
-    'qpm_resnet50_imagenet': _cfg(1000, False, hf_hub_id=_hub('qpm_resnet50_imagenet')),
-    'qpm_resnet34_cub': _cfg(200, True, hf_hub_id=_hub('qpm_resnet34_cub'), crop_pct=1.0),
-    'qpm_resnet18_cub': _cfg(200, True, hf_hub_id=_hub('qpm_resnet18_cub'), crop_pct=1.0),
+    'qpm_resnet50_cub': _variant_cfg('qpm_resnet50_cub', 'cub'),
+    'qpm_resnet50_cars': _variant_cfg('qpm_resnet50_cars', 'cars'),
+    'qpm_resnet50_imagenet': _variant_cfg('qpm_resnet50_imagenet', 'imagenet'),
+    'qpm_resnet34_cub': _variant_cfg('qpm_resnet34_cub', 'cub'),
+    'qpm_resnet18_cub': _variant_cfg('qpm_resnet18_cub', 'cub'),
     'qpm': {**_cfg(1000, False), 'hf_hub_filename': None},
 })
-
-VARIANT_ARGS = {  # architecture arguments of each registered variant
-    'qpm_resnet50_cub': dict(backbone='resnet50', reduced_strides=True),
-    'qpm_resnet50_cars': dict(backbone='resnet50', reduced_strides=True),
-    'qpm_resnet50_imagenet': dict(backbone='resnet50', reduced_strides=False),
-    'qpm_resnet34_cub': dict(backbone='resnet34', reduced_strides=True),
-    'qpm_resnet18_cub': dict(backbone='resnet18', reduced_strides=True),
-}
 
 
 class PretrainedWeightsUnavailableError(RuntimeError):
@@ -437,6 +546,9 @@ def _load_error(variant: str, kwargs: Dict[str, Any], error: Exception) -> Optio
 
 
 def _create_qpm(variant: str, pretrained: bool = False, **kwargs) -> QPMModel:
+    if pretrained:  # the QPM's own weights replace the backbone's: do not fetch those first
+        kwargs.pop('pretrained_backbone', None)
+        kwargs.pop('backbone_pretrained_cfg_overlay', None)
     try:
         return build_model_with_cfg(QPMModel, variant, pretrained, feature_cfg=dict(feature_cls='getter'),
                                     pretrained_filter_fn=filter_authors_weights, **kwargs)

@@ -1,0 +1,134 @@
+""" The QPM stages after dense training, as one library call (docs/METHOD.md, "Pipeline", stages 2-3).
+
+:func:`fit_qpm` takes a dense :class:`~qpm_timm.models.QPMModel` (trained with train.py, or a trained timm
+classifier wrapped by :func:`~qpm_timm.models.from_timm_classifier`) and a loader of the *un-augmented*
+training images and does statistics -> solve -> QPM head. Fine-tuning (stage 4) is ordinary training of the
+returned model; train.py does it with the recipe's optimiser.
+
+Each step is a small function of its own, so a caller can stop, inspect or persist in between:
+:func:`~qpm_timm.stats.collect_statistics` -> :func:`problem_from_statistics` -> :func:`~qpm_timm.solver.solve_qpm`
+-> :func:`apply_solution`.
+"""
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .models import QPMModel
+from .solver import QPMProblem, QPMSolution, solve_qpm
+from .stats import QPMStatistics, collect_statistics
+
+__all__ = ['QPMFit', 'fit_qpm', 'problem_from_statistics', 'apply_solution']
+
+_logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class QPMFit:
+    """What :func:`fit_qpm` returns: the model with its QPM head, the solution and the statistics it came from."""
+    model: QPMModel
+    solution: QPMSolution
+    statistics: QPMStatistics
+    channels: np.ndarray  # backbone channel of every feature of the solved problem (selected: channels[selected])
+
+    @property
+    def selected_channels(self) -> np.ndarray:
+        """The backbone channels the QPM keeps, in the order of its features ``f0 .. f{n_f*-1}``."""
+        return self.channels[self.solution.selected]
+
+
+def problem_from_statistics(statistics: QPMStatistics, n_features: int, n_per_class: int) -> Tuple[QPMProblem, np.ndarray]:
+    """The optimisation problem (docs/METHOD.md, "The optimisation problem") over the non-constant features.
+
+    A constant feature (std 0) cannot be normalised by the QPM head, so it is left out; returns the problem and
+    the backbone channel of each of its features.
+    """
+    channels = np.flatnonzero(statistics.std > 0)
+    problem = QPMProblem(statistics.A[channels], B=statistics.B[channels], n_features=n_features,
+                         n_per_class=n_per_class)
+    return problem, channels
+
+
+def apply_solution(model: QPMModel, statistics: QPMStatistics, solution: QPMSolution, channels: np.ndarray) -> QPMModel:
+    """Set the QPM head (docs/METHOD.md, "Pipeline", stage 4): the selected channels, the binary assignment and
+    the dense model's mean/std of those channels."""
+    model.set_qpm_head(torch.as_tensor(channels[solution.selected]), torch.as_tensor(solution.assignment),
+                       torch.as_tensor(statistics.mean), torch.as_tensor(statistics.std))
+    return model
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _broadcast(obj: Any) -> Any:
+    """``obj`` of rank 0 on every rank (identity without torch.distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _solve(statistics: QPMStatistics, n_features: int, n_per_class: int, path: Optional[Path],
+           **solver_kwargs) -> Tuple[QPMSolution, np.ndarray]:
+    problem, channels = problem_from_statistics(statistics, n_features, n_per_class)
+    if path is not None and path.is_file():  # a finished solve of these statistics (checked by its input hash)
+        return QPMSolution.load(path, problem), channels
+    solution = solve_qpm(problem, **solver_kwargs)
+    if path is not None:
+        solution.save(path)
+    _logger.info(f'solved: Z = {solution.objective:.4f} (bound {solution.bound}), {solution.status}, '
+                 f'{solution.wall_time:.1f} s')
+    return solution, channels
+
+
+def fit_qpm(
+        model: QPMModel,
+        loader,
+        statistics: Optional[QPMStatistics] = None,
+        statistics_path: Optional[PathLike] = None,
+        solution_path: Optional[PathLike] = None,
+        device: Optional[Union[str, torch.device]] = None,
+        amp: bool = False,
+        progress: bool = False,
+        **solver_kwargs,
+) -> QPMFit:
+    """Statistics -> solve -> QPM head for a dense ``model`` (module docstring); returns a :class:`QPMFit`.
+
+    Args:
+        model: a dense QPMModel (``head='dense'``); its ``n_features`` / ``n_per_class`` are ``n_f*`` / ``n_wc``.
+        loader: the training images with eval transforms (no augmentation), yielding ``(images, targets)``;
+            under torch.distributed each rank reads a disjoint shard (``create_qpm_loader(..., shard=True)``).
+        statistics: statistics already collected for this model (then ``loader`` is not read).
+        statistics_path, solution_path: files that persist the two results (``statistics.npz``,
+            ``solution.json``): read when present, written (rank 0) when computed, so a rerun resumes.
+        device, amp, progress: of the statistics pass (device default: the model's).
+        **solver_kwargs: passed to :func:`~qpm_timm.solver.solve_qpm` (``time_limit``, ``seed``, ``log``, ...).
+    """
+    if not isinstance(model, QPMModel) or model.is_qpm:
+        kind = 'a QPM already' if isinstance(model, QPMModel) else type(model).__name__
+        raise ValueError(f'fit_qpm needs a dense QPMModel (head="dense"), got {kind}; wrap a trained timm '
+                         f'classifier with qpm_timm.from_timm_classifier or train one with train.py.')
+    stats_file = Path(statistics_path) if statistics_path else None
+    if statistics is None and stats_file is not None and stats_file.is_file():
+        statistics = QPMStatistics.load(stats_file)
+    if statistics is None:
+        device = device or next(model.parameters()).device
+        statistics = collect_statistics(model, loader, model.num_classes, device=device, amp=amp, progress=progress)
+        if stats_file is not None and _rank() == 0:
+            statistics.save(stats_file)
+    if statistics.num_classes != model.num_classes:
+        raise ValueError(f'the statistics have {statistics.num_classes} classes, the model {model.num_classes}.')
+    solved = _solve(statistics, model.n_features, model.n_per_class, Path(solution_path) if solution_path else None,
+                    **solver_kwargs) if _rank() == 0 else None
+    solution, channels = _broadcast(solved)
+    apply_solution(model, statistics, solution, channels)
+    return QPMFit(model, solution, statistics, channels)

@@ -1,0 +1,69 @@
+"""Every recipe in qpm_timm/configs/ runs all stages for one short step on small generated data, so no config rots.
+
+The recipes' own values are kept (model, pretrained backbone, strides, n_f* = 50, n_wc = 5, optimiser, batch size);
+only what makes the run short is cut on the command line (epochs, image size, solver cap), and the backbone's
+pretrained weights come from a local file instead of the Hub.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from folder_tree import make_folder_tree
+from test_data_cub import make_cub_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / 'qpm_timm' / 'configs'
+RECIPES = sorted(p.stem for p in CONFIGS.glob('*.yaml') if p.stem != 'concepts')  # concepts: tests/test_readme.py
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    """A CUB folder, a class-per-folder tree with train/val (4 classes) and a ResNet-50 weights file whose
+    classifier fits those 4 classes (the ImageNet route adopts it as the dense head)."""
+    root = tmp_path_factory.mktemp('recipes')
+    make_cub_tree(root)
+    make_folder_tree(root / 'tree', classes=4, per_class=2)
+    torch.manual_seed(0)
+    save_file(timm.create_model('resnet50', num_classes=4).state_dict(), str(root / 'resnet50.safetensors'))
+    return root
+
+
+def _data_args(recipe: str, root: Path):
+    if recipe.startswith('cub'):
+        return ['--data-dir', str(root)]
+    if recipe == 'imagenet':
+        return ['--data-dir', str(root / 'tree')]
+    return ['--dataset', 'folder', '--data-dir', str(root / 'tree')]  # cars / aircraft layouts are tested in data tests
+
+
+def test_every_recipe_exists():
+    assert set(RECIPES) == {'aircraft', 'cars', 'cub', 'cub_nocrop', 'imagenet'}
+
+
+@pytest.mark.parametrize('recipe', RECIPES)
+def test_recipe_runs_every_stage_with_its_own_values(tmp_path, data, recipe):
+    config = yaml.safe_load((CONFIGS / f'{recipe}.yaml').read_text())
+    assert (config['n_features'], config['n_per_class'], config['pretrained']) == (50, 5, True)
+    short = ['--epochs', '1', '--finetune-epochs', '1', '--img-size', '64', '--solver-time-limit', '10',
+             '--workers', '0', '--no-progress', '--pretrained-path', str(data / 'resnet50.safetensors')]
+    proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), '-c', str(CONFIGS / f'{recipe}.yaml'), *short,
+                           *_data_args(recipe, data), '--output', str(tmp_path)], capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT)), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exp = tmp_path / config['experiment']
+    recorded = yaml.safe_load((exp / 'args.yaml').read_text())
+    for key in ('model', 'lr', 'batch_size', 'reduced_strides', 'finetune_lr', 'skip_dense', 'dataset_args'):
+        if key in config:
+            assert recorded[key] == config[key], key
+    assert (exp / 'dense' / 'last.pth.tar').is_file() != bool(config.get('skip_dense'))
+    assert json.loads((exp / 'results.json').read_text())['top1'] >= 0
+    exported = json.loads((exp / 'export' / 'config.json').read_text())
+    assert exported['model_args']['n_features'] == 50 and exported['model_args']['head'] == 'qpm'
