@@ -73,7 +73,8 @@ def _read_label_names(path: str) -> List[str]:
     return [line.split(' ', 1)[1] for line in lines] if numbered else lines
 
 
-_SOURCE_URLS = {'authors-qpm': 'https://github.com/ThomasNorr/QPM', 'authors-chiqpm': 'https://github.com/ThomasNorr/CHiQPM'}
+_SOURCE_URLS = {'authors-qpm': 'https://github.com/ThomasNorr/QPM',
+                'authors-chiqpm': 'https://github.com/ThomasNorr/CHiQPM'}
 
 
 def convert_authors_checkpoint(

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import timm
@@ -87,7 +87,7 @@ class RunResults:
     split: Optional[str] = None
 
 
-def _card_fields(config: Dict[str, Any]) -> List[tuple]:
+def _card_fields(config: Dict[str, Any]) -> List[Tuple[str, Any]]:
     """``(dotted config.json path, value)`` of every field the card states."""
     fields = [('architecture', config['architecture']), ('num_classes', config['num_classes'])]
     fields += [(f'model_args.{k}', v) for k, v in config.get('model_args', {}).items()]
@@ -271,7 +271,7 @@ def _check_repo_id(repo_id: str) -> None:
         raise ValueError(f'--repo-id must be ORG/NAME (letters, digits, "-", "_", "."), got {repo_id!r}.')
 
 
-def _find_export(folder: Path) -> tuple:
+def _find_export(folder: Path) -> Tuple[Path, Path]:
     """(export folder, folder of the run's args.yaml / results.json) of an export or a train.py experiment folder."""
     if not folder.is_dir():
         raise FileNotFoundError(f'{folder} does not exist or is not a folder.')
@@ -301,7 +301,12 @@ def _run_results(run: Path, validate_results: Optional[str], architecture: str) 
     return found
 
 
-def _stage(source: Union[QPMModel, str], repo_id: str, staging: Path, validate_results: Optional[str]) -> None:
+def _stage(
+        source: Union[QPMModel, str, os.PathLike],
+        repo_id: str,
+        staging: Path,
+        validate_results: Optional[str],
+) -> None:
     """Fill ``staging`` with what one commit uploads: weights, config.json, the card for ``repo_id``, run files."""
     if isinstance(source, QPMModel):
         source = save_pretrained(source, staging.parent / 'export')
@@ -324,7 +329,7 @@ def _stage(source: Union[QPMModel, str], repo_id: str, staging: Path, validate_r
 
 
 def push_to_hub(
-        source: Union[QPMModel, str],
+        source: Union[QPMModel, str, os.PathLike],
         repo_id: str,
         private: bool = False,
         revision: Optional[str] = None,

@@ -99,12 +99,16 @@ def test_direct_load_of_the_authors_file_reproduces_their_forward(authors, relu)
     assert torch.equal(model.head.selection, head[0]) and torch.equal(model.class_weights, head[3])
 
 
-@pytest.mark.parametrize('source', ['authors-qpm', 'authors-chiqpm'])
-def test_converter_reproduces_their_forward_and_the_export_reloads_identically(authors, tmp_path, source, capsys):
+@pytest.mark.parametrize('source, flags, crop_mode', [('authors-qpm', ['--no-crop-to-bbox'], 'center'),
+                                                      ('authors-chiqpm', [], 'squash')])
+def test_converter_reproduces_their_forward_and_the_export_reloads_identically(authors, tmp_path, source, flags,
+                                                                               crop_mode, capsys):
     path, net, head, x = authors
     out = tmp_path / 'converted'
-    assert convert.main(['--source', source, '--checkpoint', str(path), '--variant', VARIANT,
-                         '--output', str(out)]) == 0
+    classes = tmp_path / 'classes.txt'  # CUB's format: "<id> <name>"
+    classes.write_text(''.join(f'{c + 1} {c + 1:03d}.Bird_{c}\n' for c in range(CLASSES)))
+    assert convert.main(['--source', source, '--checkpoint', str(path), '--variant', VARIANT, '--output', str(out),
+                         '--label-names', str(classes), *flags]) == 0
     assert f'local-dir:{out}' in capsys.readouterr().out
     relu = source == 'authors-chiqpm'
     reloaded = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
@@ -115,8 +119,9 @@ def test_converter_reproduces_their_forward_and_the_export_reloads_identically(a
     torch.testing.assert_close(logits, _authors_forward(net, head, x, relu), rtol=1e-5, atol=1e-5)
     config = json.loads((out / 'config.json').read_text())
     assert config['model_args'].get('relu_after_norm', False) is relu
+    assert config['label_names'][:2] == ['001.Bird_0', '002.Bird_1'] and len(config['label_names']) == CLASSES
     assert {k: config['pretrained_cfg'][k] for k in ('input_size', 'crop_pct', 'crop_mode', 'interpolation')} == \
-        dict(input_size=[3, 224, 224], crop_pct=1.0, crop_mode='squash', interpolation='bilinear')
+        dict(input_size=[3, 224, 224], crop_pct=1.0, crop_mode=crop_mode, interpolation='bilinear')
     assert config['pretrained_cfg']['mean'] == [0.4853, 0.4964, 0.4295]  # the authors' CUB normalisation
     # provenance: their file, their repository, no licence claimed for their weights
     assert config['pretrained_cfg']['license'] == 'other' and path.name in config['pretrained_cfg']['notes']
@@ -124,8 +129,7 @@ def test_converter_reproduces_their_forward_and_the_export_reloads_identically(a
     assert 'license: other' in (out / 'README.md').read_text()
 
 
-def test_the_no_crop_release_is_evaluated_with_resize_and_center_crop():
-    assert convert.authors_data_config(VARIANT, crop_to_bbox=False)['crop_mode'] == 'center'
+def test_the_authors_eval_transform_is_known_for_cub_and_cars_only():
     assert convert.authors_data_config('qpm_resnet50_cars')['crop_mode'] == 'center'
     with pytest.raises(ValueError, match='qpm_resnet50_imagenet: the authors released no imagenet checkpoint'):
         convert.authors_data_config('qpm_resnet50_imagenet')

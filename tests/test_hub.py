@@ -159,8 +159,9 @@ def test_model_card_states_exactly_what_config_json_holds(tmp_path):
     config = json.loads((tmp_path / 'q' / 'config.json').read_text())
     card = (tmp_path / 'q' / 'README.md').read_text()
     fields = _card_fields(card)
-    assert {f'pretrained_cfg.{k}' for k in data} | {'architecture', 'num_classes', 'model_args.n_features',
-                                                     'model_args.n_per_class', 'model_args.relu_after_norm'} <= set(fields)
+    stated = {'architecture', 'num_classes', 'model_args.n_features', 'model_args.n_per_class',
+              'model_args.relu_after_norm'} | {f'pretrained_cfg.{k}' for k in data}
+    assert stated <= set(fields)
     for dotted, value in fields.items():
         assert value == _config_value(config, dotted), dotted
     assert fields['pretrained_cfg.input_size'] == [3, 64, 64] and fields['pretrained_cfg.mean'] == list(CONCEPTS_MEAN)

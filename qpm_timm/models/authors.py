@@ -95,7 +95,8 @@ def _check_keys(state_dict: Mapping[str, torch.Tensor], backbone: Dict[str, torc
 
 
 def _check_shapes(state_dict: Mapping[str, torch.Tensor], backbone: Dict[str, torch.Tensor], source: str) -> None:
-    """Backbone tensors of the model's shapes; a head of one ``n_f*``: selection/mean/std ``(n_f*,)``, W ``(C, n_f*)``."""
+    """Backbone tensors of the model's shapes; a head of one ``n_f*``: selection/mean/std ``(n_f*,)``,
+    W ``(C, n_f*)``."""
     for k, v in backbone.items():
         if k in state_dict and state_dict[k].shape != v.shape:
             raise ValueError(f'{source}: {k} has shape {tuple(state_dict[k].shape)}, this backbone needs '
@@ -110,7 +111,11 @@ def _check_shapes(state_dict: Mapping[str, torch.Tensor], backbone: Dict[str, to
                              f'{tuple(selection.shape)} like linear.selection.')
 
 
-def authors_to_qpm(state_dict: Mapping[str, torch.Tensor], model, source: str = 'checkpoint') -> Dict[str, torch.Tensor]:
+def authors_to_qpm(
+        state_dict: Mapping[str, torch.Tensor],
+        model,
+        source: str = 'checkpoint',
+) -> Dict[str, torch.Tensor]:
     """Map an authors' state dict onto ``model``'s keys (module docstring); ``source`` names the file in errors.
 
     The result loads with ``model.load_state_dict`` (which validates the head: distinct selected channels,
