@@ -7,9 +7,14 @@ quantised objective differs from its float objective by at most ``0.5 / Q`` per 
 :attr:`QuantisedObjective.slack` bounds that over any feasible solution, and every bound reported
 in float units adds it. Reported objectives are always recomputed from the float data.
 
-Parameters (:func:`sat_parameters`): ``interleave_search=True`` with ``max_deterministic_time``
-makes the multi-worker search deterministic (same model, seed and parameters -> same result,
-independently of machine load); the wall-clock ``max_time_in_seconds`` is only a safety cap.
+Parameters (:func:`sat_parameters`): CP-SAT stops at ``max_deterministic_time`` (a count of
+operations, not seconds). One worker searches sequentially; several run CP-SAT's interleaved search
+(``interleave_search``: tasks run in batches of a fixed size and their results are merged in a fixed
+order at the end of each batch, "deterministic independently of num_workers" in OR-Tools' parameter
+documentation, still marked experimental there). The batch size is fixed here rather than OR-Tools'
+default of 3 x workers, so any number of workers >= 2 gives the same search (tested); one worker is
+a different, equally deterministic search. The wall-clock ``max_time_in_seconds`` is only a safety
+cap, and :func:`run_sat` reports when it, not the deterministic limit, ended a search.
 """
 from itertools import combinations
 from dataclasses import dataclass
@@ -21,9 +26,10 @@ from ortools.sat.python import cp_model
 from .heuristic import KBestSets
 from .problem import QPMProblem
 
-__all__ = ["sat_parameters", "FullModel", "build_full_model", "solve_neighbourhood"]
+__all__ = ["sat_parameters", "SatRun", "run_sat", "FullModel", "build_full_model", "solve_neighbourhood"]
 
 _Q_TARGET = 1e6
+_BATCH = 8  # tasks per interleaved batch, independent of the number of workers
 
 
 def sat_parameters(solver: cp_model.CpSolver, workers: int, seed: int, det_time: float,
@@ -32,10 +38,42 @@ def sat_parameters(solver: cp_model.CpSolver, workers: int, seed: int, det_time:
     p = solver.parameters
     p.num_workers = max(1, int(workers))
     p.interleave_search = p.num_workers > 1
+    if p.interleave_search:
+        p.interleave_batch_size = _BATCH
     p.random_seed = int(seed)
     p.max_deterministic_time = max(1e-3, float(det_time))
     p.max_time_in_seconds = max(1e-3, float(wall_cap))
     p.log_search_progress = bool(log)
+
+
+@dataclass
+class SatRun:
+    """One CP-SAT solve: the solver (for values and bounds), its status, the deterministic time it
+    spent and whether the wall-clock cap ended it before a proof or its deterministic limit."""
+    solver: cp_model.CpSolver
+    status: int
+    spent: float
+    cut_by_wall_clock: bool
+
+    @property
+    def has_solution(self) -> bool:
+        return self.status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
+
+    @property
+    def optimal(self) -> bool:
+        return self.status == cp_model.OPTIMAL
+
+
+def run_sat(model: cp_model.CpModel, workers: int, seed: int, det_time: float, wall_cap: float) -> SatRun:
+    """Solve ``model`` with :func:`sat_parameters`. A search that ends without a proof spent its whole
+    deterministic limit unless the wall clock stopped it first (that is how the cut is detected)."""
+    solver = cp_model.CpSolver()
+    sat_parameters(solver, workers, seed, det_time, wall_cap)
+    status = solver.solve(model)
+    spent = float(solver.response_proto.deterministic_time)
+    proven = status in (cp_model.OPTIMAL, cp_model.INFEASIBLE)
+    limit = solver.parameters.max_deterministic_time
+    return SatRun(solver, status, spent, not proven and spent < limit * (1 - 1e-9))
 
 
 def _scale(max_abs: float) -> float:
@@ -160,7 +198,7 @@ def _class_options(a: np.ndarray, keep_desc: np.ndarray, free_good: np.ndarray, 
 def solve_neighbourhood(problem: QPMProblem, S: np.ndarray, W: np.ndarray, out: np.ndarray,
                         pool: np.ndarray, sets_per_class: int, workers: int, seed: int,
                         det_time: float, wall_cap: float, slack_fixed: int = 2, max_free: int = 6
-                        ) -> Tuple[Optional[np.ndarray], float]:
+                        ) -> Tuple[Optional[np.ndarray], SatRun]:
     """LNS step: keep ``S \\ out`` selected, choose ``len(out)`` features from ``out ∪ pool``.
 
     Set-choice model: class c picks exactly one of its options (:func:`_class_options`: its best
@@ -168,7 +206,7 @@ def solve_neighbourhood(problem: QPMProblem, S: np.ndarray, W: np.ndarray, out: 
     set); a set is usable only if its free features are chosen; every set is used by at most one
     class (uniqueness). Any solution is feasible for the
     full problem; the incumbent is hinted. Returns (new selection or None if unchanged, the
-    deterministic time CP-SAT spent).
+    :class:`SatRun`).
     """
     A, P, B = problem.A, problem.penalty, problem.B
     k = problem.n_per_class
@@ -232,14 +270,11 @@ def solve_neighbourhood(problem: QPMProblem, S: np.ndarray, W: np.ndarray, out: 
         m.add_hint(v, h in in_s)
     for x, val in hint_x:
         m.add_hint(x, val)
-    solver = cp_model.CpSolver()
-    sat_parameters(solver, workers, seed, det_time, wall_cap)
-    status = solver.solve(m)
-    spent = float(solver.response_proto.deterministic_time)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return None, spent
-    chosen = np.array(sorted(h for h, v in s.items() if solver.boolean_value(v)), dtype=np.int64)
+    run = run_sat(m, workers, seed, det_time, wall_cap)
+    if not run.has_solution:
+        return None, run
+    chosen = np.array(sorted(h for h, v in s.items() if run.solver.boolean_value(v)), dtype=np.int64)
     new_S = np.sort(np.concatenate([keep, chosen]))
     if np.array_equal(new_S, np.sort(S)):
-        return None, spent
-    return new_S, spent
+        return None, run
+    return new_S, run

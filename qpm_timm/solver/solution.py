@@ -1,4 +1,4 @@
-"""The solver's result: QPMSolution, its constraint check and its JSON persistence."""
+"""The solver's result: QPMSolution, its constraint check, its report line and its JSON persistence."""
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,7 +22,11 @@ class QPMSolution:
     (C, n_features), ``assignment[c, j]`` <=> class c uses ``selected[j]``; ``objective``: Z in float
     units; ``bound``: proven upper bound on Z (float units) or None; ``status``: "optimal" |
     "feasible"; ``wall_time``: seconds; ``settings``: solver settings and derived quantities;
-    ``input_hash``: :meth:`QPMProblem.input_hash` of the problem it solves.
+    ``input_hash``: :meth:`QPMProblem.input_hash` of the problem it solves; ``effort``: the
+    deterministic work budget the search was given and ``effort_used`` what it spent (None for
+    solutions not made by ``solve_qpm``); ``time_limit``: the wall-clock safety cap (seconds);
+    ``cut_by_wall_clock``: True when that cap stopped the search before its effort was spent (then,
+    and only then, the result can depend on machine load). :attr:`gap` is ``bound / objective - 1``.
     """
     selected: np.ndarray
     assignment: np.ndarray
@@ -32,6 +36,33 @@ class QPMSolution:
     wall_time: float
     settings: Dict[str, Any] = field(default_factory=dict)
     input_hash: str = ""
+    effort: Optional[float] = None
+    effort_used: Optional[float] = None
+    time_limit: Optional[float] = None
+    cut_by_wall_clock: bool = False
+
+    @property
+    def gap(self) -> Optional[float]:
+        """Relative gap ``bound / objective - 1`` (None without a bound or for objective <= 0): the
+        solution is certified within this fraction of the optimum."""
+        if self.bound is None or not self.objective > 0:
+            return None
+        return max(0.0, float(self.bound) / float(self.objective) - 1.0)
+
+    def summary(self) -> str:
+        """The one-line report of a solve (what the log, train.py and the model card show), with a
+        loud warning when the wall clock cut the search."""
+        gap = "n/a" if self.gap is None else f"{100 * self.gap:.2f} %"
+        bound = "none" if self.bound is None else f"{self.bound:.4f}"
+        effort = "" if self.effort is None else \
+            f", effort {self.effort_used or 0.0:.3g} of {self.effort:.3g} deterministic units"
+        line = (f"Z = {self.objective:.4f}, bound {bound} (gap {gap}), {self.status}{effort}, "
+                f"{self.wall_time:.1f} s")
+        if self.cut_by_wall_clock:
+            line += (f"; WARNING: the time limit ({self.time_limit:g} s) cut the search before its effort "
+                     f"was spent, so this result may depend on machine load: raise the time limit or "
+                     f"lower the effort")
+        return line
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -44,6 +75,11 @@ class QPMSolution:
             "wall_time": float(self.wall_time),
             "settings": self.settings,
             "input_hash": self.input_hash,
+            "gap": self.gap,
+            "effort": self.effort,
+            "effort_used": self.effort_used,
+            "time_limit": self.time_limit,
+            "cut_by_wall_clock": bool(self.cut_by_wall_clock),
         }
 
     def save(self, path) -> None:
@@ -64,7 +100,9 @@ class QPMSolution:
                   assignment=np.asarray(d["assignment"], dtype=bool).reshape(len(d["assignment"]), -1),
                   objective=float(d["objective"]), bound=d["bound"], status=d["status"],
                   wall_time=float(d["wall_time"]), settings=d.get("settings", {}),
-                  input_hash=d.get("input_hash", ""))
+                  input_hash=d.get("input_hash", ""), effort=d.get("effort"),
+                  effort_used=d.get("effort_used"), time_limit=d.get("time_limit"),
+                  cut_by_wall_clock=bool(d.get("cut_by_wall_clock", False)))
         if problem is not None:
             h = problem.input_hash()
             if h != sol.input_hash:
@@ -75,7 +113,7 @@ class QPMSolution:
 
 
 def check_solution(problem: QPMProblem, solution: QPMSolution, atol: float = 1e-6) -> None:
-    """Raise ValueError on any violated constraint of the spec or a wrong objective."""
+    """Raise ValueError on any violated constraint of the spec, a wrong objective or a bound below it."""
     S = np.asarray(solution.selected)
     W = np.asarray(solution.assignment)
     n, k, C, F = problem.n_features, problem.n_per_class, problem.num_classes, problem.num_all_features
@@ -101,5 +139,7 @@ def check_solution(problem: QPMProblem, solution: QPMSolution, atol: float = 1e-
     z = problem.objective(S, W)
     if not abs(z - solution.objective) <= atol * max(1.0, abs(z)):
         raise ValueError(f"solution.objective={solution.objective} differs from the recomputed Z={z}")
+    if solution.bound is not None and solution.bound < z - atol * max(1.0, abs(z)):
+        raise ValueError(f"solution.bound={solution.bound} lies below the objective Z={z}: not a valid bound")
     if solution.status not in ("optimal", "feasible"):
         raise ValueError(f"status must be 'optimal' or 'feasible', got {solution.status!r}")

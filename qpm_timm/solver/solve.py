@@ -1,50 +1,60 @@
-"""solve_qpm: heuristic start, exact CP-SAT on small instances, CP-SAT LNS on large ones.
+"""solve_qpm: heuristic start, exact CP-SAT on small instances, CP-SAT LNS on large ones, LP bound.
 
-Phases (spec: "The optimisation problem"; the LP bound is weak, so the work goes into solutions):
+Phases (spec: "The optimisation problem"):
 1. Starts: the tau-clique and a greedy selection, each improved by swap local search on the exact
-   Z(S) (:mod:`.heuristic`); the best is the incumbent.
+   Z(S) (:mod:`.heuristic`); the best is the incumbent. Bounded by work: local search stops at a
+   local optimum.
 2. Small instances (C*F <= ``_FULL_MAX_W``): the full CP-SAT model with exact uniqueness, hinted
-   with the incumbent; it may prove optimality.
-3. Otherwise / remaining budget, one round in four: (a) CP-SAT large-neighbourhood search: free
+   with the incumbent, given ``_FULL_SHARE`` of the effort; it may prove optimality.
+3. The rest of the effort, one round in four: (a) CP-SAT large-neighbourhood search: free
    2-3 selected features and a pool of promising outside features (by insertion gain), solve the
    set-choice model of :func:`.cpsat.solve_neighbourhood` (these neighbourhoods are usually
    proven optimal in well under a second; larger ones stalled without improving in our tests);
    otherwise (b) an iterated-local-search kick: swap 2-5 random selected features for random
-   promising ones (on the synthetic CUB-scale instances these kicks found the improvements). Either result is descended
-   with local search, re-evaluated exactly in floats and kept only if Z improves.
+   promising ones (on the synthetic CUB-scale instances these kicks found the improvements). Either
+   result is descended with local search, re-evaluated exactly in floats and kept only if Z improves.
+4. The bound: :func:`.bound.lp_bound` (the LP relaxation of the coupling ``W <= s``, valid by the
+   proof in :mod:`.bound`), or the full model's CP-SAT bound where that is lower.
 
-Determinism: the full model gets ``_FULL_DET_PER_SECOND * time_limit`` of CP-SAT deterministic
-time and the loop a work budget of ``_LOOP_DET_PER_SECOND * time_limit`` units
-(CP-SAT deterministic time plus size-proportional charges for model building and local search),
-never the wall clock,
-so the same inputs and seed give the same answer on a loaded or an idle machine. The wall clock is
-only a safety cap at ``time_limit``; when it cuts a run short the log says so (then, and only then,
-a result can depend on machine load).
+Effort, not time, decides the answer. ``effort`` is a budget in deterministic units: CP-SAT's
+deterministic time (an operation count; one unit is roughly one second of one core of this
+project's CPU machine) plus charges for our own work of about the same cost per unit (local-search
+scans: a fixed part plus a part proportional to F * C * n_f*; model building). Every loop is
+bounded by this work count or by a local optimum, never by the clock, and numpy's BLAS runs on
+one thread, so the same inputs, seed, effort and workers give the same answer on an idle or a
+loaded machine (any workers >= 2 give the same answer, see :mod:`.cpsat`). ``time_limit`` is only a
+safety cap: when the wall clock reaches it before the effort is spent the search stops, the result
+says ``cut_by_wall_clock=True`` and the log warns (then, and only then, the result can depend on
+load). The default effort was measured to finish well within the default cap on this project's
+loaded 2-core machine (benchmarks/RESULTS.md).
 """
 import math
+import numbers
 import os
 import sys
 import time
 from typing import Optional
 
 import numpy as np
-from ortools.sat.python import cp_model
+from threadpoolctl import threadpool_limits
 
-from .cpsat import build_full_model, hint_full_model, read_full_solution, sat_parameters, \
-    solve_neighbourhood
+from .bound import lp_bound
+from .cpsat import build_full_model, hint_full_model, read_full_solution, run_sat, solve_neighbourhood
 from .heuristic import best_start, insertion_scores, local_search
 from .problem import QPMProblem
 from .solution import QPMSolution, check_solution
 
-__all__ = ["solve_qpm"]
+__all__ = ["solve_qpm", "DEFAULT_EFFORT", "DEFAULT_TIME_LIMIT"]
 
-_FULL_MAX_W = 4000          # C * F up to which the full exact model is solved
+DEFAULT_EFFORT = 20.0        # deterministic units (see the module docstring; calibration in benchmarks/RESULTS.md)
+DEFAULT_TIME_LIMIT = 120.0   # seconds, the wall-clock safety cap
+_FULL_MAX_W = 4000           # C * F up to which the full exact model is solved
 _FULL_MAX_PAIR_VARS = 150_000  # C (C-1) / 2 * F uniqueness auxiliaries up to which likewise
-_FULL_DET_PER_SECOND = 0.12  # full model: CP-SAT deterministic time per second of time_limit
-_LOOP_DET_PER_SECOND = 0.3  # LNS/kick loop: deterministic units per second of time_limit
-_BUILD_CHARGE = 2e-5        # deterministic units per class and pool feature of an LNS model (build)
-_LS_CHARGE = 2e-10          # deterministic units per local-search scan and F * C * n_features
-_LNS_DET = 0.3              # CP-SAT deterministic time per LNS neighbourhood
+_FULL_SHARE = 0.3            # share of the effort for the full model
+_BUILD_CHARGE = 2e-5         # units per class and pool feature of an LNS model (building it)
+_SCAN_CHARGE = 1e-3          # units per local-search scan (fixed part) ...
+_SCAN_CHARGE_FCN = 4e-10     # ... plus units per scan and F * C * n_features
+_LNS_DET = 0.3               # CP-SAT deterministic time per LNS neighbourhood
 _MAX_WORKERS = 8
 
 
@@ -57,12 +67,50 @@ class _Log:
             print(f"[solve_qpm {time.perf_counter() - self.t0:8.2f}s] {msg}", file=sys.stdout, flush=True)
 
 
+class _Budget:
+    """The effort (deterministic units spent so far) and the wall-clock safety cap."""
+
+    def __init__(self, effort: float, time_limit: float, t0: float):
+        self.effort, self.used, self.deadline = effort, 0.0, t0 + time_limit
+        self.cut_by_wall_clock = False
+
+    @property
+    def left(self) -> float:
+        return self.effort - self.used
+
+    def wall_left(self) -> float:
+        return max(1e-3, self.deadline - time.perf_counter())
+
+    def late(self) -> bool:
+        """True (and remembered as a cut) once the wall clock has reached the cap."""
+        if time.perf_counter() >= self.deadline:
+            self.cut_by_wall_clock = True
+        return self.cut_by_wall_clock
+
+
+def _positive_finite(name: str, value, hint: str) -> float:
+    """``value`` as a float, or ValueError naming what is wrong with it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}; {hint}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}; {hint}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}; {hint}")
+    return float(value)
+
+
 def _default_workers(workers: Optional[int]) -> int:
     if workers is None:
         return max(1, min(os.cpu_count() or 1, _MAX_WORKERS))
     if int(workers) < 1:
         raise ValueError(f"workers must be >= 1 or None, got {workers}")
     return int(workers)
+
+
+def _scan_charge(problem: QPMProblem, scans: int) -> float:
+    """Deterministic units for ``scans`` local-search scans (calibrated against CP-SAT's units)."""
+    fcn = problem.num_all_features * problem.num_classes * problem.n_features
+    return scans * (_SCAN_CHARGE + _SCAN_CHARGE_FCN * fcn)
 
 
 def _ranked_outside(problem: QPMProblem, S: np.ndarray) -> np.ndarray:
@@ -72,59 +120,62 @@ def _ranked_outside(problem: QPMProblem, S: np.ndarray) -> np.ndarray:
     return outside[np.lexsort((outside, -score[outside]))]
 
 
-def solve_qpm(problem: QPMProblem, time_limit: float = 120.0, seed: int = 0,
-              workers: Optional[int] = None, log: bool = False) -> QPMSolution:
+def solve_qpm(problem: QPMProblem, *, effort: float = DEFAULT_EFFORT, time_limit: float = DEFAULT_TIME_LIMIT,
+              seed: int = 0, workers: Optional[int] = None, log: bool = False) -> QPMSolution:
     """Solve the QPM problem (spec: "The optimisation problem"); returns a checked QPMSolution.
 
-    Raises ValueError if ``time_limit`` expires before any feasible solution exists.
+    ``effort``: deterministic work budget of the search (phases 2-3 of the module docstring; the
+    start and the bound are fixed work). ``time_limit``: wall-clock safety cap in seconds.
+    ``workers``: CP-SAT threads (None: the CPU count, at most 8). Raises ValueError for a
+    non-positive or non-finite effort or time limit, and if the time limit expires before any
+    feasible solution exists.
     """
     if not isinstance(problem, QPMProblem):
         raise TypeError(f"problem must be a QPMProblem, got {type(problem).__name__}")
-    if not (isinstance(time_limit, (int, float)) and math.isfinite(time_limit) and time_limit > 0):
-        raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+    effort = _positive_finite("effort", effort, f"it counts deterministic work units (default {DEFAULT_EFFORT})")
+    time_limit = _positive_finite("time_limit", time_limit, "it is the wall-clock safety cap in seconds")
     t0 = time.perf_counter()
-    deadline = t0 + float(time_limit)
     workers = _default_workers(workers)
-    say = _Log(log, t0)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _solve(problem, _Budget(effort, time_limit, t0), seed, workers, _Log(log, t0), t0)
+
+
+def _solve(problem: QPMProblem, budget: _Budget, seed: int, workers: int, say: _Log, t0: float
+           ) -> QPMSolution:
     rng = np.random.default_rng(seed)
-    det_budget = _LOOP_DET_PER_SECOND * float(time_limit)
-    det_used = 0.0
-    cut_by_wall = False
     say(f"F={problem.num_all_features} C={problem.num_classes} n_f*={problem.n_features} "
         f"n_wc={problem.n_per_class} tau={problem.tau:.6g} (tau procedure {problem.tau_time:.2f}s) "
-        f"workers={workers}")
+        f"workers={workers} effort={budget.effort:g} time limit={budget.deadline - t0:g}s")
 
-    S, Z, W = best_start(problem, deadline, say)
-    bound = problem.upper_bound()
+    S, Z, W = best_start(problem, budget.deadline, say)
+    budget.late()
     status = "feasible"
-    say(f"incumbent Z={Z:.6f} bound={bound:.6f}")
+    sat_bound = math.inf
+    say(f"incumbent Z={Z:.6f}")
 
     C, F = problem.num_classes, problem.num_all_features
     full = C * F <= _FULL_MAX_W and C * (C - 1) // 2 * F <= _FULL_MAX_PAIR_VARS
-    if full and time.perf_counter() < deadline:
+    if full and not budget.late():
         fm = build_full_model(problem, "all")
         hint_full_model(fm, problem, S, W)
-        solver = cp_model.CpSolver()
-        cap = deadline - time.perf_counter()
-        sat_parameters(solver, workers, seed, _FULL_DET_PER_SECOND * time_limit, cap)
-        st = solver.solve(fm.model)
-        if st in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            S2, _ = read_full_solution(fm, solver)
-            S2, Z2, W2, _ = local_search(problem, S2, deadline)
+        run = run_sat(fm.model, workers, seed, _FULL_SHARE * budget.effort, budget.wall_left())
+        budget.used += run.spent
+        budget.cut_by_wall_clock |= run.cut_by_wall_clock
+        if run.has_solution:
+            S2, _ = read_full_solution(fm, run.solver)
+            S2, Z2, W2, _ = local_search(problem, S2, budget.deadline)
+            budget.late()
             if Z2 > Z + 1e-12:
                 S, Z, W = S2, Z2, W2
-            bound = min(bound, solver.best_objective_bound / fm.Q + fm.slack)
-            if st == cp_model.OPTIMAL:
+            sat_bound = run.solver.best_objective_bound / fm.Q + fm.slack
+            if run.optimal:
                 status = "optimal"
-        cut_by_wall = solver.wall_time >= 0.999 * cap
-        say(f"full CP-SAT model: {solver.status_name(st)} Z={Z:.6f} bound={bound:.6f}")
+        say(f"full CP-SAT model: {run.solver.status_name(run.status)} Z={Z:.6f} CP-SAT bound={sat_bound:.6f} "
+            f"(effort used {budget.used:.3g})")
 
     rounds = 0
     ranked = _ranked_outside(problem, S)
-    while status != "optimal" and det_used < det_budget and F > problem.n_features:
-        if time.perf_counter() >= deadline:
-            cut_by_wall = True
-            break
+    while not budget.late() and status != "optimal" and budget.left > 0 and F > problem.n_features:
         kind = "LNS" if rounds % 4 == 0 else "kick"
         d = min(2 + (rounds // 4) % 2 if kind == "LNS" else 2 + rounds % 4, problem.n_features,
                 ranked.size)
@@ -134,33 +185,39 @@ def solve_qpm(problem: QPMProblem, time_limit: float = 120.0, seed: int = 0,
             head, tail = ranked[: 4 * d], ranked[4 * d: 4 * d + 12 * d]
             extra = rng.choice(tail, size=min(g - head.size, tail.size), replace=False)
             pool = np.sort(np.concatenate([head, extra])).astype(np.int64)
-            new_S, spent = solve_neighbourhood(
+            new_S, run = solve_neighbourhood(
                 problem, S, W, out, pool, sets_per_class=8, workers=workers, seed=seed + rounds,
-                det_time=min(_LNS_DET, det_budget - det_used),
-                wall_cap=max(1e-3, deadline - time.perf_counter()))
-            det_used += spent + _BUILD_CHARGE * C * pool.size
+                det_time=min(_LNS_DET, budget.left), wall_cap=budget.wall_left())
+            budget.used += run.spent + _BUILD_CHARGE * C * pool.size
+            budget.cut_by_wall_clock |= run.cut_by_wall_clock
         else:  # iterated local search: swap d random features for d promising ones, then descend
             pick = rng.choice(ranked[: max(d, 2 * problem.n_features)], size=d, replace=False)
             new_S = np.sort(np.concatenate([np.setdiff1d(S, out), pick]))
         rounds += 1
         if new_S is None:
             continue
-        S2, Z2, W2, scans = local_search(problem, new_S, deadline)
-        det_used += _LS_CHARGE * scans * F * C * problem.n_features
+        S2, Z2, W2, scans = local_search(problem, new_S, budget.deadline)
+        budget.used += _scan_charge(problem, scans)
         if Z2 > Z + 1e-9:
             S, Z, W = S2, Z2, W2
             ranked = _ranked_outside(problem, S)
-            say(f"{kind} round {rounds} ({d} out): Z={Z:.6f} bound={bound:.6f}")
-    if cut_by_wall:
-        say("wall-clock cap reached before the deterministic budget: this result may depend on load")
-    wall = time.perf_counter() - t0
+            say(f"{kind} round {rounds} ({d} out): Z={Z:.6f} (effort used {budget.used:.3g})")
+    if budget.cut_by_wall_clock:
+        say(f"WARNING: the time limit cut the search after {budget.used:.3g} of {budget.effort:g} effort units: "
+            f"this result may depend on machine load (raise the time limit or lower the effort)")
+    t_bound = time.perf_counter()
+    bound = min(lp_bound(problem)[0], sat_bound)
+    bound_time = time.perf_counter() - t_bound
+    if bound <= Z + 1e-9 * max(1.0, abs(Z)):
+        status = "optimal"
     sol = QPMSolution(selected=S, assignment=W, objective=float(Z), bound=float(bound), status=status,
-                      wall_time=wall, input_hash=problem.input_hash(),
-                      settings={"time_limit": float(time_limit), "seed": int(seed), "workers": workers,
+                      wall_time=time.perf_counter() - t0, input_hash=problem.input_hash(),
+                      settings={"seed": int(seed), "workers": workers,
                                 "tau": float(problem.tau), "tau_time": float(problem.tau_time),
                                 "n_features": problem.n_features, "n_per_class": problem.n_per_class,
-                                "search_rounds": rounds, "deterministic_time": det_used,
-                                "cut_by_wall_clock": cut_by_wall})
+                                "search_rounds": rounds, "bound_time": bound_time},
+                      effort=budget.effort, effort_used=budget.used, time_limit=budget.deadline - t0,
+                      cut_by_wall_clock=budget.cut_by_wall_clock)
     check_solution(problem, sol)
-    say(f"done: {status} Z={Z:.6f} bound={bound:.6f} ({rounds} LNS/kick rounds, {wall:.1f}s)")
+    say(f"done: {sol.summary()} ({rounds} LNS/kick rounds, bound {bound_time:.1f}s)")
     return sol
