@@ -55,20 +55,22 @@ def lagrangian_bound(problem: QPMProblem, nu: np.ndarray) -> float:
     return d + _ROUNDING * (1.0 + abs(d))
 
 
-def _smoothed(x: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, k: int, t: float
+def _smoothed(x: np.ndarray, a32: np.ndarray, b: np.ndarray, n: int, k: int, t: float
               ) -> Tuple[float, np.ndarray]:
     """Smoothed ``n_wc sum nu + n mu + sum_f sp(b_f + sum_c sp(a - nu) - mu)`` (>= D) and its gradient;
-    ``x = (nu, mu)``, ``sp(z) = t log(1 + e^(z/t))``. Reductions are numpy sums (no BLAS), so
-    the result does not depend on the number of threads."""
+    ``x = (nu, mu)``, ``sp(z) = t log(1 + e^(z/t))``. The (F, C) part runs in float32 (it only guides
+    the choice of nu; the bound itself is D in float64); reductions are numpy sums, not BLAS."""
     nu, mu = x[:-1], x[-1]
-    z = (a - nu) / t
-    inner = t * (np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z))))
-    h = (b + inner.sum(axis=1) - mu) / t
+    z = (a32 - nu.astype(np.float32)) * np.float32(1.0 / t)
+    e = np.exp(-np.abs(z))
+    inner = t * (np.maximum(z, 0.0).sum(axis=1, dtype=np.float64) + np.log1p(e).sum(axis=1, dtype=np.float64))
+    h = (b + inner - mu) / t
     value = k * nu.sum() + n * mu + t * (np.maximum(h, 0.0) + np.log1p(np.exp(-np.abs(h)))).sum()
-    q = expit(h)
+    q = expit(h).astype(np.float32)
+    r = np.where(z >= 0, np.float32(1.0), e) / (1.0 + e)  # sigmoid(z) from e = exp(-|z|)
     grad = np.empty_like(x)
-    grad[:-1] = k - (q[:, None] * expit(z)).sum(axis=0)
-    grad[-1] = n - q.sum()
+    grad[:-1] = k - (q[:, None] * r).sum(axis=0, dtype=np.float64)
+    grad[-1] = n - q.sum(dtype=np.float64)
     return float(value), grad
 
 
@@ -83,8 +85,9 @@ def lp_bound(problem: QPMProblem) -> Tuple[float, np.ndarray]:
     g = b + np.maximum(a - nu, 0.0).sum(axis=1)
     x = np.append(nu, np.sort(g)[g.size - n])
     scale = max(float(np.abs(a).max()), 1e-12)
+    a32 = a.astype(np.float32)
     for rel in _TEMPERATURES:
-        res = minimize(_smoothed, x, args=(a, b, n, k, rel * scale), jac=True, method="L-BFGS-B",
+        res = minimize(_smoothed, x, args=(a32, b, n, k, rel * scale), jac=True, method="L-BFGS-B",
                        options=dict(maxiter=_ITERATIONS))
         x = res.x
         d = lagrangian_bound(problem, x[:-1])
