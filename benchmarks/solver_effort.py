@@ -20,8 +20,7 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from qpm_timm.solver import QPMProblem, check_solution, solve_qpm  # noqa: E402
-from qpm_timm.solver.solve import DEFAULT_EFFORT, DEFAULT_TIME_LIMIT  # noqa: E402
+from qpm_timm.solver import DEFAULT_EFFORT, DEFAULT_TIME_LIMIT, QPMProblem, check_solution, solve_qpm  # noqa: E402
 from qpm_timm.solver.synthetic import synthetic_statistics  # noqa: E402
 
 from _common import load_text  # noqa: E402

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from ortools.linear_solver import pywraplp
 
-from qpm_timm.solver import QPMProblem, QPMSolution, check_solution, solve_qpm
+from qpm_timm.solver import DEFAULT_EFFORT, DEFAULT_TIME_LIMIT, QPMProblem, QPMSolution, check_solution, solve_qpm
 from qpm_timm.solver.bound import lagrangian_bound, lp_bound
 from qpm_timm.solver.heuristic import _swap_deltas, assign_classes
-from qpm_timm.solver.solve import DEFAULT_EFFORT, DEFAULT_TIME_LIMIT
 from qpm_timm.solver.synthetic import synthetic_statistics
 
 

@@ -1,7 +1,7 @@
 """A provable upper bound on Z: the Lagrangian (LP) relaxation of the coupling ``W <= s``.
 
-QPM eq. (objective) with ``a = z_a_factor * A`` (F, C) and ``b = B``. For multipliers ``nu`` (C,)
-define ``g_f(nu) = b_f + sum_c max(a[f, c] - nu_c, 0)`` and
+The problem of docs/METHOD.md, "The optimisation problem", with ``a = z_a_factor * A`` (F, C) and
+``b = B``. For multipliers ``nu`` (C,) define ``g_f(nu) = b_f + sum_c max(a[f, c] - nu_c, 0)`` and
 
     D(nu) = n_wc * sum_c nu_c + (sum of the n_f* largest g_f(nu)).
 

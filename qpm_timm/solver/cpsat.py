@@ -91,7 +91,7 @@ class FullModel:
 
 
 def build_full_model(problem: QPMProblem, uniqueness: str = "all") -> FullModel:
-    """QPM eq. (objective) with all constraints of the spec as a CP-SAT model.
+    """QPM eq. (objective) with all constraints (docs/METHOD.md, "The optimisation problem") as a CP-SAT model.
 
     ``uniqueness="all"``: for every class pair, ``sum_f (W_cf AND W_c'f) <= n_wc - 1`` (exact);
     ``"none"``: left out, to be added lazily with :meth:`add_nogood` as the authors do.

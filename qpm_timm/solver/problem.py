@@ -1,6 +1,6 @@
 """The QPM binary quadratic problem: inputs, derived quantities and the float objective.
 
-QPM eq. (objective) ``Z = Z_A + Z_R + Z_B`` (spec: ``QPM_METHOD.md``, "The optimisation problem").
+QPM eq. (objective) ``Z = Z_A + Z_R + Z_B`` (docs/METHOD.md, "The optimisation problem").
 """
 import hashlib
 import math
@@ -28,7 +28,7 @@ def _as_finite(name: str, x, ndim: int) -> np.ndarray:
 
 
 def derive_redundancy(A: np.ndarray) -> np.ndarray:
-    """R from A as in the spec: cosine similarity of the rows of A, ``R / max|R|``,
+    """R from A (docs/METHOD.md, "Pipeline", stage 2): cosine similarity of the rows of A, ``R / max|R|``,
     strict upper triangle only, negatives and diagonal set to 0."""
     norms = np.linalg.norm(A, axis=1)
     safe = np.where(norms > 0, norms, 1.0)
@@ -61,7 +61,7 @@ class QPMProblem:
         n_features: n_f*, the number of selected features.
         n_per_class: n_wc, features per class.
         r_threshold: tau; pairs with ``R >= tau`` (and R > 0) are penalised. None runs the clique
-            procedure of the spec (:func:`~qpm_timm.solver.tau.find_tau_clique`).
+            procedure of docs/METHOD.md (:func:`~qpm_timm.solver.tau.find_tau_clique`).
 
     Derived (read-only): ``R`` (processed), ``R_tilde``, ``penalty`` (symmetric (F, F) matrix of
     the penalised R-tilde entries), ``tau``, ``clique`` (the tau-clique, None if tau was given),
@@ -112,7 +112,7 @@ class QPMProblem:
         r_min = float(nz.min()) if nz.size else 0.0
         r_max = float(nz.max()) if nz.size else 0.0
         span = r_max - r_min
-        # R-tilde = (R - r_min) / (r_max - r_min) (spec); with a single distinct value the span is 0
+        # R-tilde = (R - r_min) / (r_max - r_min) (docs/METHOD.md); with a single distinct value the span is 0
         # and every penalised pair gets R-tilde = 0 (the smallest entry always maps to 0).
         self.R_tilde = np.where(self.R > 0, (self.R - r_min) / span if span > 0 else 0.0, 0.0)
 

@@ -113,7 +113,8 @@ class QPMSolution:
 
 
 def check_solution(problem: QPMProblem, solution: QPMSolution, atol: float = 1e-6) -> None:
-    """Raise ValueError on any violated constraint of the spec, a wrong objective or a bound below it."""
+    """Raise ValueError on any violated constraint (docs/METHOD.md, "The optimisation problem"), a wrong
+    objective or a bound below it."""
     S = np.asarray(solution.selected)
     W = np.asarray(solution.assignment)
     n, k, C, F = problem.n_features, problem.n_per_class, problem.num_classes, problem.num_all_features

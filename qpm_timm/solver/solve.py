@@ -1,6 +1,6 @@
 """solve_qpm: heuristic start, exact CP-SAT on small instances, CP-SAT LNS on large ones, LP bound.
 
-Phases (spec: "The optimisation problem"):
+Phases (docs/METHOD.md, "The optimisation problem"):
 1. Starts: the tau-clique and a greedy selection, each improved by swap local search on the exact
    Z(S) (:mod:`.heuristic`); the best is the incumbent. Bounded by work: local search stops at a
    local optimum.
@@ -123,7 +123,7 @@ def _ranked_outside(problem: QPMProblem, S: np.ndarray) -> np.ndarray:
 
 def solve_qpm(problem: QPMProblem, *, effort: float = DEFAULT_EFFORT, time_limit: float = DEFAULT_TIME_LIMIT,
               seed: int = 0, workers: Optional[int] = None, log: bool = False) -> QPMSolution:
-    """Solve the QPM problem (spec: "The optimisation problem"); returns a checked QPMSolution.
+    """Solve the QPM problem (docs/METHOD.md, "The optimisation problem"); returns a checked QPMSolution.
 
     ``effort``: deterministic work budget of the search (phases 2-3 of the module docstring; the
     start and the bound are fixed work). ``time_limit``: wall-clock safety cap in seconds.

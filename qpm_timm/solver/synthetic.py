@@ -4,7 +4,7 @@ Classes are sparse combinations of shared latent concepts; every backbone featur
 or two concepts (many features are weak or dead); each image shows most concepts of its class plus
 a few random ones. Pooled activations are ReLU(concept response + noise). A is the Pearson
 correlation of each pooled feature with each one-hot class label, normalised to ``max|A| = 1``
-(spec, stage 2); B is random, zero-mean, scaled to ``max|B| = 0.1 * sqrt(10)``.
+(docs/METHOD.md, "Pipeline", stage 2); B is random, zero-mean, scaled to ``max|B| = 0.1 * sqrt(10)``.
 """
 from typing import Tuple
 

@@ -1,4 +1,4 @@
-"""The redundancy threshold tau and its clique (spec: "The threshold tau").
+"""The redundancy threshold tau and its clique (docs/METHOD.md, "The optimisation problem").
 
 tau is the lowest value such that the graph with an edge for every pair ``R[f, g] < tau`` contains
 a clique of ``n_features`` nodes. Finding the smallest such tau exactly is a bottleneck-clique
