@@ -29,7 +29,7 @@ from .problem import QPMProblem
 __all__ = ["sat_parameters", "SatRun", "run_sat", "FullModel", "build_full_model", "solve_neighbourhood"]
 
 _Q_TARGET = 1e6
-_BATCH = 8  # tasks per interleaved batch, independent of the number of workers
+_BATCH = 4  # tasks per interleaved batch, independent of the number of workers
 
 
 def sat_parameters(solver: cp_model.CpSolver, workers: int, seed: int, det_time: float,

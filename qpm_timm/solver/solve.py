@@ -5,7 +5,8 @@ Phases (docs/METHOD.md, "The optimisation problem"):
    Z(S) (:mod:`.heuristic`); the best is the incumbent. Bounded by work: local search stops at a
    local optimum.
 2. Small instances (C*F <= ``_FULL_MAX_W``): the full CP-SAT model with exact uniqueness, hinted
-   with the incumbent, given ``_FULL_SHARE`` of the effort; it may prove optimality.
+   with the incumbent, given ``_FULL_SHARE`` of the effort; it may prove optimality, and its bound
+   can be tighter than the LP bound.
 3. The rest of the effort, one round in four: (a) CP-SAT large-neighbourhood search: free
    2-3 selected features and a pool of promising outside features (by insertion gain), solve the
    set-choice model of :func:`.cpsat.solve_neighbourhood` (these neighbourhoods are usually
@@ -18,8 +19,9 @@ Phases (docs/METHOD.md, "The optimisation problem"):
 
 Effort, not time, decides the answer. ``effort`` is a budget in deterministic units: CP-SAT's
 deterministic time (an operation count; one unit is roughly one second of one core of this
-project's CPU machine) plus charges for our own work of about the same cost per unit (local-search
-scans: a fixed part plus a part proportional to F * C * n_f*; model building). Every loop is
+project's CPU machine; the full model's is charged ``_FULL_COST`` times) plus charges for our own
+work of about the same cost per unit (local-search scans: a fixed part plus a part proportional to
+F * C * n_f*; building an LNS model). Every loop is
 bounded by this work count or by a local optimum, never by the clock, and numpy's BLAS runs on
 one thread, so the same inputs, seed, effort and workers give the same answer on an idle or a
 loaded machine (any workers >= 2 give the same answer, see :mod:`.cpsat`). ``time_limit`` is only a
@@ -50,13 +52,15 @@ DEFAULT_EFFORT = 10.0        # deterministic units (see the module docstring; ca
 DEFAULT_TIME_LIMIT = 120.0   # seconds, the wall-clock safety cap
 _FULL_MAX_W = 4000           # C * F up to which the full exact model is solved
 _FULL_MAX_PAIR_VARS = 150_000  # C (C-1) / 2 * F uniqueness auxiliaries up to which likewise
-_FULL_SHARE = 0.15           # share of the effort for the full model
+_FULL_SHARE = 0.3            # share of the effort for the full model ...
+_FULL_COST = 4.0             # ... whose CP-SAT deterministic time is charged 4x: it took 3-6x the wall time per
+                             # unit of the LNS loop's on the 96 x 24 instance of benchmarks/solver_effort.py
 _CALL_CHARGE = 0.05          # units per LNS model (CP-SAT's start-up, outside its deterministic time) ...
 _BUILD_CHARGE = 2e-5         # ... plus units per class and pool feature (building the model)
 _SCAN_CHARGE = 1e-3          # units per local-search scan (fixed part) ...
 _SCAN_CHARGE_FCN = 4e-10     # ... plus units per scan and F * C * n_features
 _LNS_DET = 0.3               # CP-SAT deterministic time per LNS neighbourhood
-_MAX_WORKERS = 8
+_MAX_WORKERS = 4             # = the interleaved batch size of .cpsat: more threads would idle
 
 
 class _Log:
@@ -127,7 +131,7 @@ def solve_qpm(problem: QPMProblem, *, effort: float = DEFAULT_EFFORT, time_limit
 
     ``effort``: deterministic work budget of the search (phases 2-3 of the module docstring; the
     start and the bound are fixed work). ``time_limit``: wall-clock safety cap in seconds.
-    ``workers``: CP-SAT threads (None: the CPU count, at most 8). Raises ValueError for a
+    ``workers``: CP-SAT threads (None: the CPU count, at most 4). Raises ValueError for a
     non-positive or non-finite effort or time limit, and if the time limit expires before any
     feasible solution exists.
     """
@@ -159,8 +163,8 @@ def _solve(problem: QPMProblem, budget: _Budget, seed: int, workers: int, say: _
     if full and not budget.late():
         fm = build_full_model(problem, "all")
         hint_full_model(fm, problem, S, W)
-        run = run_sat(fm.model, workers, seed, _FULL_SHARE * budget.effort, budget.wall_left())
-        budget.used += run.spent
+        run = run_sat(fm.model, workers, seed, _FULL_SHARE * budget.effort / _FULL_COST, budget.wall_left())
+        budget.used += _FULL_COST * run.spent
         budget.cut_by_wall_clock |= run.cut_by_wall_clock
         if run.has_solution:
             S2, _ = read_full_solution(fm, run.solver)
