@@ -12,8 +12,8 @@ operations, not seconds). One worker searches sequentially; several run CP-SAT's
 (``interleave_search``: tasks run in batches of a fixed size and their results are merged in a fixed
 order at the end of each batch, "deterministic independently of num_workers" in OR-Tools' parameter
 documentation, still marked experimental there). The batch size is fixed here rather than OR-Tools'
-default of 3 x workers, so any number of workers >= 2 gives the same search (tested); one worker is
-a different, equally deterministic search. The wall-clock ``max_time_in_seconds`` is only a safety
+default of 3 x workers, so 2, 3 or 4 workers give the same search (tested; more threads would idle);
+one worker is a different, equally deterministic search. The wall-clock ``max_time_in_seconds`` is only a safety
 cap, and :func:`run_sat` reports when it, not the deterministic limit, ended a search.
 """
 from itertools import combinations

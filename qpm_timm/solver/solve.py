@@ -24,7 +24,7 @@ work of about the same cost per unit (local-search scans: a fixed part plus a pa
 F * C * n_f*; building an LNS model). Every loop is
 bounded by this work count or by a local optimum, never by the clock, and numpy's BLAS runs on
 one thread, so the same inputs, seed, effort and workers give the same answer on an idle or a
-loaded machine (any workers >= 2 give the same answer, see :mod:`.cpsat`). ``time_limit`` is only a
+loaded machine (2-4 workers give the same answer, see :mod:`.cpsat`). ``time_limit`` is only a
 safety cap: when the wall clock reaches it before the effort is spent the search stops, the result
 says ``cut_by_wall_clock=True`` and the log warns (then, and only then, the result can depend on
 load). The default effort was measured to finish well within the default cap on this project's
@@ -76,7 +76,7 @@ class _Budget:
     """The effort (deterministic units spent so far) and the wall-clock safety cap."""
 
     def __init__(self, effort: float, time_limit: float, t0: float):
-        self.effort, self.used, self.deadline = effort, 0.0, t0 + time_limit
+        self.effort, self.used, self.time_limit, self.deadline = effort, 0.0, time_limit, t0 + time_limit
         self.cut_by_wall_clock = False
 
     @property
@@ -150,7 +150,7 @@ def _solve(problem: QPMProblem, budget: _Budget, seed: int, workers: int, say: _
     rng = np.random.default_rng(seed)
     say(f"F={problem.num_all_features} C={problem.num_classes} n_f*={problem.n_features} "
         f"n_wc={problem.n_per_class} tau={problem.tau:.6g} (tau procedure {problem.tau_time:.2f}s) "
-        f"workers={workers} effort={budget.effort:g} time limit={budget.deadline - t0:g}s")
+        f"workers={workers} effort={budget.effort:g} time limit={budget.time_limit:g}s")
 
     S, Z, W = best_start(problem, budget.deadline, say)
     budget.late()
@@ -180,7 +180,7 @@ def _solve(problem: QPMProblem, budget: _Budget, seed: int, workers: int, say: _
 
     rounds = 0
     ranked = _ranked_outside(problem, S)
-    while not budget.late() and status != "optimal" and budget.left > 0 and F > problem.n_features:
+    while status != "optimal" and budget.left > 0 and F > problem.n_features and not budget.late():
         kind = "LNS" if rounds % 4 == 0 else "kick"
         d = min(2 + (rounds // 4) % 2 if kind == "LNS" else 2 + rounds % 4, problem.n_features,
                 ranked.size)
@@ -203,6 +203,7 @@ def _solve(problem: QPMProblem, budget: _Budget, seed: int, workers: int, say: _
             continue
         S2, Z2, W2, scans = local_search(problem, new_S, budget.deadline)
         budget.used += _scan_charge(problem, scans)
+        budget.late()  # a local search that reached the deadline may have stopped early
         if Z2 > Z + 1e-9:
             S, Z, W = S2, Z2, W2
             ranked = _ranked_outside(problem, S)
@@ -221,7 +222,7 @@ def _solve(problem: QPMProblem, budget: _Budget, seed: int, workers: int, say: _
                                 "tau": float(problem.tau), "tau_time": float(problem.tau_time),
                                 "n_features": problem.n_features, "n_per_class": problem.n_per_class,
                                 "search_rounds": rounds, "bound_time": bound_time},
-                      effort=budget.effort, effort_used=budget.used, time_limit=budget.deadline - t0,
+                      effort=budget.effort, effort_used=budget.used, time_limit=budget.time_limit,
                       cut_by_wall_clock=budget.cut_by_wall_clock)
     check_solution(problem, sol)
     say(f"done: {sol.summary()} ({rounds} LNS/kick rounds, bound {bound_time:.1f}s)")
