@@ -29,8 +29,12 @@ def _run(args):
      [r'^ratio: \d+\.\d\d \(target <= 1\.15\)$']),
     ('stats.py', ['--images', '8', '--num-classes', '4', '--img-size', '32', '--batch-size', '4', '--mem-images', '8'],
      [r'ratio stats/plain throughput: median of per-batch ratios \d+\.\d{3}', r'peak RSS ratio 4N/N: \d+\.\d{3}']),
-    ('solver.py', ['--sizes', 'tiny', '--methods', 'ours,greedy,greedy+swap', '--time-scale', '0.05'],
-     [r'^tiny\s+ours\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+\d+\.\d{3}%', r'^tiny\s+greedy\+swap\s+[\d.]+']),
+    ('solver.py', ['--sizes', 'tiny', '--methods', 'ours,cheap-bound,greedy,greedy+swap', '--time-scale', '0.05',
+                   '--effort', '1'],
+     [r'^tiny\s+ours\s+[\d.]+\s+[\d.]+\s+[\d.]+%\s+[\d.]+\s+\d+\.\d{3}%', r'^tiny\s+cheap-bound\s+-\s+[\d.]+\s+[\d.]+%',
+      r'^tiny\s+greedy\+swap\s+[\d.]+']),
+    ('solver_effort.py', ['--sizes', 'issue', '--effort', '0.5', '--burners', '1'],
+     [r'^issue\s+loaded\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+False', r'^issue\s+identical assignments: True$']),
 ])
 def test_benchmark_script_runs_at_tiny_size_and_prints_its_ratio(script, args, expected):
     out = _run([sys.executable, str(ROOT / 'benchmarks' / script), *args])
