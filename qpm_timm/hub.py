@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -21,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from timm.models._hub import save_config_for_hf
 
+from .atomic import atomic_folder
 from .explain import model_feature_table
 from .models.qpm import VARIANT_ARGS, QPMModel
 
@@ -57,8 +57,12 @@ def model_card(
         label_names: Optional[Sequence[str]] = None,
         repo_id: Optional[str] = None,
         trained: bool = True,
+        feature_names: Optional[Sequence[str]] = None,
+        report: Optional[str] = None,
 ) -> str:
-    """Model card (README.md): architecture, usage and, for trained weights, every class's features."""
+    """Model card (README.md): architecture, usage and, for trained weights, every class's features (named by
+    ``feature_names``, e.g. from :func:`qpm_timm.explain.name_features`) and the explanation ``report`` folder
+    (relative path) with its global picture."""
     cfg = model.pretrained_cfg
     arch = cfg.get('architecture', 'qpm')
     repo_id = repo_id or cfg.get('hf_hub_id') or f'<org>/{arch}'
@@ -80,8 +84,14 @@ def model_card(
     if trained and model.is_qpm and model.num_classes:
         names = list(label_names) if label_names is not None else [f'class {c}' for c in range(model.num_classes)]
         lines += ['## Classes and their features', '',
-                  'Feature `f<j> (ch <c>)` is backbone channel `c`, the j-th kept feature.', '',
-                  model_feature_table(model, names), '']
+                  'Feature `f<j> (ch <c>)` is backbone channel `c`, the j-th kept feature.' if feature_names is None
+                  else 'Feature `f<j> ≈ <annotation> (r = ...)`: the annotation its activation correlates with best.',
+                  '']
+        if report:
+            lines += [f'![class x feature assignment]({report}/global.png)', '',
+                      f'Every feature\'s gallery, every class card and contrastive pairs: [{report}/index.html]'
+                      f'({report}/index.html).', '']
+        lines += [model_feature_table(model, names, names=feature_names), '']
     else:
         lines += ['## Classes and their features', '',
                   'This card describes the architecture; the class -> feature table is written by '
@@ -89,33 +99,17 @@ def model_card(
     return '\n'.join(lines)
 
 
-def _write_folder(folder: Path, write) -> None:
-    """Write into a fresh sibling folder, then swap it in: an interrupted export leaves the old one intact."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.', dir=folder.parent))
-    try:
-        if folder.is_dir():
-            for f in folder.iterdir():  # keep files we do not write (e.g. a .gitattributes of a Hub clone)
-                if f.is_file():
-                    shutil.copy2(f, tmp / f.name)
-        write(tmp)
-        old = folder.with_name(f'.{folder.name}.old')
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def save_pretrained(
         model: QPMModel,
         folder: str,
         label_names: Optional[Sequence[str]] = None,
         data_config: Optional[Dict] = None,
+        feature_names: Optional[Sequence[str]] = None,
+        report_dir: Optional[str] = None,
 ) -> Path:
-    """Export ``model`` as a Hub repository folder: ``model.safetensors``, ``config.json``, ``README.md``."""
+    """Export ``model`` as a Hub repository folder: ``model.safetensors``, ``config.json``, ``README.md``; with
+    ``report_dir`` (:func:`qpm_timm.explain.write_report`) a copy of the report in ``report/``, which the model
+    card embeds, its features named by ``feature_names``."""
     if not isinstance(model, QPMModel):
         raise TypeError(f'save_pretrained exports QPMModel instances, got {type(model).__name__}.')
     if label_names is not None and len(label_names) != model.num_classes:
@@ -128,9 +122,13 @@ def save_pretrained(
         config = dict(label_names=label_names) if label_names else {}
         save_config_for_hf(model, tmp / 'config.json', model_config=config, model_args=_model_args(model),
                            data_config=data_config)
-        (tmp / 'README.md').write_text(model_card(model, label_names))
+        if report_dir is not None:
+            shutil.copytree(report_dir, tmp / 'report')
+        (tmp / 'README.md').write_text(model_card(model, label_names, feature_names=feature_names,
+                                                  report='report' if report_dir is not None else None),
+                                       encoding='utf-8')
 
-    _write_folder(Path(folder), write)
+    atomic_folder(folder, write, keep_files=True)
     return Path(folder)
 
 
@@ -146,7 +144,7 @@ def write_hub_configs(out_dir: str) -> None:
             (tmp / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
             (tmp / 'README.md').write_text(model_card(model, trained=False))
 
-        _write_folder(Path(out_dir) / variant, write)
+        atomic_folder(Path(out_dir) / variant, write, keep_files=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
