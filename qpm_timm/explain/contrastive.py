@@ -1,8 +1,8 @@
 """ Contrastive class pairs: two classes whose feature sets differ in a single feature each.
 
 In a QPM every class uses ``n_wc`` features, so two classes that share ``n_wc - 1`` of them are told apart
-by exactly one feature each (QPM paper, Sec. 3: contrastive class representations; the authors draw such
-pairs). For an image ``x`` the logit difference of classes ``a`` and ``b`` is
+by exactly one feature each (the QPM paper's "contrastive class representations"; the authors draw such
+pairs; docs/EXPLANATIONS.md). For an image ``x`` the logit difference of classes ``a`` and ``b`` is
 ``sum_f z_f(x) (W[a, f] - W[b, f])`` with ``z_f`` the normalised activations: shared features cancel, and
 the per-feature terms are each feature's contribution to the difference.
 """

@@ -1,7 +1,7 @@
 """ Local explanations: why a QPM gave an image its logits.
 
 A QPM's logit of class ``c`` is the sum of the normalised activations ``(x_f - mean_f) / std_f`` of the
-``n_wc`` features assigned to ``c`` (binary ``W``, no bias; QPM paper, Sec. 3, and docs/EXPLANATIONS.md), so
+``n_wc`` features assigned to ``c`` (binary ``W``, no bias; docs/EXPLANATIONS.md), so
 every feature's share of the logit is exact, and its feature map shows where it fired.
 """
 from dataclasses import dataclass

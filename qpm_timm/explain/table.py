@@ -1,7 +1,7 @@
 """ The global explanation of a QPM as text: its class -> feature table.
 
 The whole decision process of a QPM is its binary assignment ``W`` (every class = ``n_wc`` of the ``n_f*``
-shared features), so the global explanation is a table (QPM paper, Sec. 3: "global interpretability").
+shared features), so the global explanation is a table (docs/EXPLANATIONS.md).
 """
 from typing import List, Optional, Sequence
 
