@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from qpm_timm import hub
+from qpm_timm.cli import BAD_INPUT, exit_code
 from qpm_timm.data import get_class_names, resolve_qpm_data_config
 from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.explain import (
@@ -128,12 +129,7 @@ def main(argv=None) -> Path:
 
 def cli(argv=None) -> int:
     """``main`` with bad input mapped to a message on stderr and exit code 2."""
-    try:
-        main(argv)
-    except (ValidationError, ValueError, TypeError, FileNotFoundError, OSError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(main, argv, BAD_INPUT + (ValidationError,))
 
 
 if __name__ == '__main__':

@@ -76,6 +76,14 @@ def _blob_images(n, seed=0):
     return images, brightness
 
 
+def _region_run(n, num_classes=4):
+    """The region QPM, ``n`` blob images with their quadrant brightness, and its forward_with_features output."""
+    model = _region_qpm(num_classes)
+    images, brightness = _blob_images(n)
+    with torch.no_grad():
+        return model, images, brightness, model.forward_with_features(images)
+
+
 def _inside(box, j):
     """Fraction of the patch ``box`` (top, left, bottom, right) that lies in quadrant j."""
     rows, cols = QUADRANTS[j]
@@ -122,10 +130,7 @@ def test_explain_refuses_a_dense_model():
 
 
 def test_local_explanation_of_the_region_model_gives_prediction_and_runner_up_with_exact_contributions():
-    model = _region_qpm()
-    images, brightness = _blob_images(6)
-    with torch.no_grad():
-        out = model.forward_with_features(images)
+    model, images, brightness, out = _region_run(6)
     # feature j reads quadrant j alone: its activation orders the images as that quadrant's brightness does
     for j in range(4):
         assert out.pooled[:, j].argsort().tolist() == brightness[:, j].argsort().tolist()
@@ -140,10 +145,7 @@ def test_local_explanation_of_the_region_model_gives_prediction_and_runner_up_wi
 
 # --- heatmaps ------------------------------------------------------------------------------------------------------
 def test_heatmap_of_a_feature_that_fires_only_in_a_known_region_lies_in_that_region():
-    model = _region_qpm()
-    images, _ = _blob_images(3)
-    with torch.no_grad():
-        out = model.forward_with_features(images)
+    _, _, _, out = _region_run(3)
     for i in range(3):
         heat = heatmaps(out.feature_maps[i], (SIZE, SIZE))
         for j, (rows, cols) in enumerate(QUADRANTS):
@@ -320,10 +322,7 @@ def test_contrastive_pairs_share_all_features_but_one_and_their_contributions_su
     spread = spread_pairs(pairs, 3)
     assert len(spread) == 3 and len({c for p in spread for c in p}) == 6  # three pairs, six different classes
     assert pair_features(w, 0, 1) == ([1], [0], [2])
-    model = _region_qpm(num_classes=4)
-    images, _ = _blob_images(2)
-    with torch.no_grad():
-        out = model.forward_with_features(images)
+    model, _, _, out = _region_run(2)
     z = model.head.normalize(out.pooled)
     for a, b in contrastive_pairs(model.class_weights):
         for i in range(2):
