@@ -15,7 +15,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .heatmap import overlay
+from .heatmap import overlay, text_colour
 
 __all__ = ['assignment_order', 'global_figure', 'feature_gallery_figure', 'class_card_figure',
            'contrastive_figure', 'local_figure', 'image_caption', 'save_figure', 'HEAT_NOTE', 'DPI']
@@ -31,13 +31,20 @@ def save_figure(fig: Figure, numbers: Dict, root: Path, stem: str) -> Tuple[str,
     relative to ``root`` (``stem`` may name a subfolder: ``'features/f3'``)."""
     png, data = f'{stem}.png', f'{stem}.json'
     (root / png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(root / png, dpi=DPI)
+    fig.savefig(root / png, dpi=DPI, pil_kwargs={'compress_level': 1})  # fast zlib: encoding was half the time
     (root / data).write_text(json.dumps(numbers, indent=1, ensure_ascii=False), encoding='utf-8')
     return png, data
 
 
 def _wrap(text: str, width: int = 22) -> str:
-    return '\n'.join(textwrap.wrap(text, width, break_on_hyphens=False)) or text
+    """``text`` wrapped to ``width`` characters, line by line, also after '+' (concept-set class names) and
+    '::' (CUB attribute names)."""
+    lines = []
+    for line in text.split('\n'):
+        marked = line.replace('+', '+\x00 ').replace('::', '::\x00 ')
+        wrapped = textwrap.wrap(marked, width, break_on_hyphens=False)
+        lines += [part.replace('\x00 ', '').replace('\x00', '') for part in wrapped] or [line]
+    return '\n'.join(lines)
 
 
 def _title(label: str, width: int = 22) -> str:
@@ -55,6 +62,20 @@ def _bare(ax, colour=None, width: float = 0.0) -> None:
         if width > 0:
             spine.set_edgecolor(colour)
             spine.set_linewidth(width)
+
+
+def _grid(rows: int, cols: int, cell: float, top: float, col_gap: float, row_gap: float, side: float = 0.12,
+          bottom: float = 0.12):
+    """A figure of ``rows x cols`` square image panels of ``cell`` inches on a fixed grid (all sizes in inches:
+    ``top`` holds the titles above the first row); fixed margins instead of a layout engine, which costs as much
+    as drawing for these many small pictures."""
+    width = 2 * side + cols * cell + (cols - 1) * col_gap
+    height = top + rows * cell + (rows - 1) * row_gap + bottom
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(rows, cols, squeeze=False, gridspec_kw=dict(
+        left=side / width, right=1 - side / width, top=1 - top / height, bottom=bottom / height,
+        wspace=col_gap / cell, hspace=row_gap / cell))
+    return fig, np.asarray(axes)
 
 
 def assignment_order(assignment: torch.Tensor) -> Tuple[List[int], List[int]]:
@@ -100,7 +121,7 @@ def global_figure(assignment: torch.Tensor, feature_labels: Sequence[str], class
     ax.set_xticks(range(n))
     ax.set_xticklabels([feature_labels[f] for f in features], rotation=60, ha='right', fontsize=8)
     for tick, f in zip(ax.get_xticklabels(), features):
-        tick.set_color(colours[f] * 0.8)
+        tick.set_color(text_colour(colours[f]))
     if show_classes:
         ax.set_yticks(range(num_classes))
         ax.set_yticklabels([class_names[c] for c in classes], fontsize=max(4, min(8, 600 // num_classes)))
@@ -117,21 +138,21 @@ def feature_gallery_figure(label: str, colour: np.ndarray, images: Sequence[np.n
                            boxes: Sequence[Tuple[int, int, int, int]], captions: Sequence[str],
                            subtitle: str) -> Figure:
     """A feature's top images (its patch framed in its colour) and, below, the patches themselves."""
-    k = max(1, len(images))
-    fig = Figure(figsize=(max(4.0, CELL * k), 2 * CELL + 1.1), layout='constrained')
-    axes = np.asarray(fig.subplots(2, k, squeeze=False))
-    fig.suptitle(f'{label}\n{_wrap(subtitle, int(13 * fig.get_figwidth()))}', color=colour * 0.8, fontsize=11)
+    k = max(4, len(images))
+    fig, axes = _grid(2, k, CELL, top=1.05, col_gap=0.12, row_gap=0.08)
+    fig.suptitle(f'{label}\n{_wrap(subtitle, int(13 * fig.get_figwidth()))}', color=text_colour(colour), fontsize=11,
+                 y=1 - 0.06 / fig.get_figheight(), va='top')
     for i in range(k):
         full, patch = axes[0, i], axes[1, i]
         if i >= len(images):
-            _bare(full)
-            _bare(patch)
+            full.set_axis_off()
+            patch.set_axis_off()
             continue
         (top, left, bottom, right), image = boxes[i], images[i]
         full.imshow(image)
         full.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor=colour,
                                  linewidth=2))
-        full.set_title(_wrap(captions[i], 24), fontsize=7)
+        full.set_title(_wrap(captions[i], 26), fontsize=7)
         _bare(full)
         patch.imshow(image[top:bottom, left:right], interpolation='bilinear')
         _bare(patch, colour, 3)
@@ -143,24 +164,24 @@ def class_card_figure(class_name: str, feature_labels: Sequence[str], colours: S
     """A class's features (columns, titled by name, in their colour) with their best gallery patches."""
     n = len(feature_labels)
     rows = max(1, max(len(p) for p in patches))
-    fig = Figure(figsize=(max(4.5, 1.9 * n), 1.45 * rows + 1.3), layout='constrained')
-    axes = np.asarray(fig.subplots(rows, n, squeeze=False))
-    fig.suptitle(class_name, fontsize=12, fontweight='bold')
+    fig, axes = _grid(rows, n, 1.45, top=1.0, col_gap=0.3, row_gap=0.06, side=0.25)
+    fig.suptitle(_wrap(class_name, int(9 * fig.get_figwidth())), fontsize=12, fontweight='bold',
+                 y=1 - 0.06 / fig.get_figheight(), va='top')
     for col in range(n):
-        axes[0, col].set_title(_title(feature_labels[col]), color=colours[col] * 0.8, fontsize=8)
+        axes[0, col].set_title(_title(feature_labels[col], 20), color=text_colour(colours[col]), fontsize=8)
         for row in range(rows):
             ax = axes[row, col]
             if row < len(patches[col]):
                 ax.imshow(patches[col][row], interpolation='bilinear')
                 _bare(ax, colours[col], 3)
             else:
-                _bare(ax)
+                ax.set_axis_off()
     return fig
 
 
 def _heat_cell(ax, image: np.ndarray, heat: np.ndarray, colour: np.ndarray, title: str, marked: bool) -> None:
     ax.imshow(overlay(image, heat, colour))
-    ax.set_title(title, fontsize=7, color=colour * 0.8, fontweight='bold' if marked else 'normal')
+    ax.set_title(title, fontsize=7, color=text_colour(colour), fontweight='bold' if marked else 'normal')
     _bare(ax, colour, 4 if marked else 1.5)
 
 

@@ -11,7 +11,7 @@ How a heatmap is made (docs/EXPLANATIONS.md, "Heatmaps"):
    weakly therefore looks faint, one that fired as strongly as usual when present is drawn at full colour.
    Without ``a_f`` the strength is 1 (per-map normalisation);
 3. it is blended over the grey, de-normalised image in the feature's own colour (:func:`feature_colours`),
-   the same colour in every picture of a report.
+   the same colour in every picture of a report (titles use it darkened, :func:`text_colour`).
 """
 from typing import Optional, Sequence, Tuple
 
@@ -21,24 +21,26 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from torchvision import transforms as T
 
-__all__ = ['feature_colours', 'denormalize', 'data_normalization', 'active_values', 'heatmaps', 'overlay',
+__all__ = ['feature_colours', 'text_colour', 'denormalize', 'data_normalization', 'active_values', 'heatmaps', 'overlay',
            'HEAT_ALPHA']
 
 HEAT_ALPHA = 0.8  # opacity of a heat value of 1 over the grey image
 
 
 def feature_colours(n: int) -> np.ndarray:
-    """``(n, 3)`` RGB colours in [0, 1], one per kept feature, as distinct as matplotlib's qualitative maps
-    allow: tab10 up to 10 features, tab20 up to 20, then tab20 + tab20b + tab20c (60), then hsv."""
-    if n <= 10:
-        table = colormaps['tab10'].colors
-    elif n <= 20:
-        table = colormaps['tab20'].colors
-    elif n <= 60:
-        table = sum((list(colormaps[name].colors) for name in ('tab20', 'tab20b', 'tab20c')), [])
-    else:
+    """``(n, 3)`` RGB colours in [0, 1], one per kept feature: matplotlib's strong qualitative colours first
+    (tab10, then Dark2), then tab20b and tab20c (58 in all), then evenly spaced hues."""
+    table = [c for name in ('tab10', 'Dark2', 'tab20b', 'tab20c') for c in colormaps[name].colors]
+    if n > len(table):
         table = [colormaps['hsv'](j / n)[:3] for j in range(n)]
     return np.asarray(table[:n], dtype=np.float64)[:, :3]
+
+
+def text_colour(colour: Sequence[float]) -> np.ndarray:
+    """``colour`` darkened until text in it reads on white (luminance at most 0.45)."""
+    colour = np.asarray(colour, dtype=np.float64)[:3]
+    luminance = float(colour @ np.array([0.299, 0.587, 0.114]))
+    return colour * min(1.0, 0.45 / max(luminance, 1e-6))
 
 
 def data_normalization(dataset, model=None) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:

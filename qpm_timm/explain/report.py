@@ -38,7 +38,7 @@ from .figures import (
     local_figure, save_figure,
 )
 from .gallery import FeatureGallery, PATCH_FRACTION
-from .heatmap import active_values, data_normalization, denormalize, feature_colours, heatmaps
+from .heatmap import active_values, data_normalization, denormalize, feature_colours, heatmaps, text_colour
 from .local import class_evidence, require_qpm
 from .naming import FeatureNames, dataset_annotations, name_features
 from .scan import DatasetScan, class_examples, scan_dataset
@@ -133,8 +133,10 @@ class _Pictures:
         self.active = active_values(scan.pooled)
         self._images: Dict[int, np.ndarray] = {}
 
-    def colour_hex(self, j: int) -> str:
-        return '#%02x%02x%02x' % tuple(int(round(255 * v)) for v in self.colours[j])
+    def colour_hex(self, j: int, text: bool = False) -> str:
+        """Feature ``j``'s colour as ``#rrggbb`` (darkened for text with ``text``)."""
+        colour = text_colour(self.colours[j]) if text else self.colours[j]
+        return '#%02x%02x%02x' % tuple(int(round(255 * v)) for v in colour)
 
     def gallery_image(self, index: int) -> np.ndarray:
         if index not in self._images:
@@ -391,7 +393,7 @@ details{margin:.3em 0}summary{cursor:pointer}nav a{margin-right:1em}
 
 
 def _feature_tag(pictures: _Pictures, j: int) -> str:
-    return (f'<a class="feat" href="#f{j}" style="color:{pictures.colour_hex(j)}"><span class="swatch" '
+    return (f'<a class="feat" href="#f{j}" style="color:{pictures.colour_hex(j, text=True)}"><span class="swatch" '
             f'style="background:{pictures.colour_hex(j)}"></span>{html.escape(pictures.names.labels[j])}</a>')
 
 
