@@ -174,7 +174,7 @@ class _Pictures:
         entries = self.gallery_entries(j, show)
         images = [self.gallery_image(e['dataset_index']) for e in entries]
         users = self.feature_info(j)['classes']
-        subtitle = (f'used by {len(users)} classes: ' + ', '.join(self.class_names[c] for c in users[:6])
+        subtitle = (f'used by {len(users)} class{"es" if len(users) != 1 else ""}: ' + ', '.join(self.class_names[c] for c in users[:6])
                     + (', ...' if len(users) > 6 else ''))
         fig = feature_gallery_figure(self.names.labels[j], self.colours[j], images,
                                      [e['box_top_left_bottom_right'] for e in entries],
@@ -418,18 +418,17 @@ def _index_html(summary: Dict, pages: Dict, pictures: _Pictures) -> str:
            f'<a href="{pages["global"][0]}"><img src="{pages["global"][0]}" alt="class x feature assignment"></a>',
            '<h2 id="features">Features</h2><p class="small">Each feature\'s name is the annotation its activation '
            'correlates with best (Pearson r over the validation images). Gallery: its most activating images, the '
-           'frame marks the patch around the maximum of its feature map; below, the patches.</p><table>'
-           '<tr><th>feature</th><th>most correlated annotations</th><th>used by</th><th>gallery</th></tr>']
+           'frame marks the patch around the maximum of its feature map; below, the patches.</p>']
     for info in summary['features']:
         j = info['feature']
         png, data = pages['feature'][j]
         tops = ', '.join(f'{esc(t["name"])} ({t["r"]:.2f})' for t in info['top_annotations']) or '&ndash;'
         users = ', '.join(f'<a href="#c{c}">{esc(names[c])}</a>' for c in info['classes'])
-        out.append(f'<tr id="f{j}"><td>{_feature_tag(pictures, j)}<br><span class="small">channel {info["channel"]}'
-                   f'</span></td><td>{tops}</td><td>{users}</td><td><a href="{png}"><img loading="lazy" src="{png}" '
-                   f'alt="gallery of f{j}" style="max-width:520px"></a><br><a class="small" href="{data}">{data}</a>'
-                   f'</td></tr>')
-    out.append('</table><h2 id="classes">Classes</h2><p class="small">Open a class for its card: its features with '
+        out.append(f'<div id="f{j}"><h3>{_feature_tag(pictures, j)}</h3><p class="small">backbone channel '
+                   f'{info["channel"]}; most correlated annotations: {tops}<br>used by: {users}</p><a href="{png}">'
+                   f'<img loading="lazy" src="{png}" alt="gallery of f{j}"></a><br><a class="small" href="{data}">'
+                   f'{data}</a></div>')
+    out.append('<h2 id="classes">Classes</h2><p class="small">Open a class for its card: its features with '
                'their best gallery patches.</p>')
     for c, name in enumerate(names):
         png, data = pages['cls'][c]
