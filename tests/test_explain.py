@@ -88,7 +88,9 @@ def _inside(box, j):
     """Fraction of the patch ``box`` (top, left, bottom, right) that lies in quadrant j."""
     rows, cols = QUADRANTS[j]
     top, left, bottom, right = box
-    overlap = max(0, min(bottom, rows.stop) - max(top, rows.start)) * max(0, min(right, cols.stop) - max(left, cols.start))
+    height = max(0, min(bottom, rows.stop) - max(top, rows.start))
+    width = max(0, min(right, cols.stop) - max(left, cols.start))
+    overlap = height * width
     return overlap / ((bottom - top) * (right - left))
 
 
@@ -106,7 +108,8 @@ def test_table_lists_every_class_its_features_and_how_many_classes_share_each():
 def test_model_table_names_features_by_their_backbone_channel_or_by_given_names():
     table = model_feature_table(_qpm(), ['a', 'b', 'c'])
     assert '| a | f0 (ch 7), f1 (ch 3) |' in table and '| c | f2 (ch 500), f3 (ch 42) |' in table
-    named = model_feature_table(_qpm(), ['a', 'b', 'c'], names=['f0 ≈ wing', 'f1 ≈ beak', 'f2 ≈ tail', 'f3 ≈ eye'])
+    names = ['f0 ≈ wing', 'f1 ≈ beak', 'f2 ≈ tail', 'f3 ≈ eye']
+    named = model_feature_table(_qpm(), ['a', 'b', 'c'], names=names)
     assert '| b | f1 ≈ beak, f2 ≈ tail |' in named
 
 

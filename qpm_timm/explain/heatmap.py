@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from torchvision import transforms as T
 
-__all__ = ['feature_colours', 'text_colour', 'denormalize', 'data_normalization', 'active_values', 'heatmaps', 'overlay',
-           'HEAT_ALPHA']
+__all__ = ['feature_colours', 'text_colour', 'denormalize', 'data_normalization', 'active_values', 'heatmaps',
+           'overlay', 'HEAT_ALPHA']
 
 HEAT_ALPHA = 0.8  # opacity of a heat value of 1 over the grey image
 

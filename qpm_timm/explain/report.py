@@ -174,8 +174,9 @@ class _Pictures:
         entries = self.gallery_entries(j, show)
         images = [self.gallery_image(e['dataset_index']) for e in entries]
         users = self.feature_info(j)['classes']
-        subtitle = (f'used by {len(users)} class{"es" if len(users) != 1 else ""}: ' + ', '.join(self.class_names[c] for c in users[:6])
-                    + (', ...' if len(users) > 6 else ''))
+        listed = ', '.join(self.class_names[c] for c in users[:6]) + (', ...' if len(users) > 6 else '')
+        subtitle = f'used by {len(users)} class{"es" if len(users) != 1 else ""}: {listed}'
+
         fig = feature_gallery_figure(self.names.labels[j], self.colours[j], images,
                                      [e['box_top_left_bottom_right'] for e in entries],
                                      [image_caption(e['class_name'], e['activation']) for e in entries], subtitle)
