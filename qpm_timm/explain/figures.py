@@ -207,8 +207,9 @@ def contrastive_figure(class_names: Tuple[str, str], images: Sequence[np.ndarray
     n = len(columns)
     fig = Figure(figsize=(CELL * (n + 1) + 3.4, 2 * CELL + 2.0), layout='constrained')
     axes = np.asarray(fig.subplots(2, n + 2, squeeze=False, width_ratios=[1] * (n + 1) + [1.9]))
-    fig.suptitle(f'A = {class_names[0]}   vs   B = {class_names[1]}\nthey share {kinds.count("shared")} '
-                 f'features and differ in one each (thick frames)', fontsize=11)
+    shared = kinds.count('shared')
+    fig.suptitle(f'A = {class_names[0]}   vs   B = {class_names[1]}\nthey share {shared} of their '
+                 f'{shared + kinds.count("only A")} features; the differing ones are framed thick', fontsize=11)
     for row in range(2):
         ax = axes[row, 0]
         ax.imshow(images[row])

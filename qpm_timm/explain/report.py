@@ -109,24 +109,21 @@ def _resolve_pairs(pairs, assignment, class_names, all_pairs: bool, max_pairs: i
     return candidates if all_pairs else spread_pairs(candidates, max_pairs)
 
 
-def _forward(model, images: torch.Tensor, device, batch_size: int):
-    """``(logits, maps, pooled)`` of a QPM on a stack of normalised images, in float on the CPU."""
-    outs = []
+def _forward(model, images: torch.Tensor, device):
+    """``forward_with_features`` of a QPM on a few normalised images, in float on the CPU."""
     with torch.no_grad():
-        for chunk in images.split(batch_size):
-            out = model.forward_with_features(chunk.to(device))
-            outs.append(tuple(t.float().cpu() for t in out))
-    return type(out)(*(torch.cat(parts) for parts in zip(*outs)))
+        out = model.forward_with_features(images.to(device))
+    return type(out)(*(t.float().cpu() for t in out))
 
 
 class _Pictures:
     """Renders the report's pictures from the scan, gallery and names of one model."""
 
     def __init__(self, model, class_names, names: FeatureNames, gallery: FeatureGallery, gallery_set, val_set,
-                 scan: DatasetScan, normalization, device, batch_size: int):
+                 scan: DatasetScan, normalization, device):
         self.model, self.class_names, self.names = model, list(class_names), names
         self.gallery, self.gallery_set, self.val_set, self.scan = gallery, gallery_set, val_set, scan
-        self.normalization, self.device, self.batch_size = normalization, device, batch_size
+        self.normalization, self.device = normalization, device
         self.assignment = model.class_weights.detach().cpu() > 0
         self.features = class_features(self.assignment)
         self.colours = feature_colours(len(names.labels))
@@ -176,7 +173,6 @@ class _Pictures:
         users = self.feature_info(j)['classes']
         listed = ', '.join(self.class_names[c] for c in users[:6]) + (', ...' if len(users) > 6 else '')
         subtitle = f'used by {len(users)} class{"es" if len(users) != 1 else ""}: {listed}'
-
         fig = feature_gallery_figure(self.names.labels[j], self.colours[j], images,
                                      [e['box_top_left_bottom_right'] for e in entries],
                                      [image_caption(e['class_name'], e['activation']) for e in entries], subtitle)
@@ -199,7 +195,7 @@ class _Pictures:
         return save_figure(fig, numbers, root, f'classes/c{c}')
 
     def _evidence(self, tensors: torch.Tensor):
-        out = _forward(self.model, tensors, self.device, self.batch_size)
+        out = _forward(self.model, tensors, self.device)
         size = tuple(tensors.shape[-2:])
         return out, size, denormalize(tensors, *self.normalization)
 
@@ -326,15 +322,16 @@ def _evaluating(model, device):
 def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names, pair_list, local_images,
                    options: Dict) -> Report:
     """:func:`write_report` after its input checks."""
-    device, batch_size, progress = options['device'], options['batch_size'], options['progress']
+    device, progress = options['device'], options['progress']
     selection = model.head.selection.cpu().tolist()
     normalization = data_normalization(val_set, model)
-    scan = scan_dataset(model, val_set, batch_size, options['num_workers'], device, options['amp'], progress)
+    scan = scan_dataset(model, val_set, options['batch_size'], options['num_workers'], device, options['amp'],
+                        progress)
     annotations = dataset_annotations(val_set)
     names = name_features(selection, scan.pooled, *annotations) if annotations else name_features(selection)
     gallery_set, gallery_source = (train_set, 'training set') if gallery is not None else (val_set, 'validation set')
     pictures = _Pictures(model, class_names, names, gallery if gallery is not None else scan.gallery, gallery_set,
-                         val_set, scan, normalization, device, batch_size)
+                         val_set, scan, normalization, device)
     examples = class_examples(scan, model.num_classes)
     drawable = [(a, b) for a, b in pair_list if examples[a] is not None and examples[b] is not None]
     skipped = [dict(classes=[a, b], reason='a class has no validation image') for a, b in pair_list
