@@ -154,7 +154,7 @@ class GalleryCollector:
         """Merge one batch's images into the running top-k lists."""
         if batch.indices is None:
             raise ValueError('the gallery needs the dataset index of every image: use an unshuffled loader.')
-        maps = batch.feature_maps.detach().float()
+        maps = batch.feature_maps.detach()
         n, f, h, w = maps.shape
         if self.channels is not None and self.channels.numel() != f:
             raise ValueError(f'{self.channels.numel()} channels given for feature maps with {f} channels')
@@ -165,12 +165,12 @@ class GalleryCollector:
             raise ValueError(f'map/image size {sizes} differs from the first batch\'s '
                              f'{(self._map_size, self._image_size)}: use a fixed-size eval transform.')
         device = maps.device
-        peak, where = maps.flatten(2).max(dim=2)  # (n, f)
+        peak, where = maps.flatten(2).max(dim=2)  # (n, f), in the maps' dtype: no float copy of the maps
         batch_state = (
             batch.pooled.detach().float().T,
             batch.indices.to(device)[None].expand(f, n),
             torch.as_tensor(batch.targets).to(device, torch.long)[None].expand(f, n),
-            peak.T,
+            peak.float().T,
             torch.stack([where // w, where % w], dim=2).transpose(0, 1),
         )
         self._count += n
