@@ -175,10 +175,10 @@ def test_every_feature_has_its_own_colour():
 
 
 # --- gallery -------------------------------------------------------------------------------------------------------
-def _gallery(model, loader, k=5):
+def _gallery(model, loader, k=5, all_ranks=False):
     collector = GalleryCollector(k, channels=model.head.selection)
     forward_pass(model, loader, [collector])
-    return collector.gather()
+    return collector.gather(all_ranks)
 
 
 def test_streaming_gallery_keeps_each_features_top_images_with_patches_inside_its_region(tmp_path):
@@ -228,6 +228,16 @@ def test_gallery_of_a_dense_models_channels_selects_the_qpm_rows_and_refuses_unk
         FeatureGallery.load(tmp_path / 'missing.npz')
 
 
+def test_ties_go_to_the_lower_dataset_index_whatever_the_batching():
+    dense = qpm_timm.create_qpm('test_resnet', num_classes=3, n_features=4, n_per_class=2, head='dense').eval()
+    images = torch.zeros(9, 3, 32, 32)  # every image gives every channel the same activation
+    for batch_size in (2, 9):
+        collector = GalleryCollector(4)
+        forward_pass(dense, DataLoader(TensorDataset(images, torch.zeros(9, dtype=torch.long)),
+                                       batch_size=batch_size), [collector])
+        assert (collector.gather().index == np.arange(4)).all()
+
+
 def test_fewer_images_than_k_leave_empty_gallery_entries():
     model = _region_qpm()
     images, _ = _blob_images(3)
@@ -257,7 +267,9 @@ def _ddp_gallery_worker(rank, world_size, init_file, out_dir):
     try:
         images, _ = _blob_images(21, seed=3)
         shard = Subset(TensorDataset(images, torch.arange(21) % 4), range(rank, 21, world_size))
-        _gallery(_region_qpm(), DataLoader(shard, batch_size=4)).save(os.path.join(out_dir, f'rank{rank}.npz'))
+        model, loader = _region_qpm(), DataLoader(shard, batch_size=4)
+        _gallery(model, loader).save(os.path.join(out_dir, f'local{rank}.npz'))  # no collective: this shard's
+        _gallery(model, loader, all_ranks=True).save(os.path.join(out_dir, f'rank{rank}.npz'))
     finally:
         dist.destroy_process_group()
 
@@ -271,6 +283,8 @@ def test_two_process_gloo_gallery_of_shards_equals_the_single_process_gallery(tm
         np.testing.assert_array_equal(merged.index, single.index)
         np.testing.assert_array_equal(merged.location, single.location)
         assert merged.num_images == 21
+        local = FeatureGallery.load(tmp_path / f'local{rank}.npz')
+        assert local.num_images == len(range(rank, 21, 2)) and set(local.index[local.index >= 0] % 2) == {rank}
 
 
 def test_patch_box_is_centred_on_the_cell_and_shifted_inside_the_image():

@@ -9,7 +9,7 @@ selected channels (:meth:`FeatureGallery.select`) and re-reads the images throug
 
 Under ``torch.distributed`` with the sharded statistics loader (``create_qpm_loader(..., shard=True)``, rank
 ``r`` reads images ``r::world``), every rank records indices into the whole dataset and
-:meth:`GalleryCollector.gather` (a collective: call it on every rank) merges the ranks' top-k lists.
+``GalleryCollector.gather(all_ranks=True)`` (a collective: call it on every rank) merges the ranks' top-k lists.
 """
 import os
 import zipfile
@@ -112,11 +112,14 @@ class FeatureGallery:
         return cls(**{f.name: arrays[f.name] for f in fields(cls)})
 
 
-def _top_k(k: int, score: torch.Tensor, *payload: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-    """The ``k`` largest entries of every row of ``score`` (F, M), best first, and the matching payload."""
-    top, order = score.topk(min(k, score.shape[1]), dim=1)
-    gathered = [p.gather(1, order if p.dim() == 2 else order[..., None].expand(-1, -1, p.shape[2])) for p in payload]
-    return (top, *gathered)
+def _top_k(k: int, score: torch.Tensor, index: torch.Tensor, *payload: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """The ``k`` entries of every row with the largest ``score`` (F, M), best first, ties to the lower dataset
+    ``index`` (so the result does not depend on batching or sharding), with the matching payload."""
+    by_index = index.argsort(dim=1, stable=True)
+    by_score = score.gather(1, by_index).argsort(dim=1, descending=True, stable=True)
+    order = by_index.gather(1, by_score)[:, :k]
+    return tuple(t.gather(1, order if t.dim() == 2 else order[..., None].expand(-1, -1, t.shape[2]))
+                 for t in (score, index, *payload))
 
 
 def _pad(k: int, score, index, label, peak, location) -> Tuple[torch.Tensor, ...]:
@@ -178,12 +181,13 @@ class GalleryCollector:
             batch_state = tuple(torch.cat([old, new], dim=1) for old, new in zip(self._state, batch_state))
         self._state = _top_k(self.k, *batch_state)
 
-    def gather(self) -> FeatureGallery:
-        """The gallery of every image seen, of all ranks under ``torch.distributed`` (a collective there)."""
+    def gather(self, all_ranks: bool = False) -> FeatureGallery:
+        """The gallery of the images seen; with ``all_ranks`` under ``torch.distributed``, of the images of every
+        rank (a collective: every rank must call it, e.g. after the sharded statistics pass)."""
         if self._state is None:
             raise ValueError('the gallery saw no images.')
         state, count = _pad(self.k, *self._state), self._count
-        if dist.is_available() and dist.is_initialized():
+        if all_ranks and dist.is_available() and dist.is_initialized():
             world = dist.get_world_size()
             merged = []
             for t in state:
