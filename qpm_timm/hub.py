@@ -84,9 +84,9 @@ def model_card(
     if trained and model.is_qpm and model.num_classes:
         names = list(label_names) if label_names is not None else [f'class {c}' for c in range(model.num_classes)]
         lines += ['## Classes and their features', '',
-                  'Feature `f<j> (ch <c>)` is backbone channel `c`, the j-th kept feature.' if feature_names is None
-                  else 'Feature `f<j> ≈ <annotation> (r = ...)`: the annotation its activation correlates with best.',
-                  '']
+                  'Feature `f<j> (ch <c>)` is backbone channel `c`, the j-th kept feature.' + (
+                      '' if feature_names is None else ' `f<j> ≈ <annotation> (r = ...)`: the annotation the '
+                                                       'feature\'s activation correlates with best.'), '']
         if report:
             lines += [f'![class x feature assignment]({report}/global.png)', '',
                       f'Every feature\'s gallery, every class card and contrastive pairs: [{report}/index.html]'
