@@ -56,7 +56,7 @@ def run(tmp_path_factory):
     stats = collect_statistics(model, create_qpm_loader(train_eval, 16), CLASSES, observers=[collector])
     channels = np.flatnonzero(stats.std > 0)
     solution = solve_qpm(QPMProblem(stats.A[channels], B=stats.B[channels], n_features=FEATURES,
-                                    n_per_class=PER_CLASS), time_limit=20, seed=0)
+                                    n_per_class=PER_CLASS), time_limit=5, seed=0)
     model.set_qpm_head(torch.as_tensor(channels[solution.selected]), torch.as_tensor(solution.assignment),
                        torch.as_tensor(stats.mean), torch.as_tensor(stats.std))
     model.eval()
