@@ -100,15 +100,17 @@ def global_figure(assignment: torch.Tensor, feature_labels: Sequence[str], class
     num_classes, n = w.shape
     classes, features = assignment_order(assignment)
     show_classes = num_classes <= 250
+    label_size = max(4, min(8, 600 // num_classes))
+    labels_width = 0.075 * label_size / 8 * max(len(name) for name in class_names) if show_classes else 0.4
     matrix_height = min(0.17 * num_classes, 60) + 0.5
-    fig = Figure(figsize=(max(6.0, 2.8 + 0.36 * n), matrix_height + 3.4), layout='constrained')
+    fig = Figure(figsize=(max(6.0, 1.0 + labels_width + 0.36 * n), matrix_height + 3.4), layout='constrained')
+    fig.suptitle(_wrap(f'{num_classes} classes x {n} features, {int(w[0].sum())} per class; rows: classes, grouped '
+                       f'by shared features; columns: features, ordered by use', int(9 * fig.get_figwidth())),
+                 fontsize=10)
     top, ax = fig.subplots(2, 1, height_ratios=[1.2, matrix_height], sharex=True)
     usage = w[:, features].sum(0)
     top.bar(range(n), usage, color=colours[features], edgecolor='black', linewidth=0.4)
     top.set_ylabel('classes')
-    top.set_title(_wrap(f'{num_classes} classes x {n} features, {int(w[0].sum())} per class; rows: classes, '
-                        f'grouped by shared features; columns: features, ordered by use', int(10 * fig.get_figwidth())),
-                  fontsize=10)
     top.spines[['top', 'right']].set_visible(False)
     cells = np.full((num_classes, n, 3), 0.94)
     for col, f in enumerate(features):
@@ -124,7 +126,7 @@ def global_figure(assignment: torch.Tensor, feature_labels: Sequence[str], class
         tick.set_color(text_colour(colours[f]))
     if show_classes:
         ax.set_yticks(range(num_classes))
-        ax.set_yticklabels([class_names[c] for c in classes], fontsize=max(4, min(8, 600 // num_classes)))
+        ax.set_yticklabels([class_names[c] for c in classes], fontsize=label_size)
     else:
         ax.set_yticks([])
         ax.set_ylabel(f'{num_classes} classes (names in global.json)')
@@ -139,9 +141,12 @@ def feature_gallery_figure(label: str, colour: np.ndarray, images: Sequence[np.n
                            subtitle: str) -> Figure:
     """A feature's top images (its patch framed in its colour) and, below, the patches themselves."""
     k = max(4, len(images))
-    fig, axes = _grid(2, k, CELL, top=1.05, col_gap=0.12, row_gap=0.08)
-    fig.suptitle(f'{label}\n{_wrap(subtitle, int(13 * fig.get_figwidth()))}', color=text_colour(colour), fontsize=11,
-                 y=1 - 0.06 / fig.get_figheight(), va='top')
+    title = f'{label}\n{_wrap(subtitle, int(11 * (k * (CELL + 0.12))))}'
+    captions = [_wrap(caption, 26) for caption in captions]
+    caption_lines = max([c.count('\n') + 1 for c in captions] or [0])
+    fig, axes = _grid(2, k, CELL, top=0.3 + 0.2 * (title.count('\n') + 1) + 0.12 * caption_lines, col_gap=0.12,
+                      row_gap=0.08)
+    fig.suptitle(title, color=text_colour(colour), fontsize=11, y=1 - 0.06 / fig.get_figheight(), va='top')
     for i in range(k):
         full, patch = axes[0, i], axes[1, i]
         if i >= len(images):
@@ -152,7 +157,7 @@ def feature_gallery_figure(label: str, colour: np.ndarray, images: Sequence[np.n
         full.imshow(image)
         full.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor=colour,
                                  linewidth=2))
-        full.set_title(_wrap(captions[i], 26), fontsize=7)
+        full.set_title(captions[i], fontsize=7)
         _bare(full)
         patch.imshow(image[top:bottom, left:right], interpolation='bilinear')
         _bare(patch, colour, 3)
