@@ -7,6 +7,7 @@ docs/EXPLANATIONS.md.
 """
 import json
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -64,18 +65,40 @@ def _bare(ax, colour=None, width: float = 0.0) -> None:
             spine.set_linewidth(width)
 
 
-def _grid(rows: int, cols: int, cell: float, top: float, col_gap: float, row_gap: float, side: float = 0.12,
-          bottom: float = 0.12):
-    """A figure of ``rows x cols`` square image panels of ``cell`` inches on a fixed grid (all sizes in inches:
-    ``top`` holds the titles above the first row); fixed margins instead of a layout engine, which costs as much
-    as drawing for these many small pictures."""
-    width = 2 * side + cols * cell + (cols - 1) * col_gap
-    height = top + rows * cell + (rows - 1) * row_gap + bottom
-    fig = Figure(figsize=(width, height))
-    axes = fig.subplots(rows, cols, squeeze=False, gridspec_kw=dict(
-        left=side / width, right=1 - side / width, top=1 - top / height, bottom=bottom / height,
-        wspace=col_gap / cell, hspace=row_gap / cell))
-    return fig, np.asarray(axes)
+@dataclass(frozen=True)
+class _Tiles:
+    """Square image tiles of ``cell`` inches drawn in a single Axes whose data units are inches (y down): one Axes
+    instead of one per image, whose creation costs more than the drawing for these many small pictures."""
+    cell: float
+    col_gap: float
+    row_gap: float
+
+    def corner(self, row: int, col: int) -> Tuple[float, float]:
+        """Top-left ``(x, y)`` of tile ``(row, col)``."""
+        return col * (self.cell + self.col_gap), row * (self.cell + self.row_gap)
+
+    def figure(self, rows: int, cols: int, top: float, side: float = 0.12, bottom: float = 0.12):
+        """A figure for ``rows x cols`` tiles below a ``top`` inch header, and its Axes."""
+        inner_w = cols * self.cell + (cols - 1) * self.col_gap
+        inner_h = rows * self.cell + (rows - 1) * self.row_gap
+        width, height = inner_w + 2 * side, inner_h + top + bottom
+        fig = Figure(figsize=(width, height))
+        ax = fig.add_axes((side / width, bottom / height, inner_w / width, inner_h / height))
+        ax.set_xlim(0, inner_w)
+        ax.set_ylim(inner_h, 0)
+        ax.set_axis_off()
+        return fig, ax
+
+    def draw(self, ax, row: int, col: int, image: np.ndarray, colour=None, frame: float = 0, title: str = '',
+             smooth: bool = False) -> Tuple[float, float]:
+        """``image`` in tile ``(row, col)``, framed ``frame`` points wide in ``colour``, ``title`` above it."""
+        x, y = self.corner(row, col)
+        ax.imshow(image, extent=(x, x + self.cell, y + self.cell, y), interpolation='bilinear' if smooth else 'nearest')
+        if frame:
+            ax.add_patch(Rectangle((x, y), self.cell, self.cell, fill=False, edgecolor=colour, linewidth=frame))
+        if title:
+            ax.text(x + self.cell / 2, y - 0.05, title, ha='center', va='bottom', fontsize=7)
+        return x, y
 
 
 def assignment_order(assignment: torch.Tensor) -> Tuple[List[int], List[int]]:
@@ -140,47 +163,33 @@ def feature_gallery_figure(label: str, colour: np.ndarray, images: Sequence[np.n
                            boxes: Sequence[Tuple[int, int, int, int]], captions: Sequence[str],
                            subtitle: str) -> Figure:
     """A feature's top images (its patch framed in its colour) and, below, the patches themselves."""
-    k = max(4, len(images))
-    title = f'{label}\n{_wrap(subtitle, int(11 * (k * (CELL + 0.12))))}'
+    k, tiles = max(4, len(images)), _Tiles(CELL, 0.12, 0.08)
+    title = f'{label}\n{_wrap(subtitle, int(11 * k * CELL))}'
     captions = [_wrap(caption, 26) for caption in captions]
     caption_lines = max([c.count('\n') + 1 for c in captions] or [0])
-    fig, axes = _grid(2, k, CELL, top=0.3 + 0.2 * (title.count('\n') + 1) + 0.12 * caption_lines, col_gap=0.12,
-                      row_gap=0.08)
+    fig, ax = tiles.figure(2, k, top=0.3 + 0.2 * (title.count('\n') + 1) + 0.12 * caption_lines)
     fig.suptitle(title, color=text_colour(colour), fontsize=11, y=1 - 0.06 / fig.get_figheight(), va='top')
-    for i in range(k):
-        full, patch = axes[0, i], axes[1, i]
-        if i >= len(images):
-            full.set_axis_off()
-            patch.set_axis_off()
-            continue
-        (top, left, bottom, right), image = boxes[i], images[i]
-        full.imshow(image)
-        full.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor=colour,
-                                 linewidth=2))
-        full.set_title(captions[i], fontsize=7)
-        _bare(full)
-        patch.imshow(image[top:bottom, left:right], interpolation='bilinear')
-        _bare(patch, colour, 3)
+    for i, (image, (top, left, bottom, right)) in enumerate(zip(images, boxes)):
+        x, y = tiles.draw(ax, 0, i, image, title=captions[i])
+        height, width = image.shape[:2]
+        ax.add_patch(Rectangle((x + left / width * CELL, y + top / height * CELL), (right - left) / width * CELL,
+                               (bottom - top) / height * CELL, fill=False, edgecolor=colour, linewidth=2))
+        tiles.draw(ax, 1, i, image[top:bottom, left:right], colour, 3, smooth=True)
     return fig
 
 
 def class_card_figure(class_name: str, feature_labels: Sequence[str], colours: Sequence[np.ndarray],
                       patches: Sequence[Sequence[np.ndarray]]) -> Figure:
     """A class's features (columns, titled by name, in their colour) with their best gallery patches."""
-    n = len(feature_labels)
-    rows = max(1, max(len(p) for p in patches))
-    fig, axes = _grid(rows, n, 1.45, top=1.0, col_gap=0.3, row_gap=0.06, side=0.25)
+    tiles = _Tiles(1.45, 0.3, 0.06)
+    fig, ax = tiles.figure(max(1, max(len(p) for p in patches)), len(feature_labels), top=1.0, side=0.25)
     fig.suptitle(_wrap(class_name, int(9 * fig.get_figwidth())), fontsize=12, fontweight='bold',
                  y=1 - 0.06 / fig.get_figheight(), va='top')
-    for col in range(n):
-        axes[0, col].set_title(_title(feature_labels[col], 20), color=text_colour(colours[col]), fontsize=8)
-        for row in range(rows):
-            ax = axes[row, col]
-            if row < len(patches[col]):
-                ax.imshow(patches[col][row], interpolation='bilinear')
-                _bare(ax, colours[col], 3)
-            else:
-                ax.set_axis_off()
+    for col, (label, colour, column) in enumerate(zip(feature_labels, colours, patches)):
+        ax.text(tiles.corner(0, col)[0] + tiles.cell / 2, -0.08, _title(label, 20), ha='center', va='bottom',
+                fontsize=8, color=text_colour(colour))
+        for row, patch in enumerate(column):
+            tiles.draw(ax, row, col, patch, colour, 3, smooth=True)
     return fig
 
 
