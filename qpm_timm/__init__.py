@@ -3,7 +3,7 @@
 ``import qpm_timm`` registers the ``qpm_*`` architectures in timm's model registry.
 The pipeline reads top to bottom: :mod:`qpm_timm.data` → :mod:`qpm_timm.models` (dense model)
 → :mod:`qpm_timm.stats` → :mod:`qpm_timm.solver` (both in one call: :func:`qpm_timm.fit_qpm`) → fine-tune
-(``train.py``) → :mod:`qpm_timm.hub`.
+(``train.py``) → :mod:`qpm_timm.hub` → :mod:`qpm_timm.explain` (pictures and the HTML report).
 """
 import importlib
 

@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from timm.models._hub import save_config_for_hf
 
+from .atomic import atomic_folder
 from .explain import model_feature_table
 from .models.authors import variant_dataset
 from .models.qpm import LOAD_TIME_ARGS, VARIANT_ARGS, QPMModel, unreadable_checkpoint_message
@@ -128,6 +129,8 @@ def model_card(
         local_dir: Optional[str] = None,
         results: Sequence[RunResults] = (),
         trained: bool = True,
+        feature_names: Optional[Sequence[str]] = None,
+        report: Optional[str] = None,
 ) -> str:
     """Model card (README.md) of ``model`` rendered from its ``config`` (config.json): usage with the repository id
     (or ``local-dir:`` when none is known), the config's fields, the run's results (also as Hub ``model-index``)
@@ -168,33 +171,19 @@ def model_card(
     lines += ['## Classes and their features', '']
     if trained and model.is_qpm and model.num_classes:
         names = config.get('label_names') or [f'class {c}' for c in range(model.num_classes)]
-        lines += ['Feature `f<j> (ch <c>)` is backbone channel `c`, the j-th kept feature.', '',
-                  model_feature_table(model, names), '']
+        lines += ['Feature `f<j> (ch <c>)` is backbone channel `c`, the j-th kept feature.' + (
+            '' if feature_names is None else ' `f<j> ≈ <annotation> (r = ...)`: the annotation the feature\'s '
+                                             'activation correlates with best.'), '']
+        if report:
+            lines += [f'![class x feature assignment]({report}/global.png)', '',
+                      f'Every feature\'s gallery, every class card and contrastive pairs: [{report}/index.html]'
+                      f'({report}/index.html).', '']
+        lines += [model_feature_table(model, names, names=feature_names), '']
     else:
         lines += ['This card describes the architecture only; no weights come with it. The class -> feature table is '
                   'written by '
                   '`qpm_timm.hub.save_pretrained` when trained weights are exported.', '']
     return '\n'.join(lines)
-
-
-def _write_folder(folder: Path, write) -> None:
-    """Write into a fresh sibling folder, then swap it in: an interrupted export leaves the old one intact."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.', dir=folder.parent))
-    try:
-        if folder.is_dir():
-            for f in folder.iterdir():  # keep files we do not write (e.g. a .gitattributes of a Hub clone)
-                if f.is_file():
-                    shutil.copy2(f, tmp / f.name)
-        write(tmp)
-        old = folder.with_name(f'.{folder.name}.old')
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
@@ -208,9 +197,13 @@ def save_pretrained(
         data_config: Optional[Dict] = None,
         repo_id: Optional[str] = None,
         results: Sequence[RunResults] = (),
+        feature_names: Optional[Sequence[str]] = None,
+        report_dir: Optional[str] = None,
 ) -> Path:
     """Export ``model`` as a Hub repository folder: ``model.safetensors``, ``config.json``, ``README.md`` (rendered
-    from that config.json, with ``repo_id`` in its usage line when given, else ``local-dir:<folder>``)."""
+    from that config.json, with ``repo_id`` in its usage line when given, else ``local-dir:<folder>``); with
+    ``report_dir`` (:func:`qpm_timm.explain.write_report`) a copy of the report in ``report/``, which the model
+    card embeds, its features named by ``feature_names``."""
     if not isinstance(model, QPMModel):
         raise TypeError(f'save_pretrained exports QPMModel instances, got {type(model).__name__}.')
     if label_names is not None and len(label_names) != model.num_classes:
@@ -224,10 +217,13 @@ def save_pretrained(
         save_config_for_hf(model, tmp / CONFIG_NAME, model_config=config, model_args=_model_args(model),
                            data_config=data_config)
         _drop_load_time_args(tmp / CONFIG_NAME)
-        card = model_card(model, _read_json(tmp / CONFIG_NAME), repo_id, str(folder), results)
-        (tmp / CARD_NAME).write_text(card)
+        if report_dir is not None:
+            shutil.copytree(report_dir, tmp / 'report')
+        card = model_card(model, _read_json(tmp / CONFIG_NAME), repo_id, str(folder), results,
+                          feature_names=feature_names, report='report' if report_dir is not None else None)
+        (tmp / CARD_NAME).write_text(card, encoding='utf-8')
 
-    _write_folder(Path(folder), write)
+    atomic_folder(folder, write, keep_files=True)
     return Path(folder)
 
 
@@ -244,7 +240,7 @@ def write_hub_configs(out_dir: str) -> None:
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + '\n')
             (tmp / CARD_NAME).write_text(model_card(model, config, repo_id=repo_id, trained=False))
 
-        _write_folder(Path(out_dir) / variant, write)
+        atomic_folder(Path(out_dir) / variant, write, keep_files=True)
 
 
 # --- push ---------------------------------------------------------------------------------------------------------

@@ -25,8 +25,9 @@ import torch
 from sklearn.mixture import GaussianMixture
 
 __all__ = [
-    "sid_at_k", "class_independence", "contrastiveness", "gaussian_mixture_overlaps",
-    "feature_correlation", "structural_grounding", "ConceptRecovery", "concept_recovery",
+    "sid_at_k", "class_independence", "contrastiveness", "gaussian_mixture_components", "gaussian_mixture_overlaps",
+    "feature_correlation", "structural_grounding", "ConceptRecovery", "concept_recovery", "annotation_correlation",
+    "match_features",
 ]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
@@ -158,26 +159,37 @@ def class_independence(pooled: ArrayLike, labels: ArrayLike, num_classes: int) -
     return float(1.0 - share.max(axis=0).mean())
 
 
+def gaussian_mixture_components(pooled: ArrayLike, random_state: int = 0):
+    """Per feature, the means and standard deviations ``(F', 2)`` of a 2-component 1-D Gaussian mixture
+    (:class:`sklearn.mixture.GaussianMixture`, sklearn's defaults, fixed ``random_state``) fitted to its
+    activations, as the authors fit it for Contrastiveness; a constant feature gets both components on its
+    value with standard deviation 0 (set directly, as the fit would warn)."""
+    x = _as_float64(pooled, "pooled", 2)
+    if len(x) < 2:
+        raise ValueError(f"a 2-component mixture needs at least 2 images, got {len(x)}")
+    means = np.repeat(x[:1].T, 2, axis=1)
+    sigmas = np.zeros_like(means)
+    for i in np.flatnonzero(np.ptp(x, axis=0) > 0):
+        gmm = GaussianMixture(n_components=2, random_state=random_state).fit(x[:, i:i + 1])
+        means[i] = gmm.means_.ravel()
+        sigmas[i] = np.sqrt(gmm.covariances_.ravel())
+    return means, sigmas
+
+
 def gaussian_mixture_overlaps(pooled: ArrayLike, random_state: int = 0) -> np.ndarray:
     """Per-feature overlap of a 2-component 1-D Gaussian mixture (authors'
     ``gmm_overlap_per_feature`` in ``evaluation/Metrics/Contrastiveness.py``).
 
-    For every feature, :class:`sklearn.mixture.GaussianMixture` (2 components, sklearn's
-    defaults, fixed ``random_state``) is fitted to its activations; the overlap is the
-    overlapping coefficient of the two fitted normals, ``∫ min(N(μ1, σ1²), N(μ2, σ2²)) dx``
-    (:meth:`statistics.NormalDist.overlap`), ignoring the mixture weights, as the authors do.
-    A constant feature has overlap 1 (the authors' fit collapses both components onto it;
-    here it is set directly, as the fit would warn). Returns an (F',) float64 array in [0, 1].
+    For every feature, the mixture of :func:`gaussian_mixture_components` is fitted to its
+    activations; the overlap is the overlapping coefficient of the two fitted normals,
+    ``∫ min(N(μ1, σ1²), N(μ2, σ2²)) dx`` (:meth:`statistics.NormalDist.overlap`), ignoring the
+    mixture weights, as the authors do. A constant feature has overlap 1 (the authors' fit
+    collapses both components onto it). Returns an (F',) float64 array in [0, 1].
     """
-    x = _as_float64(pooled, "pooled", 2)
-    if len(x) < 2:
-        raise ValueError(f"a 2-component mixture needs at least 2 images, got {len(x)}")
-    overlaps = np.ones(x.shape[1])  # a constant feature: both components on one point
-    for i in np.flatnonzero(np.ptp(x, axis=0) > 0):
-        gmm = GaussianMixture(n_components=2, random_state=random_state).fit(x[:, i:i + 1])
-        mu = gmm.means_.ravel()
-        sigma = np.sqrt(gmm.covariances_.ravel())
-        overlaps[i] = NormalDist(mu[0], sigma[0]).overlap(NormalDist(mu[1], sigma[1]))
+    means, sigmas = gaussian_mixture_components(pooled, random_state)
+    overlaps = np.ones(len(means))  # a constant feature: both components on one point
+    for i in np.flatnonzero(sigmas.min(axis=1) > 0):
+        overlaps[i] = NormalDist(means[i, 0], sigmas[i, 0]).overlap(NormalDist(means[i, 1], sigmas[i, 1]))
     return overlaps
 
 
@@ -303,20 +315,37 @@ class ConceptRecovery:
         return "\n".join(lines)
 
 
-def _match_features(x: np.ndarray, presence: np.ndarray):
-    """Pearson correlation of every feature with every concept's presence, and the argmax."""
+def annotation_correlation(pooled: ArrayLike, annotations: ArrayLike) -> np.ndarray:
+    """(F', K) Pearson correlation of every feature's pooled activation with every annotation over the images.
+
+    ``annotations`` (N, K) may be binary (concept presence, CUB's per-image attributes) or continuous. An
+    annotation that is constant over the images tracks nothing: its column is ``-inf``.
+    """
+    x = _as_float64(pooled, "pooled", 2)
+    a = _as_float64(np.asarray(annotations, dtype=np.float64), "annotations", 2)
+    if a.shape[0] != x.shape[0]:
+        raise ValueError(f"annotations has {a.shape[0]} rows but pooled has {x.shape[0]} images")
     xc = x - x.mean(axis=0)
-    pc = presence - presence.mean(axis=0)
+    ac = a - a.mean(axis=0)
     x_norm = np.linalg.norm(xc, axis=0)
-    p_norm = np.linalg.norm(pc, axis=0)
-    corr = (xc.T @ pc) / np.maximum(np.outer(x_norm, p_norm), 1e-12)  # (F', K)
-    corr[:, p_norm == 0] = -np.inf  # a concept that is always (or never) present tracks nothing
+    a_norm = np.linalg.norm(ac, axis=0)
+    corr = (xc.T @ ac) / np.maximum(np.outer(x_norm, a_norm), 1e-12)
+    corr[:, a_norm == 0] = -np.inf
+    return corr
+
+
+def match_features(pooled: ArrayLike, annotations: ArrayLike):
+    """Match every feature to the annotation its activation tracks best (largest signed Pearson correlation,
+    :func:`annotation_correlation`): ``(matching (F',) int, correlation (F',))``; a constant feature, or one
+    without any non-constant annotation, matches nothing (-1, correlation 0). The matching of
+    :func:`concept_recovery` and of the feature names of :mod:`qpm_timm.explain`."""
+    x = _as_float64(pooled, "pooled", 2)
+    corr = annotation_correlation(x, annotations)
     matching = corr.argmax(axis=1)
     best = corr[np.arange(len(matching)), matching]
-    unmatched = (x_norm == 0) | ~np.isfinite(best)
+    unmatched = (np.ptp(x, axis=0) == 0) | ~np.isfinite(best)
     matching[unmatched] = -1
-    best = np.where(unmatched, 0.0, best)
-    return matching, best
+    return matching, np.where(unmatched, 0.0, best)
 
 
 def concept_recovery(
@@ -361,7 +390,7 @@ def concept_recovery(
                          f"from assignment and concept_presence, got {gt.shape}")
     if not gt.any():
         raise ValueError("class_concepts is all False: there is no planted structure to recover")
-    matching, best = _match_features(x, presence.astype(np.float64))
+    matching, best = match_features(x, presence)
 
     feature_concept = np.zeros((f, gt.shape[1]), dtype=bool)
     matched = matching >= 0

@@ -36,19 +36,20 @@ transforms, for the maps), pooled features and maps come from the same un-augmen
 import math
 import os
 from dataclasses import dataclass, fields
-from typing import Tuple, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import SequentialSampler, Subset
 
 from .atomic import atomic_write
 
 __all__ = [
     "QPMStatistics", "StatisticsAccumulator", "collect_statistics", "finish_locality_bias",
     "clip_outliers_and_scale", "largest_cluster_range", "mean_shift_1d", "peak_softmax_and_border", "feature_shares",
-    "LOCALITY_BIAS_SCALE",
+    "LOCALITY_BIAS_SCALE", "ForwardBatch", "forward_pass",
 ]
 
 LOCALITY_BIAS_SCALE = 0.1 * math.sqrt(10)  # max|B| of the spec
@@ -391,20 +392,54 @@ class StatisticsAccumulator:
             locality=locality, edge=edge, class_counts=np.rint(counts).astype(np.int64), num_images=int(n))
 
 
-def collect_statistics(
+class ForwardBatch(NamedTuple):
+    """What :func:`forward_pass` hands its observers for every batch (on the model's device)."""
+    images: torch.Tensor  # (N, 3, H, W) as the model saw them (normalised)
+    targets: torch.Tensor  # (N,) labels, as the loader gave them
+    indices: Optional[torch.Tensor]  # (N,) int64 dataset indices (a Subset's parent); None: shuffled loader
+    logits: torch.Tensor  # (N, C)
+    feature_maps: torch.Tensor  # (N, F', H', W')
+    pooled: torch.Tensor  # (N, F')
+
+
+def _index_mapper(loader) -> Optional[Callable[[int], torch.Tensor]]:
+    """A function giving the dataset indices of the next ``n`` images of an unshuffled loader (None if shuffled).
+
+    A ``torch.utils.data.Subset`` (the shard ``rank::world_size`` of ``create_qpm_loader(..., shard=True)``) maps
+    back to its parent dataset, so every rank reports indices into the same dataset. A plain iterable of batches
+    gets running positions.
+    """
+    sampler = getattr(loader, "sampler", None)
+    if sampler is not None and not isinstance(sampler, SequentialSampler):
+        return None
+    dataset = getattr(loader, "dataset", None)
+    parent = torch.as_tensor(list(dataset.indices), dtype=torch.long) if isinstance(dataset, Subset) else None
+    start = 0
+
+    def take(n: int) -> torch.Tensor:
+        nonlocal start
+        positions = torch.arange(start, start + n)
+        start += n
+        return positions if parent is None else parent[positions]
+
+    return take
+
+
+def forward_pass(
         model: nn.Module,
         loader,
-        num_classes: int,
+        observers: Sequence[Callable[[ForwardBatch], None]],
         device: Union[str, torch.device] = "cpu",
         amp: bool = False,
         progress: bool = False,
-) -> QPMStatistics:
-    """One pass of ``model.forward_with_features`` (eval mode, inference mode) over ``loader``.
+        desc: str = "forward pass",
+) -> None:
+    """One pass of ``model.forward_with_features`` (eval mode, inference mode) over ``loader``, handing every
+    batch to each observer as a :class:`ForwardBatch`.
 
-    ``loader`` yields ``(images, targets, ...)``; use eval transforms (spec: un-augmented training
-    set). The model is moved to ``device`` and its train/eval mode restored afterwards. The sums
-    live on ``device`` if it supports float64, else on the CPU. Under ``torch.distributed`` every
-    rank passes its shard and receives the statistics of all ranks (every rank must see >= 1 batch).
+    ``loader`` yields ``(images, targets, ...)``; from an unshuffled loader every batch carries the dataset
+    indices of its images. The model is moved to ``device`` and its train/eval mode restored afterwards; a
+    DDP-wrapped model is unwrapped. ``progress`` shows a tqdm bar titled ``desc``.
     """
     device = torch.device(device)
     net = model if hasattr(model, "forward_with_features") else getattr(model, "module", None)
@@ -414,19 +449,52 @@ def collect_statistics(
             "build it with qpm_timm.create_qpm(..., head='dense')")
     from tqdm import tqdm
 
+    indices = _index_mapper(loader)
     was_training = model.training
     model.to(device).eval()
-    accumulator = None
     try:
         with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
-            for batch in tqdm(loader, desc="QPM statistics", disable=not progress):
-                images, targets = batch[0], batch[1]
-                _, feature_maps, pooled = net.forward_with_features(images.to(device, non_blocking=True))
-                if accumulator is None:
-                    accumulator = StatisticsAccumulator(pooled.shape[1], num_classes, _float64_device(device))
-                accumulator.update(pooled, targets, feature_maps)
+            for batch in tqdm(loader, desc=desc, disable=not progress):
+                images, targets = batch[0].to(device, non_blocking=True), batch[1]
+                logits, feature_maps, pooled = net.forward_with_features(images)
+                index = indices(images.shape[0]) if indices is not None else None
+                out = ForwardBatch(images, targets, index, logits, feature_maps, pooled)
+                for observer in observers:
+                    observer(out)
     finally:
         model.train(was_training)
+
+
+def collect_statistics(
+        model: nn.Module,
+        loader,
+        num_classes: int,
+        device: Union[str, torch.device] = "cpu",
+        amp: bool = False,
+        progress: bool = False,
+        observers: Sequence[Callable[[ForwardBatch], None]] = (),
+) -> QPMStatistics:
+    """One :func:`forward_pass` over ``loader`` accumulating the statistics (:class:`StatisticsAccumulator`).
+
+    ``loader`` yields ``(images, targets, ...)``; use eval transforms (spec: un-augmented training
+    set). The model is moved to ``device`` and its train/eval mode restored afterwards. The sums
+    live on ``device`` if it supports float64, else on the CPU. Under ``torch.distributed`` every
+    rank passes its shard and receives the statistics of all ranks (every rank must see >= 1 batch).
+
+    ``observers`` ride along on the same pass and do not change the statistics: each receives every
+    batch as a :class:`ForwardBatch` (e.g. :class:`qpm_timm.explain.GalleryCollector`, the feature gallery of
+    the dense model's channels).
+    """
+    device = torch.device(device)
+    accumulator = None
+
+    def accumulate(batch: ForwardBatch) -> None:
+        nonlocal accumulator
+        if accumulator is None:
+            accumulator = StatisticsAccumulator(batch.pooled.shape[1], num_classes, _float64_device(device))
+        accumulator.update(batch.pooled, batch.targets, batch.feature_maps)
+
+    forward_pass(model, loader, [accumulate, *observers], device, amp, progress, desc="QPM statistics")
     if accumulator is None:
         raise ValueError("the loader yielded no batches")
     accumulator.all_reduce()

@@ -82,6 +82,23 @@ def test_class_attribute_matrix_and_names_are_exposed(tmp_path):
     assert ds.attribute_names == [f'has_part::colour_{i}' for i in range(4)]
 
 
+def test_per_image_attributes_are_read_for_the_split_and_name_features(tmp_path):
+    folder = make_cub_tree(tmp_path)
+    # <image_id> <attribute_id> <is_present> <certainty_id> <time>; the official file has a few lines with an
+    # extra field, which must not matter
+    rows = [f'{i} {a} {int((i + a) % 3 == 0)} 3 12.5' + (' 7' if (i, a) == (3, 2) else '')
+            for i in IMAGES for a in range(1, 5)]
+    (folder / 'attributes' / 'image_attribute_labels.txt').write_text('\n'.join(rows) + '\n')
+    test = CUB200Dataset(str(tmp_path), split='test', crop_to_bbox=False)
+    expected = np.array([[(i + a) % 3 == 0 for a in range(1, 5)] for i in (2, 4, 6)])
+    np.testing.assert_array_equal(test.image_attributes(), expected)
+    from qpm_timm.explain import dataset_annotations
+    values, names, source = dataset_annotations(test)
+    np.testing.assert_array_equal(values, expected)
+    assert names == [f'has_part::colour_{i}' for i in range(4)] and source == 'per-image attributes'
+    assert CUB200Dataset(str(make_cub_tree(tmp_path / 'plain')), split='test').image_attributes() is None
+
+
 def test_attributes_are_optional(tmp_path):
     make_cub_tree(tmp_path, attributes=False)
     ds = CUB200Dataset(str(tmp_path))

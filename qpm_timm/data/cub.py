@@ -6,7 +6,8 @@ Expected files in the ``CUB_200_2011`` folder (``root`` may be that folder or it
 ``bounding_boxes.txt`` (``<image_id> <x> <y> <width> <height>``), ``classes.txt`` (``<class_id>
 <folder name>``) and the images under ``images/``. Optional: ``attributes/
 class_attribute_labels_continuous.txt`` (one row of attribute percentages per class, needed by
-the Structural Grounding metric) and ``attributes.txt`` (``<attribute_id> <name>``, found in
+the Structural Grounding metric), ``attributes/image_attribute_labels.txt`` (per-image attributes, which name
+the features of the explanations) and ``attributes.txt`` (``<attribute_id> <name>``, found in
 ``attributes/``, the CUB folder or its parent, where the official archive puts it).
 """
 import os
@@ -182,6 +183,23 @@ class CUB200Dataset(Dataset):
                                      f'class_attribute_labels_continuous.txt has {matrix.shape[1]} columns.')
                 break
         return matrix, names
+
+    def image_attributes(self) -> Optional[np.ndarray]:
+        """``(N, A)`` bool: the attributes annotators marked present in each image of this split (CUB's
+        ``attributes/image_attribute_labels.txt``: ``<image_id> <attribute_id> <is_present> ...``), or None
+        without that file. Read on first use (3.7 million lines), then kept."""
+        if not hasattr(self, '_image_attributes'):
+            path = os.path.join(self.folder, 'attributes', 'image_attribute_labels.txt')
+            self._image_attributes = None
+            if os.path.isfile(path):
+                try:
+                    rows = np.loadtxt(path, usecols=(0, 1, 2), dtype=np.int64, ndmin=2)
+                except ValueError as e:
+                    raise ValueError(f'CUB-200-2011: malformed {path!r}: {e}') from None
+                present = np.zeros((max(rows[:, 0].max(), max(self.image_ids)) + 1, rows[:, 1].max()), dtype=bool)
+                present[rows[:, 0], rows[:, 1] - 1] = rows[:, 2] > 0
+                self._image_attributes = present[self.image_ids]
+        return self._image_attributes
 
     def crop_box(self, index: int, size: Tuple[int, int]) -> Tuple[int, int, int, int]:
         """Integer ``(left, top, right, bottom)`` of the ground-truth box, clipped to ``size=(w, h)``."""

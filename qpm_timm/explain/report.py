@@ -1,0 +1,454 @@
+""" The explanation report of a QPM: a self-contained folder a person opens in a browser.
+
+``index.html`` + PNGs + JSON, relative links only (no server, no internet; it can be uploaded to the Hub
+beside the model, see :func:`qpm_timm.hub.save_pretrained`'s ``report_dir``)::
+
+    index.html            overview: the global picture, every feature, every class, the contrastive pairs
+    report.json           the model's sizes, feature names, classes, pairs and every file of the report
+    global.png/.json      the class x feature assignment
+    features/f<j>.png/.json   feature j: its name, top-k gallery images and the patch around its map's maximum
+    classes/c<c>.png/.json    class c's card: its n_wc features, named, with their best gallery patches
+    pairs/c<a>_vs_c<b>.png/.json  contrastive picture of two classes that share n_wc - 1 features
+    local/<image>.png/.json   local explanation of an image file: prediction and runner-up
+
+:func:`write_report` needs one pass of the QPM over the validation set (feature names, heatmap scale, the
+example images of the contrastive pictures) and reads the gallery images back from the training set by index;
+it never passes over the training set. The folder is written beside and swapped in at the end, so an error
+leaves an earlier report intact.
+"""
+import html
+import json
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from ..atomic import atomic_folder
+from .contrastive import contrastive_pairs, difference_contributions, pair_features, resolve_class, spread_pairs
+from .figures import (
+    HEAT_NOTE, class_card_figure, contrastive_figure, feature_gallery_figure, global_figure, image_caption,
+    local_figure, save_figure,
+)
+from .gallery import FeatureGallery, PATCH_FRACTION
+from .heatmap import active_values, data_normalization, denormalize, feature_colours, heatmaps, text_colour
+from .local import class_evidence, require_qpm
+from .naming import FeatureNames, dataset_annotations, name_features
+from .scan import DatasetScan, class_examples, scan_dataset
+from .table import class_features
+
+__all__ = ['Report', 'write_report', 'load_images', 'check_report_folder', 'IMAGE_EXTENSIONS']
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp')
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class Report:
+    """What :func:`write_report` wrote."""
+    folder: Path
+    index: Path  # folder / 'index.html'
+    names: FeatureNames  # the feature names (pass names.labels to hub.save_pretrained's feature_names)
+    files: List[str]  # every file of the report, relative to folder
+
+
+def load_images(paths: Sequence[PathLike]) -> List[Tuple[Path, Image.Image]]:
+    """RGB images of image files and of the image files in folders (sorted); an unreadable file names itself."""
+    files: List[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise ValueError(f'folder {path} holds no image files ({", ".join(IMAGE_EXTENSIONS)}).')
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f'image {path} does not exist.')
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                images.append((path, img.convert('RGB')))
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f'cannot read image {path} ({e}); give an image file (JPEG, PNG, ...).') from e
+    return images
+
+
+def check_report_folder(folder: PathLike) -> None:
+    """Fail before any work when the report folder cannot be written (ValueError naming the fix)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f'the report folder {folder} is a file; choose a folder.')
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f'.{folder.name}.probe.', dir=folder.parent))
+    except OSError as e:
+        raise ValueError(f'cannot write the report folder {folder} ({e}); choose a writable output folder.') from e
+
+
+def _resolve_pairs(pairs, assignment, class_names, all_pairs: bool, max_pairs: int) -> List[Tuple[int, int]]:
+    if pairs:
+        resolved = []
+        for pair in pairs:
+            if len(pair) != 2:
+                raise ValueError(f'a contrastive pair names two classes, got {pair!r}.')
+            a, b = (resolve_class(spec, class_names) for spec in pair)
+            if a == b:
+                raise ValueError(f'a contrastive pair needs two different classes, got {class_names[a]!r} twice.')
+            resolved.append((a, b))
+        return resolved
+    candidates = contrastive_pairs(assignment)
+    return candidates if all_pairs else spread_pairs(candidates, max_pairs)
+
+
+def _forward(model, images: torch.Tensor, device):
+    """``forward_with_features`` of a QPM on a few normalised images, in float on the CPU."""
+    with torch.no_grad():
+        out = model.forward_with_features(images.to(device))
+    return type(out)(*(t.float().cpu() for t in out))
+
+
+class _Pictures:
+    """Renders the report's pictures from the scan, gallery and names of one model."""
+
+    def __init__(self, model, class_names, names: FeatureNames, gallery: FeatureGallery, gallery_set, val_set,
+                 scan: DatasetScan, normalization, device):
+        self.model, self.class_names, self.names = model, list(class_names), names
+        self.gallery, self.gallery_set, self.val_set, self.scan = gallery, gallery_set, val_set, scan
+        self.normalization, self.device = normalization, device
+        self.assignment = model.class_weights.detach().cpu() > 0
+        self.features = class_features(self.assignment)
+        self.colours = feature_colours(len(names.labels))
+        self.active = active_values(scan.pooled)
+        self._images: Dict[int, np.ndarray] = {}
+
+    def colour_hex(self, j: int, text: bool = False) -> str:
+        """Feature ``j``'s colour as ``#rrggbb`` (darkened for text with ``text``)."""
+        colour = text_colour(self.colours[j]) if text else self.colours[j]
+        return '#%02x%02x%02x' % tuple(int(round(255 * v)) for v in colour)
+
+    def gallery_image(self, index: int) -> np.ndarray:
+        if index not in self._images:
+            self._images[index] = denormalize(self.gallery_set[index][0], *self.normalization)[0]
+        return self._images[index]
+
+    def gallery_entries(self, j: int, limit: int) -> List[Dict]:
+        entries = []
+        for rank in range(self.gallery.k):
+            index = int(self.gallery.index[j, rank])
+            if index < 0 or len(entries) == limit:
+                break
+            label = int(self.gallery.label[j, rank])
+            entries.append(dict(dataset_index=index, label=label,
+                                class_name=self.class_names[label] if 0 <= label < len(self.class_names) else None,
+                                activation=float(self.gallery.score[j, rank]),
+                                map_peak=float(self.gallery.peak[j, rank]),
+                                box_top_left_bottom_right=list(self.gallery.patch(j, rank))))
+        return entries
+
+    def feature_info(self, j: int) -> Dict:
+        return dict(feature=j, channel=int(self.gallery.channels[j]), label=self.names.labels[j],
+                    annotation=self.names.annotation[j], correlation=self.names.correlation[j],
+                    top_annotations=[dict(name=a, r=r) for a, r in self.names.top[j]],
+                    colour=self.colour_hex(j), typical_active_value=float(self.active[j]),
+                    classes=[c for c in range(len(self.class_names)) if self.assignment[c, j]])
+
+    def global_picture(self, root: Path) -> Tuple[str, str]:
+        fig, numbers = global_figure(self.assignment, [self.names.short(j) for j in range(len(self.colours))],
+                                     self.class_names, self.colours)
+        numbers['feature_labels'] = self.names.labels
+        return save_figure(fig, numbers, root, 'global')
+
+    def feature_page(self, root: Path, j: int, show: int) -> Tuple[str, str]:
+        entries = self.gallery_entries(j, show)
+        images = [self.gallery_image(e['dataset_index']) for e in entries]
+        users = self.feature_info(j)['classes']
+        listed = ', '.join(self.class_names[c] for c in users[:6]) + (', ...' if len(users) > 6 else '')
+        subtitle = f'used by {len(users)} class{"es" if len(users) != 1 else ""}: {listed}'
+        fig = feature_gallery_figure(self.names.labels[j], self.colours[j], images,
+                                     [e['box_top_left_bottom_right'] for e in entries],
+                                     [image_caption(e['class_name'], e['activation']) for e in entries], subtitle)
+        return save_figure(fig, dict(self.feature_info(j), gallery=entries, patch_fraction=PATCH_FRACTION),
+                           root, f'features/f{j}')
+
+    def class_card(self, root: Path, c: int, per_feature: int) -> Tuple[str, str]:
+        feats = self.features[c]
+        entries = [self.gallery_entries(j, per_feature) for j in feats]
+        patches = []
+        for column in entries:
+            patches.append([])
+            for e in column:
+                top, left, bottom, right = e['box_top_left_bottom_right']
+                patches[-1].append(self.gallery_image(e['dataset_index'])[top:bottom, left:right])
+        fig = class_card_figure(self.class_names[c], [self.names.labels[j] for j in feats],
+                                [self.colours[j] for j in feats], patches)
+        numbers = dict(class_index=c, class_name=self.class_names[c],
+                       features=[dict(self.feature_info(j), gallery=e) for j, e in zip(feats, entries)])
+        return save_figure(fig, numbers, root, f'classes/c{c}')
+
+    def _evidence(self, tensors: torch.Tensor):
+        out = _forward(self.model, tensors, self.device)
+        size = tuple(tensors.shape[-2:])
+        return out, size, denormalize(tensors, *self.normalization)
+
+    def pair_picture(self, root: Path, a: int, b: int, examples: Sequence[Optional[int]]) -> Tuple[str, str]:
+        only_a, shared, only_b = pair_features(self.assignment, a, b)
+        columns = only_a + shared + only_b
+        kinds = ['only A'] * len(only_a) + ['shared'] * len(shared) + ['only B'] * len(only_b)
+        tensors = torch.stack([self.val_set[examples[c]][0] for c in (a, b)])
+        out, size, images = self._evidence(tensors)
+        z = self.model.head.normalize(out.pooled.to(self.model.head.mean.device)).cpu()
+        heats = np.stack([heatmaps(out.feature_maps[i, columns], size, out.pooled[i, columns], self.active[columns])
+                          for i in range(2)])
+        differences = np.stack([difference_contributions(z[i], self.assignment, a, b)[columns] for i in range(2)])
+        contributions = z[:, columns].numpy()
+        logits = out.logits[:, [a, b]].numpy()
+        fig = contrastive_figure((self.class_names[a], self.class_names[b]), images, heats, columns, kinds,
+                                 self.names.labels, self.colours, contributions, differences, logits)
+        numbers = dict(
+            classes=[dict(class_index=c, class_name=self.class_names[c], example_dataset_index=examples[c],
+                          predicted=int(self.scan.predictions[examples[c]])) for c in (a, b)],
+            features=[dict(feature=j, label=self.names.labels[j], kind=kind) for j, kind in zip(columns, kinds)],
+            normalised_activation=contributions.tolist(), logits_a_b=logits.tolist(),
+            contribution_to_logit_a_minus_b=differences.tolist())
+        return save_figure(fig, numbers, root, f'pairs/c{a}_vs_c{b}')
+
+    def local_picture(self, root: Path, stem: str, title: str, tensor: torch.Tensor) -> Tuple[str, str]:
+        out, size, images = self._evidence(tensor[None])
+        ranked = out.logits[0].topk(min(2, out.logits.shape[1])).indices.tolist()
+        rows, numbers = [], dict(image=title, classes=[])
+        for role, c in zip(('prediction', 'runner-up'), ranked):
+            e = class_evidence(self.model, out, 0, c)
+            heats = heatmaps(e.maps, size, out.pooled[0, e.features], self.active[e.features])
+            rows.append(dict(role=role, class_name=self.class_names[c], logit=e.logit, features=e.features,
+                             contributions=e.contributions, heats=heats))
+            numbers['classes'].append(dict(role=role, class_index=c, class_name=self.class_names[c], logit=e.logit,
+                                           features=[dict(feature=j, label=self.names.labels[j], contribution=v)
+                                                     for j, v in zip(e.features, e.contributions)]))
+        fig = local_figure(title, images[0], rows, self.colours, self.names.labels)
+        return save_figure(fig, numbers, root, f'local/{stem}')
+
+
+def _stem(path: Path, taken: set) -> str:
+    stem = re.sub(r'[^A-Za-z0-9_.-]+', '_', path.stem) or 'image'
+    unique, i = stem, 1
+    while unique in taken:
+        i += 1
+        unique = f'{stem}_{i}'
+    taken.add(unique)
+    return unique
+
+
+def write_report(
+        model,
+        folder: PathLike,
+        gallery: Optional[FeatureGallery],
+        train_set,
+        val_set,
+        class_names: Sequence[str],
+        pairs: Optional[Sequence[Sequence[Union[int, str]]]] = None,
+        all_pairs: bool = False,
+        max_pairs: int = 6,
+        images: Sequence[PathLike] = (),
+        device: Union[str, torch.device] = 'cpu',
+        amp: bool = False,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        progress: bool = False,
+        gallery_images: int = 8,
+        card_patches: int = 3,
+        title: Optional[str] = None,
+) -> Report:
+    """Write the explanation report of QPM ``model`` into ``folder`` (module docstring).
+
+    Args:
+        model: a QPM (``model.is_qpm``); a dense model is refused.
+        folder: the report folder, e.g. ``<experiment>/report``; replaced atomically.
+        gallery: the training set's feature gallery (:class:`GalleryCollector` on the statistics pass: rows of
+            all dense channels, the QPM's selected ones are used), or None: the validation set's gallery.
+        train_set: the dataset ``gallery`` indexes, with the eval transform (images are re-read by index).
+        val_set: the validation set with the eval transform: one pass gives the feature names (its
+            annotations), the heatmap scale and the contrastive examples.
+        class_names: one name per class.
+        pairs: contrastive pairs as (class, class), indices or names; default: pairs sharing ``n_wc - 1``
+            features, all of them with ``all_pairs``, else up to ``max_pairs`` covering many classes.
+        images: image files or folders to explain locally (read through ``val_set.transform``).
+        gallery_images, card_patches: images shown per feature page and patches per feature on a class card.
+    """
+    require_qpm(model, 'write_report()')
+    folder = Path(folder)
+    class_names = [str(c) for c in class_names]
+    if len(class_names) != model.num_classes:
+        raise ValueError(f'{len(class_names)} class names for a model with {model.num_classes} classes.')
+    assignment = model.class_weights.detach().cpu() > 0
+    pair_list = _resolve_pairs(pairs, assignment, class_names, all_pairs, max_pairs)
+    local_images = load_images(images)
+    if local_images and getattr(val_set, 'transform', None) is None:
+        raise ValueError('local explanations read image files through val_set.transform; the dataset has none.')
+    selection = model.head.selection.cpu().tolist()
+    if gallery is not None:
+        gallery = gallery.select(selection)
+        if train_set is None or int(gallery.index.max()) >= len(train_set):
+            raise ValueError(f'the gallery indexes {int(gallery.index.max()) + 1} or more images, the training '
+                             f'set has {0 if train_set is None else len(train_set)}: pass the dataset it was '
+                             f'collected on (training split, eval transform).')
+    check_report_folder(folder)
+    with _evaluating(model, device):
+        return _write_checked(model, folder, gallery, train_set, val_set, class_names, pair_list, local_images,
+                              dict(device=device, amp=amp, batch_size=batch_size, num_workers=num_workers,
+                                   progress=progress, gallery_images=gallery_images, card_patches=card_patches,
+                                   title=title))
+
+
+@contextmanager
+def _evaluating(model, device):
+    """The model on ``device`` in eval mode; its train/eval mode restored afterwards."""
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names, pair_list, local_images,
+                   options: Dict) -> Report:
+    """:func:`write_report` after its input checks."""
+    device, progress = options['device'], options['progress']
+    selection = model.head.selection.cpu().tolist()
+    normalization = data_normalization(val_set, model)
+    scan = scan_dataset(model, val_set, options['batch_size'], options['num_workers'], device, options['amp'],
+                        progress)
+    annotations = dataset_annotations(val_set)
+    names = name_features(selection, scan.pooled, *annotations) if annotations else name_features(selection)
+    gallery_set, gallery_source = (train_set, 'training set') if gallery is not None else (val_set, 'validation set')
+    pictures = _Pictures(model, class_names, names, gallery if gallery is not None else scan.gallery, gallery_set,
+                         val_set, scan, normalization, device)
+    examples = class_examples(scan, model.num_classes)
+    drawable = [(a, b) for a, b in pair_list if examples[a] is not None and examples[b] is not None]
+    skipped = [dict(classes=[a, b], reason='a class has no validation image') for a, b in pair_list
+               if (a, b) not in drawable]
+    files: List[str] = []
+
+    def write(root: Path) -> None:
+        n = len(selection)
+        jobs = [('global', None)] + [('feature', j) for j in range(n)] + \
+               [('class', c) for c in range(model.num_classes)] + [('pair', p) for p in drawable] + \
+               [('local', item) for item in local_images]
+        pages: Dict[str, Dict] = dict(feature={}, cls={}, pair={}, local=[])
+        stems: set = set()
+        for kind, item in tqdm(jobs, desc='explanations: pictures', disable=not progress):
+            if kind == 'global':
+                pages['global'] = pictures.global_picture(root)
+            elif kind == 'feature':
+                pages['feature'][item] = pictures.feature_page(root, item, options['gallery_images'])
+            elif kind == 'class':
+                pages['cls'][item] = pictures.class_card(root, item, options['card_patches'])
+            elif kind == 'pair':
+                pages['pair'][item] = pictures.pair_picture(root, *item, examples)
+            else:
+                path, img = item
+                tensor = val_set.transform(img)
+                pages['local'].append((path.name, pictures.local_picture(root, _stem(path, stems), path.name,
+                                                                         tensor)))
+        summary = dict(
+            title=options['title'] or _model_title(model), num_classes=model.num_classes, n_features=n,
+            n_per_class=model.n_per_class, selection=selection, gallery_source=gallery_source,
+            gallery_images_seen=pictures.gallery.num_images, annotations=names.source or None,
+            heatmap_normalisation=HEAT_NOTE, class_names=class_names,
+            features=[pictures.feature_info(j) for j in range(n)],
+            class_features=pictures.features, pairs=[list(p) for p in drawable], skipped_pairs=skipped,
+            validation_accuracy=float((scan.predictions == scan.targets).mean() * 100))
+        (root / 'report.json').write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding='utf-8')
+        (root / 'index.html').write_text(_index_html(summary, pages, pictures), encoding='utf-8')
+        files.extend(sorted(str(p.relative_to(root)) for p in root.rglob('*') if p.is_file()))
+
+    atomic_folder(folder, write)
+    return Report(folder, folder / 'index.html', names, files)
+
+
+def _model_title(model) -> str:
+    arch = model.pretrained_cfg.get('architecture', 'qpm') if hasattr(model, 'pretrained_cfg') else 'qpm'
+    return f'{arch} ({model.backbone_name} backbone)'
+
+
+_CSS = '''
+body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #eee;padding:.35em;text-align:left;
+vertical-align:top}img{max-width:100%}.swatch{display:inline-block;width:1em;height:1em;border-radius:2px;
+vertical-align:middle;margin-right:.3em}.feat{white-space:nowrap;font-weight:600}.small{font-size:.85em;color:#555}
+details{margin:.3em 0}summary{cursor:pointer}nav a{margin-right:1em}
+'''
+
+
+def _feature_tag(pictures: _Pictures, j: int) -> str:
+    return (f'<a class="feat" href="#f{j}" style="color:{pictures.colour_hex(j, text=True)}"><span class="swatch" '
+            f'style="background:{pictures.colour_hex(j)}"></span>{html.escape(pictures.names.labels[j])}</a>')
+
+
+def _index_html(summary: Dict, pages: Dict, pictures: _Pictures) -> str:
+    esc = html.escape
+    names = summary['class_names']
+    out = [f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>QPM report: {esc(summary["title"])}'
+           f'</title><style>{_CSS}</style></head><body>',
+           f'<h1>QPM explanations: {esc(summary["title"])}</h1>',
+           f'<p>{summary["num_classes"]} classes share {summary["n_features"]} features; every class uses exactly '
+           f'{summary["n_per_class"]} of them (a binary class &times; feature assignment), so its logit is the sum '
+           f'of its features\' normalised activations. Validation top-1 of this model: '
+           f'{summary["validation_accuracy"]:.2f} %. Feature galleries: top images of the '
+           f'{esc(summary["gallery_source"])} ({summary["gallery_images_seen"]} images seen). Feature names: '
+           f'{esc(summary["annotations"] or "none (no annotations): backbone channel")}.</p>',
+           '<nav><a href="#global">global picture</a><a href="#features">features</a><a href="#classes">classes</a>'
+           '<a href="#pairs">contrastive pairs</a>' + ('<a href="#local">local explanations</a>' if pages['local']
+                                                      else '') + '<a href="report.json">report.json</a></nav>',
+           '<h2 id="global">Global picture</h2><p class="small">A coloured cell: the class (row) uses the feature '
+           '(column). Rows are grouped so that classes sharing features sit together; columns are ordered by how '
+           'many classes use the feature (bars above). Numbers: <a href="global.json">global.json</a>.</p>',
+           f'<a href="{pages["global"][0]}"><img src="{pages["global"][0]}" alt="class x feature assignment"></a>',
+           '<h2 id="features">Features</h2><p class="small">Each feature\'s name is the annotation its activation '
+           'correlates with best (Pearson r over the validation images). Gallery: its most activating images, the '
+           'frame marks the patch around the maximum of its feature map; below, the patches.</p>']
+    for info in summary['features']:
+        j = info['feature']
+        png, data = pages['feature'][j]
+        tops = ', '.join(f'{esc(t["name"])} ({t["r"]:.2f})' for t in info['top_annotations']) or '&ndash;'
+        users = ', '.join(f'<a href="#c{c}">{esc(names[c])}</a>' for c in info['classes'])
+        out.append(f'<div id="f{j}"><h3>{_feature_tag(pictures, j)}</h3><p class="small">backbone channel '
+                   f'{info["channel"]}; most correlated annotations: {tops}<br>used by: {users}</p><a href="{png}">'
+                   f'<img loading="lazy" src="{png}" alt="gallery of f{j}"></a><br><a class="small" href="{data}">'
+                   f'{data}</a></div>')
+    out.append('<h2 id="classes">Classes</h2><p class="small">Open a class for its card: its features with '
+               'their best gallery patches.</p>')
+    for c, name in enumerate(names):
+        png, data = pages['cls'][c]
+        feats = ' '.join(_feature_tag(pictures, j) for j in summary['class_features'][c])
+        out.append(f'<details id="c{c}"><summary><b>{esc(name)}</b> &mdash; {feats}</summary><a href="{png}"><img '
+                   f'loading="lazy" src="{png}" alt="card of {esc(name)}"></a><br><a class="small" href="{data}">'
+                   f'{data}</a></details>')
+    out.append('<h2 id="pairs">Contrastive pairs</h2><p class="small">Two classes that share all features but one: '
+               'an example image of each (correctly classified, where the class\'s features fire strongly and in '
+               'different places), the heatmaps of every feature of both classes on both images (the differing '
+               'features framed thick) and how much each contributes to the logit difference. '
+               f'{esc(HEAT_NOTE)}.</p>')
+    if not pages['pair']:
+        out.append('<p>No pair drawn (no class pair shares all features but one, or their classes have no '
+                   'validation images).</p>')
+    for (a, b), (png, data) in pages['pair'].items():
+        out.append(f'<h3>{esc(names[a])} vs {esc(names[b])}</h3><a href="{png}"><img loading="lazy" src="{png}" '
+                   f'alt="{esc(names[a])} vs {esc(names[b])}"></a><br><a class="small" href="{data}">{data}</a>')
+    if pages['local']:
+        out.append('<h2 id="local">Local explanations</h2>')
+        for name, (png, data) in pages['local']:
+            out.append(f'<h3>{esc(name)}</h3><a href="{png}"><img loading="lazy" src="{png}" alt="{esc(name)}"></a>'
+                       f'<br><a class="small" href="{data}">{data}</a>')
+    out.append('</body></html>')
+    return '\n'.join(out)

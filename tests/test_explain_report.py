@@ -1,0 +1,236 @@
+"""The explanation report of a small trained QPM, and explain.py: every file opens, links resolve, class cards and
+feature names agree with the model, bad input exits with code 2 without touching an earlier report.
+
+The model: a test_resnet (reduced strides, 8 x 8 maps at 64 px) trained briefly on 6 classes of the concepts
+dataset; its statistics and its feature gallery come from one pass (the gallery rides along the statistics), then
+the solve and the QPM head, as train.py does.
+"""
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import qpm_timm
+from qpm_timm import hub
+from qpm_timm.data import create_qpm_split, get_class_names, with_transform
+from qpm_timm.data.loader import create_qpm_loader
+from qpm_timm.explain import GalleryCollector, class_features, write_report
+from qpm_timm.metrics import concept_recovery
+from qpm_timm.solver import QPMProblem, solve_qpm
+from qpm_timm.stats import collect_statistics
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import explain as explain_script  # noqa: E402
+
+IMG, CLASSES, FEATURES, PER_CLASS = 64, 6, 6, 2
+DATA_ARGS = dict(num_classes=CLASSES, num_concepts=6, images_per_class=8)
+SCRIPT_DATA = ['--dataset-args', json.dumps(DATA_ARGS), '--img-size', str(IMG), '--workers', '0', '-b', '16',
+               '--no-progress']
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp('explain')
+    train = create_qpm_split('concepts', None, 'train', is_training=True, transform_size=IMG, **DATA_ARGS)
+    val = create_qpm_split('concepts', None, 'val', transform_size=IMG, **DATA_ARGS)
+    train_eval = with_transform(train, val.transform)
+    torch.manual_seed(0)
+    model = qpm_timm.create_qpm('test_resnet', num_classes=CLASSES, n_features=FEATURES, n_per_class=PER_CLASS,
+                                head='dense', reduced_strides=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(4):
+        for x, y in create_qpm_loader(train, 16, is_training=True):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    collector = GalleryCollector(8)
+    stats = collect_statistics(model, create_qpm_loader(train_eval, 16), CLASSES, observers=[collector])
+    channels = np.flatnonzero(stats.std > 0)
+    solution = solve_qpm(QPMProblem(stats.A[channels], B=stats.B[channels], n_features=FEATURES,
+                                    n_per_class=PER_CLASS), time_limit=5, seed=0)
+    model.set_qpm_head(torch.as_tensor(channels[solution.selected]), torch.as_tensor(solution.assignment),
+                       torch.as_tensor(stats.mean), torch.as_tensor(stats.std))
+    model.eval()
+    image = root / 'some image.png'
+    Image.fromarray(val.images[3]).save(image)
+    gallery = collector.gather()
+    report = write_report(model, root / 'report', gallery, train_eval, val, get_class_names(val), images=[image])
+    hub.save_pretrained(model, root / 'export', label_names=get_class_names(val))
+    return SimpleNamespace(root=root, model=model, val=val, gallery=gallery, report=report, image=image)
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links, self.ids = [], set()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.ids.update([attrs['id']] if 'id' in attrs else [])
+        self.links += [attrs[key] for key in ('href', 'src') if key in attrs]
+
+
+def _check_report_folder(folder: Path):
+    files = sorted(p for p in folder.rglob('*') if p.is_file())
+    assert files
+    for path in files:
+        if path.suffix == '.png':
+            with Image.open(path) as img:
+                img.verify()
+        elif path.suffix == '.json':
+            json.loads(path.read_text(encoding='utf-8'))
+    parser = _Links()
+    parser.feed((folder / 'index.html').read_text(encoding='utf-8'))
+    assert parser.links
+    for link in parser.links:
+        if link.startswith('#'):
+            assert link[1:] in parser.ids, link
+        else:
+            assert ':' not in link and not link.startswith('/'), link  # relative: no server, no internet
+            assert (folder / link).resolve().is_file() and folder.resolve() in (folder / link).resolve().parents
+    return files
+
+
+def _snapshot(folder: Path):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob('*') if p.is_file()}
+
+
+def test_every_file_of_the_report_exists_opens_and_every_link_resolves_inside_the_folder(run):
+    files = _check_report_folder(run.report.folder)
+    names = {str(p.relative_to(run.report.folder)) for p in files}
+    assert names == set(run.report.files)
+    expected = {'index.html', 'report.json', 'global.png', 'global.json', 'local/some_image.png',
+                'local/some_image.json'}
+    expected |= {f'features/f{j}.{ext}' for j in range(FEATURES) for ext in ('png', 'json')}
+    expected |= {f'classes/c{c}.{ext}' for c in range(CLASSES) for ext in ('png', 'json')}
+    assert expected <= names
+    summary = json.loads((run.report.folder / 'report.json').read_text(encoding='utf-8'))
+    assert {f'pairs/c{a}_vs_c{b}.png' for a, b in summary['pairs']} <= names and summary['pairs']
+
+
+def test_class_cards_name_exactly_the_features_of_the_assignment(run):
+    assignment = class_features(run.model.class_weights)
+    for c in range(CLASSES):
+        card = json.loads((run.report.folder / f'classes/c{c}.json').read_text(encoding='utf-8'))
+        assert [f['feature'] for f in card['features']] == assignment[c]
+        assert [f['label'] for f in card['features']] == [run.report.names.labels[j] for j in assignment[c]]
+        assert card['class_name'] == run.val.classes[c]
+
+
+def test_feature_names_are_the_concepts_that_concept_recovery_matches(run):
+    x = torch.stack([run.val[i][0] for i in range(len(run.val))])
+    with torch.no_grad():
+        pooled = run.model.forward_with_features(x).pooled
+    matching = concept_recovery(pooled, run.val.concept_presence, run.model.class_weights,
+                                run.val.class_concepts).matching
+    assert run.report.names.annotation == [run.val.concept_names[k] for k in matching]
+    summary = json.loads((run.report.folder / 'report.json').read_text(encoding='utf-8'))
+    assert [f['annotation'] for f in summary['features']] == run.report.names.annotation
+    assert all(label.startswith(f'f{j} ≈ {name} (r = ') for j, (label, name) in
+               enumerate(zip(run.report.names.labels, run.report.names.annotation)))
+
+
+def test_feature_pages_show_the_training_gallery_of_the_selected_channels(run):
+    selection = run.model.head.selection.tolist()
+    for j, channel in enumerate(selection):
+        page = json.loads((run.report.folder / f'features/f{j}.json').read_text(encoding='utf-8'))
+        assert page['channel'] == channel
+        assert [e['dataset_index'] for e in page['gallery']] == run.gallery.index[channel][:8].tolist()
+        for e in page['gallery']:
+            top, left, bottom, right = e['box_top_left_bottom_right']
+            assert 0 <= top < bottom <= IMG and 0 <= left < right <= IMG
+
+
+def test_contrastive_and_local_numbers_add_up_to_the_logits(run):
+    summary = json.loads((run.report.folder / 'report.json').read_text(encoding='utf-8'))
+    for a, b in summary['pairs']:
+        pair = json.loads((run.report.folder / f'pairs/c{a}_vs_c{b}.json').read_text(encoding='utf-8'))
+        kinds = [f['kind'] for f in pair['features']]
+        assert kinds.count('only A') == 1 and kinds.count('only B') == 1 and kinds.count('shared') == PER_CLASS - 1
+        for row in range(2):
+            logit_a, logit_b = pair['logits_a_b'][row]
+            assert sum(pair['contribution_to_logit_a_minus_b'][row]) == pytest.approx(logit_a - logit_b, abs=1e-4)
+    local = json.loads((run.report.folder / 'local/some_image.json').read_text(encoding='utf-8'))
+    with torch.no_grad():
+        logits = run.model(run.val.transform(Image.open(run.image).convert('RGB'))[None])[0]
+    assert [c['class_index'] for c in local['classes']] == logits.argsort(descending=True)[:2].tolist()
+    for c in local['classes']:
+        assert sum(f['contribution'] for f in c['features']) == pytest.approx(float(logits[c['class_index']]),
+                                                                              abs=1e-4)
+
+
+def test_the_export_card_embeds_the_report_and_the_named_table(run, tmp_path):
+    hub.save_pretrained(run.model, tmp_path / 'export', label_names=run.val.classes,
+                        feature_names=run.report.names.labels, report_dir=run.report.folder)
+    card = (tmp_path / 'export' / 'README.md').read_text(encoding='utf-8')
+    assert '(report/global.png)' in card and (tmp_path / 'export' / 'report' / 'global.png').is_file()
+    c = 0
+    row = ', '.join(run.report.names.labels[j] for j in class_features(run.model.class_weights)[c])
+    assert f'| {run.val.classes[c]} | {row} |' in card
+
+
+@pytest.fixture(scope='module')
+def script_report(run):
+    out = run.root / 'script_report'
+    code = explain_script.cli(['--model', f'local-dir:{run.root / "export"}', '--pretrained', *SCRIPT_DATA,
+                               '--output', str(out), '--image', str(run.image), '--pair', '0', run.val.classes[1]])
+    assert code == 0
+    return out
+
+
+def test_script_explains_a_local_dir_export_with_its_own_gallery_pass(run, script_report):
+    files = _check_report_folder(script_report)
+    summary = json.loads((script_report / 'report.json').read_text(encoding='utf-8'))
+    assert summary['pairs'] == [[0, 1]] and (script_report / 'pairs/c0_vs_c1.png') in files
+    assert summary['gallery_source'] == 'training set' and summary['gallery_images_seen'] == CLASSES * 8
+    assert [f['label'] for f in summary['features']] == run.report.names.labels  # the same model, the same names
+
+
+def _bad_inputs(run, out):
+    garbage = run.root / 'broken.jpg'
+    garbage.write_bytes(b'this is not an image')
+    dense = run.root / 'dense'
+    if not dense.is_dir():
+        hub.save_pretrained(qpm_timm.create_qpm('test_resnet', num_classes=CLASSES, n_features=FEATURES,
+                                                n_per_class=PER_CLASS, head='dense', reduced_strides=True), dense)
+    blocker = run.root / 'a_file'
+    blocker.write_text('x')
+    qpm = ['--model', f'local-dir:{run.root / "export"}', '--pretrained']
+    return {
+        'unreadable image': (qpm + ['--image', str(garbage), '--output', str(out)], 'cannot read image'),
+        'missing image': (qpm + ['--image', str(run.root / 'nope.png'), '--output', str(out)], 'does not exist'),
+        'class index that does not exist': (qpm + ['--pair', '0', '99', '--output', str(out)],
+                                            'class index 99 does not exist'),
+        'class name that does not exist': (qpm + ['--pair', '0', 'no such class', '--output', str(out)],
+                                           "class 'no such class' does not exist"),
+        'dense model': (['--model', f'local-dir:{dense}', '--pretrained', '--output', str(out)], 'needs a QPM'),
+        'unwritable output folder': (qpm + ['--output', str(blocker / 'report')], 'cannot write the report folder'),
+    }
+
+
+@pytest.mark.parametrize('case', ['unreadable image', 'missing image', 'class index that does not exist',
+                                  'class name that does not exist', 'dense model', 'unwritable output folder'])
+def test_bad_input_exits_2_with_a_clear_message_and_keeps_the_earlier_report(run, script_report, capsys, case):
+    before = _snapshot(script_report)
+    argv, message = _bad_inputs(run, script_report)[case]
+    assert explain_script.cli(argv + SCRIPT_DATA) == 2
+    assert message in capsys.readouterr().err
+    assert _snapshot(script_report) == before
+    assert not [p for p in script_report.parent.iterdir() if p.name.startswith('.script_report')]
+
+
+def test_script_refuses_a_dense_model_with_exit_code_2(run, script_report):
+    _bad_inputs(run, script_report)
+    proc = subprocess.run([sys.executable, str(ROOT / 'explain.py'), '--model', f'local-dir:{run.root / "dense"}',
+                           '--pretrained', *SCRIPT_DATA, '--output', str(script_report)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2 and 'needs a QPM' in proc.stderr
