@@ -20,6 +20,7 @@ The embedded default (no download, CPU, a few minutes):  python train.py -c qpm_
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -43,12 +44,13 @@ from qpm_timm import hub
 from qpm_timm.atomic import atomic_write
 from qpm_timm.data import create_qpm_split, get_class_names, qpm_data_config, with_transform
 from qpm_timm.data.loader import create_qpm_loader
-from qpm_timm.explain import model_feature_table
+from qpm_timm.explain import FeatureGallery, GalleryCollector, model_feature_table, write_report
 from qpm_timm.losses import FeatureDiversityLoss
 from qpm_timm.metrics import concept_recovery
 from qpm_timm.models.head import check_qpm_sizes
 from qpm_timm.fit import fit_qpm
 from qpm_timm.models import load_weights
+from qpm_timm.solver import DEFAULT_EFFORT, DEFAULT_TIME_LIMIT
 
 _logger = logging.getLogger('train')
 
@@ -103,7 +105,15 @@ group.add_argument('--fdl-beta', type=float, default=0.196, help='Feature Divers
 group.add_argument('--skip-dense', action='store_true', default=False,
                    help='no dense training: statistics of the --initial-checkpoint model, or of the --pretrained one '
                         'when its classifier fits the classes (as the authors do for ImageNet)')
-group.add_argument('--solver-time-limit', type=float, default=120.0, help='seconds for the CP-SAT solve')
+group.add_argument('--solver-effort', type=float, default=DEFAULT_EFFORT,
+                   help='work budget of the solve in deterministic units: the same inputs, seed and effort give the '
+                        'same assignment on an idle or a busy machine (default 10: ~8 s at CUB scale on 2 idle '
+                        'cores; 40-100 for a better solution)')
+group.add_argument('--solver-time-limit', type=float, default=DEFAULT_TIME_LIMIT,
+                   help='wall-clock safety cap of the solve in seconds; a solve it cuts is reported (log, '
+                        'solution.json, results.json) and may depend on machine load')
+group.add_argument('--report', action=argparse.BooleanOptionalAction, default=True,
+                   help='write the explanation report (<experiment>/report/index.html) and embed it in the export')
 group.add_argument('--solver-log', action='store_true', default=False, help='show the solver progress')
 group.add_argument('--finetune-epochs', type=int, default=40)
 group.add_argument('--finetune-lr', type=float, default=1e-4)
@@ -326,6 +336,8 @@ def check_args(args) -> None:
         check_qpm_sizes(0, args.n_features, args.n_per_class)
     except ValueError as e:
         raise TrainingError(f'--n-features/--n-per-class: {e}') from e
+    if not (math.isfinite(args.solver_effort) and args.solver_effort > 0):
+        raise TrainingError(f'--solver-effort must be a positive finite number, got {args.solver_effort}.')
     for flag, path in (('--initial-checkpoint', args.initial_checkpoint), ('--pretrained-path', args.pretrained_path)):
         if path and not os.path.isfile(path):
             raise TrainingError(f'{flag} {path} does not exist.')
@@ -406,11 +418,19 @@ def main(argv=None) -> dict:
         start = resume_epoch(model, optimizer, exp / 'dense')
         run_stage('dense', model, loaders, args, device, amp, args.epochs, optimizer, scheduler, exp / 'dense', start)
 
-    # stages 2-3: statistics of the dense model on the un-augmented training set, solve (rank 0), QPM head
+    # stages 2-3: statistics of the dense model on the un-augmented training set (the explanations' feature
+    # gallery rides along), solve (rank 0), QPM head
+    gallery_path = exp / 'gallery.npz'
+    collector = GalleryCollector()
     fit = fit_qpm(model, create_qpm_loader(train_eval_set, vb, num_workers=args.workers, shard=True),
                   statistics_path=exp / 'statistics.npz', solution_path=exp / 'solution.json', device=device,
-                  amp=args.amp, progress=not args.no_progress and args.rank == 0, time_limit=args.solver_time_limit,
-                  seed=args.seed, log=args.solver_log)
+                  amp=args.amp, progress=not args.no_progress and args.rank == 0,
+                  observers=[collector] if args.report else (), effort=args.solver_effort,
+                  time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log)
+    if collector.seen:  # the pass ran in this process (not read back after a resume)
+        gallery = collector.gather(all_ranks=True)
+        if args.rank == 0:
+            gallery.save(gallery_path)
     solution = fit.solution
 
     # stage 4: fine-tune with the binary head frozen (only trainable parameters)
@@ -429,10 +449,20 @@ def main(argv=None) -> dict:
 
     # stage 5: export, report
     results = dict(top1=metrics['top1'], top5=metrics['top5'], objective=solution.objective,
-                   solver_status=solution.status)
+                   solver_status=solution.status, solver_bound=solution.bound, solver_gap=solution.gap,
+                   solver_effort=solution.effort, solver_effort_used=solution.effort_used,
+                   solver_cut_by_wall_clock=solution.cut_by_wall_clock)
     if args.rank == 0:
-        hub.save_pretrained(model.eval(), exp / 'export', label_names=class_names, data_config=data_config)
-        print(model_feature_table(model, class_names, max_rows=50))
+        report = None
+        if args.report:
+            report = write_report(model.eval(), exp / 'report',
+                                  FeatureGallery.load(gallery_path) if gallery_path.is_file() else None,
+                                  train_eval_set, val_set, class_names, device=device, amp=args.amp, batch_size=vb,
+                                  num_workers=args.workers, progress=not args.no_progress)
+        names = report.names.labels if report else None
+        hub.save_pretrained(model.eval(), exp / 'export', label_names=class_names, data_config=data_config,
+                            feature_names=names, report_dir=report.folder if report else None)
+        print(model_feature_table(model, class_names, max_rows=50, names=names))
         if hasattr(val_set, 'class_concepts'):
             recovery = concept_score(model, val_set, device, args)
             results['concept_recovery'] = recovery.score
@@ -440,6 +470,12 @@ def main(argv=None) -> dict:
         results['wall_time_s'] = round(time.time() - started, 1)
         with atomic_write(exp / 'results.json') as fh:
             json.dump(results, fh, indent=2)
+        if solution.cut_by_wall_clock:
+            print(f'WARNING: the solve was cut by --solver-time-limit {args.solver_time_limit} s before its effort '
+                  f'was spent; the assignment may depend on machine load (raise the limit or lower --solver-effort).')
+        print(f'solver: {solution.summary()}')
+        if report:
+            print(f'explanation report: open {report.index} in a browser')
         print(f'validation top-1 {results["top1"]:.2f} %' + (
             f', concept recovery {results["concept_recovery"]:.3f}' if 'concept_recovery' in results else '') +
               f'; exported to {exp / "export"}')

@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -85,8 +85,7 @@ def _solve(statistics: QPMStatistics, n_features: int, n_per_class: int, path: O
     solution = solve_qpm(problem, **solver_kwargs)
     if path is not None:
         solution.save(path)
-    _logger.info(f'solved: Z = {solution.objective:.4f} (bound {solution.bound}), {solution.status}, '
-                 f'{solution.wall_time:.1f} s')
+    (_logger.warning if solution.cut_by_wall_clock else _logger.info)('solved: ' + solution.summary())
     return solution, channels
 
 
@@ -99,6 +98,7 @@ def fit_qpm(
         device: Optional[Union[str, torch.device]] = None,
         amp: bool = False,
         progress: bool = False,
+        observers: Sequence[Callable] = (),
         **solver_kwargs,
 ) -> QPMFit:
     """Statistics -> solve -> QPM head for a dense ``model`` (module docstring); returns a :class:`QPMFit`.
@@ -111,7 +111,10 @@ def fit_qpm(
         statistics_path, solution_path: files that persist the two results (``statistics.npz``,
             ``solution.json``): read when present, written (rank 0) when computed, so a rerun resumes.
         device, amp, progress: of the statistics pass (device default: the model's).
-        **solver_kwargs: passed to :func:`~qpm_timm.solver.solve_qpm` (``time_limit``, ``seed``, ``log``, ...).
+        observers: callables that ride along the statistics pass (:func:`~qpm_timm.stats.collect_statistics`),
+            e.g. the explanations' :class:`~qpm_timm.explain.GalleryCollector`; not called when the statistics
+            are read from ``statistics`` / ``statistics_path``.
+        **solver_kwargs: passed to :func:`~qpm_timm.solver.solve_qpm` (``effort``, ``time_limit``, ``seed``, ...).
     """
     if not isinstance(model, QPMModel) or model.is_qpm:
         kind = 'a QPM already' if isinstance(model, QPMModel) else type(model).__name__
@@ -122,7 +125,8 @@ def fit_qpm(
         statistics = QPMStatistics.load(stats_file)
     if statistics is None:
         device = device or next(model.parameters()).device
-        statistics = collect_statistics(model, loader, model.num_classes, device=device, amp=amp, progress=progress)
+        statistics = collect_statistics(model, loader, model.num_classes, device=device, amp=amp, progress=progress,
+                                        observers=observers)
         if stats_file is not None and _rank() == 0:
             statistics.save(stats_file)
     if statistics.num_classes != model.num_classes:

@@ -181,6 +181,11 @@ class GalleryCollector:
             batch_state = tuple(torch.cat([old, new], dim=1) for old, new in zip(self._state, batch_state))
         self._state = _top_k(self.k, *batch_state)
 
+    @property
+    def seen(self) -> bool:
+        """Whether any batch went through the collector."""
+        return self._state is not None
+
     def gather(self, all_ranks: bool = False) -> FeatureGallery:
         """The gallery of the images seen; with ``all_ranks`` under ``torch.distributed``, of the images of every
         rank (a collective: every rank must call it, e.g. after the sharded statistics pass)."""
