@@ -44,7 +44,8 @@ class QPMFit:
         return self.channels[self.solution.selected]
 
 
-def problem_from_statistics(statistics: QPMStatistics, n_features: int, n_per_class: int) -> Tuple[QPMProblem, np.ndarray]:
+def problem_from_statistics(statistics: QPMStatistics, n_features: int,
+                            n_per_class: int) -> Tuple[QPMProblem, np.ndarray]:
     """The optimisation problem (docs/METHOD.md, "The optimisation problem") over the non-constant features.
 
     A constant feature (std 0) cannot be normalised by the QPM head, so it is left out; returns the problem and

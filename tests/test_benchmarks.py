@@ -9,7 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ['--epochs', '1', '--finetune-epochs', '1', '--img-size', '32', '--n-features', '6', '--n-per-class', '2',
-              '--solver-time-limit', '5', '--dataset-args', '{num_classes: 6, num_concepts: 6, images_per_class: 8}']
+              '--solver-effort', '1', '--solver-time-limit', '30',
+              '--dataset-args', '{num_classes: 6, num_concepts: 6, images_per_class: 8}']
 
 
 def _run(args):

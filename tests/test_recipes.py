@@ -52,8 +52,9 @@ def test_every_recipe_exists():
 def test_recipe_runs_every_stage_with_its_own_values(tmp_path, data, recipe):
     config = yaml.safe_load((CONFIGS / f'{recipe}.yaml').read_text())
     assert (config['n_features'], config['n_per_class'], config['pretrained']) == (50, 5, True)
-    short = ['--epochs', '1', '--finetune-epochs', '1', '--img-size', '64', '--solver-time-limit', '10',
-             '--workers', '0', '--no-progress', '--pretrained-path', str(data / 'resnet50.safetensors')]
+    short = ['--epochs', '1', '--finetune-epochs', '1', '--img-size', '64', '--solver-effort', '1',
+             '--solver-time-limit', '30', '--workers', '0', '--no-progress', '--no-report',
+             '--pretrained-path', str(data / 'resnet50.safetensors')]
     proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), '-c', str(CONFIGS / f'{recipe}.yaml'), *short,
                            *_data_args(recipe, data), '--output', str(tmp_path)], capture_output=True, text=True,
                           env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT)), timeout=900)
