@@ -460,12 +460,15 @@ def main(argv=None) -> dict:
                                   train_eval_set, val_set, class_names, device=device, amp=args.amp, batch_size=vb,
                                   num_workers=args.workers, progress=not args.no_progress)
         names = report.names.labels if report else None
-        hub.save_pretrained(model.eval(), exp / 'export', label_names=class_names, data_config=data_config,
-                            feature_names=names, report_dir=report.folder if report else None)
-        print(model_feature_table(model, class_names, max_rows=50, names=names))
-        if hasattr(val_set, 'class_concepts'):
-            recovery = concept_score(model, val_set, device, args)
+        recovery = concept_score(model, val_set, device, args) if hasattr(val_set, 'class_concepts') else None
+        if recovery is not None:
             results['concept_recovery'] = recovery.score
+        card = {k: v for k, v in results.items() if isinstance(v, float) and not isinstance(v, bool)}
+        hub.save_pretrained(model.eval(), exp / 'export', label_names=class_names, data_config=data_config,
+                            feature_names=names, report_dir=report.folder if report else None,
+                            results=[hub.RunResults('train.py', card, dataset=args.dataset, split=args.val_split)])
+        print(model_feature_table(model, class_names, max_rows=50, names=names))
+        if recovery is not None:
             print(recovery.format(getattr(val_set, 'concept_names', None)))
         results['wall_time_s'] = round(time.time() - started, 1)
         with atomic_write(exp / 'results.json') as fh:

@@ -59,7 +59,8 @@ def test_every_stage_leaves_its_result_and_the_export_loads_with_timm(reference)
     results = json.loads((reference / 'results.json').read_text())
     assert 0 <= results['top1'] <= 100 and 0 <= results['concept_recovery'] <= 1
     assert results['solver_bound'] >= results['objective'] and not results['solver_cut_by_wall_clock']
-    assert 'report/global.png' in (reference / 'export' / 'README.md').read_text()
+    card = (reference / 'export' / 'README.md').read_text()
+    assert 'report/global.png' in card and f"| solver_gap | {results['solver_gap']} |" in card
     assert (reference / 'dense/summary.csv').read_text().count('\n') == 4  # header + 3 epochs
     code = ('import timm, torch, qpm_timm; m = timm.create_model("local-dir:%s", pretrained=True).eval();'
             'print(m.is_qpm, tuple(m(torch.randn(1, 3, 32, 32)).shape))' % (reference / 'export'))
