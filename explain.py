@@ -26,13 +26,15 @@ import yaml
 
 from qpm_timm import hub
 from qpm_timm.cli import BAD_INPUT, exit_code
-from qpm_timm.data import get_class_names, resolve_qpm_data_config
+from qpm_timm.data import get_class_names, with_transform
 from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.explain import (
     FeatureGallery, GalleryCollector, check_report_folder, load_images, require_qpm, resolve_class, write_report,
 )
 from qpm_timm.stats import forward_pass
-from validate import ValidationError, build_dataset, create_model
+from timm.data import create_transform
+
+from validate import ValidationError, build_dataset, create_model, resolve_dataset, resolve_eval_config
 
 _logger = logging.getLogger('explain')
 
@@ -40,7 +42,7 @@ parser = argparse.ArgumentParser(description='QPM explanation report (timm-style
                                              'contrastive pictures, local heatmaps, an HTML report')
 group = parser.add_argument_group('Dataset parameters')
 group.add_argument('--data-dir', metavar='DIR', default=None, help='path to dataset (root dir); none for concepts')
-group.add_argument('--dataset', metavar='NAME', default='concepts',
+group.add_argument('--dataset', metavar='NAME', default=None,
                    help='concepts (generated, default) | cub | cars | aircraft | imagenet | folder | any timm dataset')
 group.add_argument('--split', metavar='NAME', default='val',
                    help='split whose pass gives the feature names, heatmap scale and example images (default: val)')
@@ -48,7 +50,7 @@ group.add_argument('--gallery-split', metavar='NAME', default='train',
                    help='split of the feature galleries (default: train; its images are read with eval transforms)')
 group.add_argument('--dataset-args', type=yaml.safe_load, default=None, metavar='YAML',
                    help='extra dataset kwargs, e.g. "{images_per_class: 10}"')
-group.add_argument('--img-size', type=int, default=None, metavar='N', help='default: the dataset\'s recipe size')
+group.add_argument('--img-size', type=int, default=None, metavar='N', help='default: the model\'s data config, as timm resolves it')
 group.add_argument('--workers', '-j', type=int, default=4, metavar='N', help='data loading processes')
 group = parser.add_argument_group('Model parameters')
 group.add_argument('--model', '-m', default='qpm', metavar='NAME',
@@ -100,8 +102,8 @@ def main(argv=None) -> Path:
     device = torch.device(args.device)
     progress = not args.no_progress
 
-    img_size = args.img_size or resolve_qpm_data_config(args.dataset).img_size
-    val_set = build_dataset(args, args.split, img_size)
+    resolve_dataset(args)
+    val_set = build_dataset(args, args.split)
     class_names = get_class_names(val_set)
     for pair in args.pair or []:
         for spec in pair:
@@ -113,7 +115,9 @@ def main(argv=None) -> Path:
         raise ValidationError(f'--model {args.model} has {model.num_classes} classes but the {args.dataset} dataset '
                               f'{len(class_names)}; explain it on its own dataset.')
     model.to(device).eval()
-    train_set = build_dataset(args, args.gallery_split, img_size)
+    transform = create_transform(**resolve_eval_config(args, model))  # the eval transform validate.py uses
+    val_set = with_transform(val_set, transform)
+    train_set = with_transform(build_dataset(args, args.gallery_split), transform)
     if gallery is None:
         collector = GalleryCollector(args.top_k, channels=model.head.selection.cpu())
         forward_pass(model, create_qpm_loader(train_set, args.batch_size, num_workers=args.workers), [collector],

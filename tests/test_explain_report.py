@@ -19,7 +19,7 @@ from PIL import Image
 
 import qpm_timm
 from qpm_timm import hub
-from qpm_timm.data import create_qpm_split, get_class_names, with_transform
+from qpm_timm.data import qpm_data_config, create_qpm_split, get_class_names, with_transform
 from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.explain import GalleryCollector, class_features, write_report
 from qpm_timm.metrics import concept_recovery
@@ -64,7 +64,8 @@ def run(tmp_path_factory):
     Image.fromarray(val.images[3]).save(image)
     gallery = collector.gather()
     report = write_report(model, root / 'report', gallery, train_eval, val, get_class_names(val), images=[image])
-    hub.save_pretrained(model, root / 'export', label_names=get_class_names(val))
+    hub.save_pretrained(model, root / 'export', label_names=get_class_names(val),
+                        data_config=qpm_data_config('concepts', IMG))  # as train.py exports
     return SimpleNamespace(root=root, model=model, val=val, gallery=gallery, report=report, image=image)
 
 
