@@ -46,6 +46,7 @@ from timm.utils import AverageMeter, accuracy
 import qpm_timm
 from qpm_timm import hub
 from qpm_timm.atomic import atomic_write
+from qpm_timm.cli import BAD_INPUT, exit_code
 from qpm_timm.data import create_qpm_dataset, get_class_names, qpm_data_config, with_transform
 from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.metrics import (
@@ -387,12 +388,7 @@ def main(argv=None) -> Dict[str, Any]:
 
 def cli(argv=None) -> int:
     """``main`` with bad input mapped to a message on stderr and exit code 2."""
-    try:
-        main(argv)
-    except (ValidationError, ValueError, TypeError, FileNotFoundError, OSError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(main, argv, BAD_INPUT + (ValidationError,))
 
 
 if __name__ == '__main__':
