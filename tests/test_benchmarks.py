@@ -36,6 +36,10 @@ def _run(args):
       r'^tiny\s+greedy\+swap\s+[\d.]+']),
     ('solver_effort.py', ['--sizes', 'issue', '--effort', '0.5', '--burners', '1'],
      [r'^issue\s+loaded\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+False', r'^issue\s+identical assignments: True$']),
+    ('report_overhead.py', ['--', *TINY_TRAIN],
+     [r'^round 0  report\s+[\d.]+ s', r'^round 0  no-report\s+[\d.]+ s',
+      r'^report files \(\d+\) in .*: .*classes/c0\.png.*global\.png, index\.html',
+      r'^ratio: \d+\.\d\d \(target <= 1\.15\)$']),
 ])
 def test_benchmark_script_runs_at_tiny_size_and_prints_its_ratio(script, args, expected):
     out = _run([sys.executable, str(ROOT / 'benchmarks' / script), *args])
