@@ -43,6 +43,7 @@ import qpm_timm
 from qpm_timm import hub
 from qpm_timm.atomic import atomic_write
 from qpm_timm.data import create_qpm_split, get_class_names, qpm_data_config, with_transform
+from qpm_timm.data.feature_cache import CACHE_DTYPES, ensure_feature_cache
 from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.explain import FeatureGallery, GalleryCollector, model_feature_table, write_report
 from qpm_timm.losses import ActivationL1, FeatureDiversityLoss
@@ -53,6 +54,7 @@ from qpm_timm.models import load_weights
 from qpm_timm.solver import DEFAULT_EFFORT, DEFAULT_TIME_LIMIT
 
 _logger = logging.getLogger('train')
+GALLERY_FILE = 'gallery.npz'  # the feature gallery collected on the statistics pass
 
 config_parser = argparse.ArgumentParser(description='Training Config', add_help=False)
 config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
@@ -85,6 +87,8 @@ group.add_argument('--feature-cache', action=argparse.BooleanOptionalAction, def
 group.add_argument('--cache-views', type=int, default=0, metavar='K',
                    help='training views in the cache: 0 = the un-augmented images; K > 0 = K augmented views, '
                         'epoch e reads view e mod K')
+group.add_argument('--cache-dtype', default='float32', choices=CACHE_DTYPES,
+                   help='storage type of the cached maps (float16 halves the disk; float32 keeps them exact)')
 group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
                    help='backbone kwargs, e.g. stem_width=16 (YAML: model_kwargs: {stem_width: 16})')
 group.add_argument('--reduced-strides', action=argparse.BooleanOptionalAction, default=None,
@@ -138,7 +142,9 @@ group.add_argument('--report', action=argparse.BooleanOptionalAction, default=Tr
                    help='write the explanation report (<experiment>/report/index.html) and embed it in the export')
 group.add_argument('--solver-log', action='store_true', default=False, help='show the solver progress')
 group.add_argument('--finetune-epochs', type=int, default=40)
+group.add_argument('--finetune-opt', default='sgd', metavar='OPTIMIZER', help='fine-tune optimizer (timm name)')
 group.add_argument('--finetune-lr', type=float, default=1e-4)
+group.add_argument('--finetune-weight-decay', type=float, default=None, help='default: --weight-decay')
 group.add_argument('--finetune-momentum', type=float, default=0.95)
 group.add_argument('--finetune-decay-epochs', type=float, default=10)
 group = parser.add_argument_group('Optimizer / schedule (dense stage)')
@@ -201,8 +207,10 @@ def resolve_dataset(args) -> None:
         args.dataset = 'folder' if args.data_dir else 'concepts'
 
 
-def create_model(args, num_classes: int) -> qpm_timm.QPMModel:
-    """The dense model of stage 1, with ``--pretrained`` backbone weights or the ``--initial-checkpoint``."""
+def create_model(args, num_classes: int, img_size: int) -> qpm_timm.QPMModel:
+    """The dense model of stage 1, with ``--pretrained`` backbone weights or the ``--initial-checkpoint``; a backbone
+    built for one input size (a ViT) is built for the run's ``img_size`` (timm resamples pretrained position
+    embeddings)."""
     kwargs = dict(num_classes=num_classes, n_features=args.n_features, n_per_class=args.n_per_class, head='dense',
                   **args.model_kwargs)
     if args.reduced_strides is not None:
@@ -221,6 +229,9 @@ def create_model(args, num_classes: int) -> qpm_timm.QPMModel:
     elif args.model not in qpm_timm.models.VARIANT_ARGS:
         raise TrainingError(f'--model {args.model} is not a QPM architecture; use one of '
                             f'{sorted(qpm_timm.models.VARIANT_ARGS)} or "--model qpm --backbone {args.model}".')
+    backbone = kwargs.get('backbone') or qpm_timm.models.VARIANT_ARGS[args.model]['backbone']
+    if getattr(timm.models.get_pretrained_cfg(backbone), 'fixed_input_size', False):
+        kwargs['img_size'] = img_size
     model = timm.create_model(args.model, **kwargs)
     if args.initial_checkpoint:
         load_weights(model, hub.read_weights(args.initial_checkpoint), source=args.initial_checkpoint)
@@ -425,6 +436,18 @@ def build_data(args, data_config: dict):
     return train, with_transform(train, val.transform), val, get_class_names(train)
 
 
+def feature_caches(args, model, train_set, train_eval_set, val_set, folder: Path, device) -> tuple:
+    """``--feature-cache``: the frozen backbone's maps of the training views, of the un-augmented training images (the
+    statistics) and of the validation images, each built once in ``<experiment>/feature_cache/`` (rebuilt when the
+    backbone, the transform or the data change)."""
+    build = dict(seed=args.seed, dtype=args.cache_dtype, batch_size=args.validation_batch_size or args.batch_size,
+                 num_workers=args.workers, device=device, amp=args.amp, progress=not args.no_progress)
+    stats = ensure_feature_cache(model, train_eval_set, folder / 'train_eval', **build)
+    train = stats if args.cache_views == 0 else ensure_feature_cache(
+        model, train_set, folder / f'train_views{args.cache_views}', views=args.cache_views, **build)
+    return train, stats, ensure_feature_cache(model, val_set, folder / 'val', **build)
+
+
 def concept_score(model, dataset, device, args):
     """Concept recovery of the final QPM on the concepts dataset (validation images)."""
     loader = create_qpm_loader(dataset, args.validation_batch_size or args.batch_size, num_workers=args.workers)
@@ -435,6 +458,52 @@ def concept_score(model, dataset, device, args):
             pooled.append(model.forward_with_features(x.to(device)).pooled.float().cpu())
     return concept_recovery(torch.cat(pooled), dataset.concept_presence, model.class_weights.cpu(),
                             dataset.class_concepts)
+
+
+def train_and_fit(args, model, loaders, stats_data, exp: Path, device, amp, image_size) -> tuple:
+    """Stages 1-4 (docs/METHOD.md, "Pipeline") on images or, inside ``model.reading_backbone_maps()``, on the feature
+    cache: dense training, statistics (the feature gallery rides along), solve, QPM head, fine-tune; returns the
+    :class:`~qpm_timm.fit.QPMFit` and the last validation metrics."""
+    # stage 1: dense training
+    if not args.skip_dense and args.epochs > 0:
+        groups = [{'params': [p for p in module.parameters() if p.requires_grad]} for module in (model.backbone,
+                                                                                                 model.adapter)]
+        groups = [g for g in groups if g['params']] + [
+            {'params': list(model.head.parameters()), 'lr': args.lr * args.head_lr_scale}]
+        optimizer = create_optimizer_v2(groups, **optimizer_kwargs(cfg=args))
+        scheduler, _ = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loaders[0]))
+        start = resume_epoch(model, optimizer, exp / 'dense')
+        run_stage('dense', model, loaders, args, device, amp, args.epochs, optimizer, scheduler, exp / 'dense', start)
+
+    # stages 2-3: statistics of the dense model on the un-augmented training set (the explanations' feature
+    # gallery rides along), solve (rank 0), QPM head
+    collector = GalleryCollector(image_size=image_size if model.input_is_backbone_maps else None)
+    stats_loader = create_qpm_loader(stats_data, args.validation_batch_size or args.batch_size, num_workers=args.workers,
+                                     shard=True)
+    fit = fit_qpm(model, stats_loader,
+                  statistics_path=exp / 'statistics.npz', solution_path=exp / 'solution.json', device=device,
+                  amp=args.amp, progress=not args.no_progress and args.rank == 0,
+                  observers=[collector] if args.report else (), effort=args.solver_effort,
+                  time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log, locality=args.locality)
+    if collector.seen:  # the pass ran in this process (not read back after a resume)
+        gallery = collector.gather(all_ranks=True)
+        if args.rank == 0:
+            gallery.save(exp / GALLERY_FILE)
+
+    # stage 4: fine-tune with the binary head frozen (only trainable parameters)
+    metrics = {}
+    if args.finetune_epochs > 0:
+        decay = args.weight_decay if args.finetune_weight_decay is None else args.finetune_weight_decay
+        optimizer = create_optimizer_v2([p for p in model.parameters() if p.requires_grad], opt=args.finetune_opt,
+                                        lr=args.finetune_lr, momentum=args.finetune_momentum, weight_decay=decay)
+        scheduler, _ = create_scheduler_v2(optimizer, sched='step', num_epochs=args.finetune_epochs,
+                                           decay_epochs=args.finetune_decay_epochs, decay_rate=args.decay_rate)
+        start = resume_epoch(model, optimizer, exp / 'finetune')
+        metrics = run_stage('finetune', model, loaders, args, device, amp, args.finetune_epochs, optimizer,
+                            scheduler, exp / 'finetune', start)
+    if not metrics:
+        metrics = evaluate(model, loaders[1], device, args, amp)
+    return fit, metrics
 
 
 def main(argv=None) -> dict:
@@ -461,54 +530,24 @@ def main(argv=None) -> dict:
     except ValueError as e:
         raise TrainingError(str(e)) from e
     random_seed(args.seed, 0)  # the same initial weights on every rank and in every run
-    model = create_model(args, num_classes)
+    model = create_model(args, num_classes, data_config['input_size'][-1])
     start_experiment(exp, args, args_text)  # inputs are valid: from here on the run writes its results
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     vb = args.validation_batch_size or args.batch_size
-    loaders = (create_qpm_loader(train_set, args.batch_size, True, args.workers, args.distributed),
-               create_qpm_loader(val_set, vb, num_workers=args.workers))
-
-    # stage 1: dense training
-    if not args.skip_dense and args.epochs > 0:
-        groups = [{'params': [p for p in module.parameters() if p.requires_grad]} for module in (model.backbone,
-                                                                                                 model.adapter)]
-        groups = [g for g in groups if g['params']] + [
-            {'params': list(model.head.parameters()), 'lr': args.lr * args.head_lr_scale}]
-        optimizer = create_optimizer_v2(groups, **optimizer_kwargs(cfg=args))
-        scheduler, _ = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loaders[0]))
-        start = resume_epoch(model, optimizer, exp / 'dense')
-        run_stage('dense', model, loaders, args, device, amp, args.epochs, optimizer, scheduler, exp / 'dense', start)
-
-    # stages 2-3: statistics of the dense model on the un-augmented training set (the explanations' feature
-    # gallery rides along), solve (rank 0), QPM head
-    gallery_path = exp / 'gallery.npz'
-    collector = GalleryCollector()
-    fit = fit_qpm(model, create_qpm_loader(train_eval_set, vb, num_workers=args.workers, shard=True),
-                  statistics_path=exp / 'statistics.npz', solution_path=exp / 'solution.json', device=device,
-                  amp=args.amp, progress=not args.no_progress and args.rank == 0,
-                  observers=[collector] if args.report else (), effort=args.solver_effort,
-                  time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log, locality=args.locality)
-    if collector.seen:  # the pass ran in this process (not read back after a resume)
-        gallery = collector.gather(all_ranks=True)
-        if args.rank == 0:
-            gallery.save(gallery_path)
+    train_data, stats_data, val_data = train_set, train_eval_set, val_set  # images, or the backbone's cached maps
+    reading = nullcontext()
+    if args.feature_cache:
+        train_data, stats_data, val_data = feature_caches(args, model, train_set, train_eval_set, val_set,
+                                                          exp / 'feature_cache', device)
+        reading = model.reading_backbone_maps()
+    loaders = (create_qpm_loader(train_data, args.batch_size, True, args.workers, args.distributed),
+               create_qpm_loader(val_data, vb, num_workers=args.workers))
+    with reading:
+        fit, metrics = train_and_fit(args, model, loaders, stats_data, exp, device, amp,
+                                     data_config['input_size'][-2:])
     solution = fit.solution
-
-    # stage 4: fine-tune with the binary head frozen (only trainable parameters)
-    metrics = {}
-    if args.finetune_epochs > 0:
-        optimizer = create_optimizer_v2([p for p in model.parameters() if p.requires_grad], opt='sgd',
-                                        lr=args.finetune_lr, momentum=args.finetune_momentum,
-                                        weight_decay=args.weight_decay)
-        scheduler, _ = create_scheduler_v2(optimizer, sched='step', num_epochs=args.finetune_epochs,
-                                           decay_epochs=args.finetune_decay_epochs, decay_rate=args.decay_rate)
-        start = resume_epoch(model, optimizer, exp / 'finetune')
-        metrics = run_stage('finetune', model, loaders, args, device, amp, args.finetune_epochs, optimizer,
-                            scheduler, exp / 'finetune', start)
-    if not metrics:
-        metrics = evaluate(model, loaders[1], device, args, amp)
 
     # stage 5: export, report
     results = dict(top1=metrics['top1'], top5=metrics['top5'], objective=solution.objective,
@@ -519,7 +558,7 @@ def main(argv=None) -> dict:
         report = None
         if args.report:
             report = write_report(model.eval(), exp / 'report',
-                                  FeatureGallery.load(gallery_path) if gallery_path.is_file() else None,
+                                  FeatureGallery.load(exp / GALLERY_FILE) if (exp / GALLERY_FILE).is_file() else None,
                                   train_eval_set, val_set, class_names, device=device, amp=args.amp, batch_size=vb,
                                   num_workers=args.workers, progress=not args.no_progress)
         names = report.names.labels if report else None

@@ -39,7 +39,7 @@ def _run(args):
     ('report_overhead.py', ['--', *TINY_TRAIN],
      [r'^round 0  report\s+[\d.]+ s', r'^round 0  no-report\s+[\d.]+ s',
       r'^report files \(\d+\) in .*: .*classes/c0\.png.*global\.png, index\.html',
-      r'^ratio: \d+\.\d\d \(target <= 1\.15\)$']),
+      r'^ratio: \d+\.\d\d \(target <= 1\.15\)$', r'^cpu ratio: \d+\.\d\d$']),
 ])
 def test_benchmark_script_runs_at_tiny_size_and_prints_its_ratio(script, args, expected):
     out = _run([sys.executable, str(ROOT / 'benchmarks' / script), *args])

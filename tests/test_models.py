@@ -216,7 +216,7 @@ def test_class_count_mismatch_refused_strictly_and_adapted_to_a_dense_head_other
     (dict(backbone='not_a_backbone'), 'unknown backbone'),
     (dict(n_features=3, n_per_class=4), 'n_per_class=4 > n_features=3'),
     (dict(num_classes=57, n_features=8, n_per_class=3), r'binomial\(n_features=8, n_per_class=3\) = 56'),
-    (dict(backbone='vit_tiny_patch16_224'), 'N x C x H x W'),
+    (dict(adapter_depth=-1), 'adapter_depth must be an integer >= 0'),
     (dict(head='sparse'), "head must be 'dense' or 'qpm'"),
 ])
 def test_impossible_models_are_refused_with_a_clear_error(kwargs, message):

@@ -142,15 +142,19 @@ class GalleryCollector:
         k: images kept per channel.
         channels: the backbone channel of each row of the feature maps it will see; default ``0..F-1`` (the maps
             of a dense model); pass ``model.head.selection`` for the maps of a QPM.
+        image_size: ``(H, W)`` of the images, when the batches carry cached backbone maps instead of images (the
+            feature cache, ``model.reading_backbone_maps()``); default: the batches' own size.
     """
 
-    def __init__(self, k: int = GALLERY_K, channels: Optional[Sequence[int]] = None):
+    def __init__(self, k: int = GALLERY_K, channels: Optional[Sequence[int]] = None,
+                 image_size: Optional[Sequence[int]] = None):
         if int(k) < 1:
             raise ValueError(f'k must be >= 1, got {k}')
         self.k = int(k)
         self.channels = None if channels is None else torch.as_tensor(channels, dtype=torch.long).cpu()
         self._state: Optional[Tuple[torch.Tensor, ...]] = None  # score, index, label, peak, location
         self._map_size = self._image_size = None
+        self.image_size = None if image_size is None else tuple(int(s) for s in image_size)
         self._count = 0
 
     def __call__(self, batch: ForwardBatch) -> None:
@@ -161,7 +165,7 @@ class GalleryCollector:
         n, f, h, w = maps.shape
         if self.channels is not None and self.channels.numel() != f:
             raise ValueError(f'{self.channels.numel()} channels given for feature maps with {f} channels')
-        sizes = (h, w), tuple(batch.images.shape[-2:])
+        sizes = (h, w), self.image_size or tuple(batch.images.shape[-2:])
         if self._map_size is None:
             self._map_size, self._image_size = sizes
         elif sizes != (self._map_size, self._image_size):

@@ -106,6 +106,7 @@ def _prefix_matcher(matcher: Any, prefix: str) -> Any:
 
 class QPMModel(nn.Module):
     """A timm backbone with a dense or a QPM head (module docstring)."""
+    __jit_unused_properties__ = ['is_qpm', 'head_hidden_size', 'class_weights']  # Python-side head state only
 
     def __init__(
             self,
@@ -171,6 +172,9 @@ class QPMModel(nn.Module):
         self.backbone_name = backbone
         self.backbone_features = self.backbone.num_features  # channels of forward_backbone's map
         self.token_backbone = _is_token_backbone(self.backbone, in_chans)
+        self.num_prefix_tokens = int(getattr(self.backbone, 'num_prefix_tokens', 0))
+        patch = getattr(getattr(self.backbone, 'patch_embed', None), 'patch_size', None) or (1, 1)
+        self.patch_size: Tuple[int, int] = (int(patch[0]), int(patch[1]))
         self.adapter = nn.Identity() if adapter_depth == 0 else TokenMLPAdapter(
             self.backbone_features, adapter_depth, adapter_hidden, adapter_dim, device=device, dtype=dtype)
         self.adapter_depth, self.adapter_hidden, self.adapter_dim = adapter_depth, adapter_hidden, adapter_dim
@@ -332,8 +336,19 @@ class QPMModel(nn.Module):
         last-block patch tokens through its final norm (timm's ``forward_intermediates``; prefix and register
         tokens dropped, ``H x W`` the patch grid of this input). What the feature cache stores."""
         if self.token_backbone:
+            if torch.jit.is_scripting():  # TorchScript cannot call forward_intermediates: the same map, by hand
+                return self._scripted_token_map(x)
             return self._token_map(x)
         return self.backbone.forward_features(x)
+
+    def _scripted_token_map(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward_intermediates``' map from ``forward_features`` (tokens after the final norm, or NHWC)."""
+        out = self.backbone.forward_features(x)
+        if out.dim() == 4:  # NHWC (Swin-like)
+            return out.permute(0, 3, 1, 2)
+        tokens = out[:, self.num_prefix_tokens:]
+        h, w = x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1]
+        return tokens.reshape(tokens.shape[0], h, w, tokens.shape[-1]).permute(0, 3, 1, 2)
 
     @torch.jit.ignore
     def _token_map(self, x: torch.Tensor) -> torch.Tensor:
