@@ -42,7 +42,8 @@ PathLike = Union[str, os.PathLike]
 CACHE_FORMAT = 1  # bump when the layout or the meaning of the key changes: older caches become stale
 CACHE_DTYPES = ('float16', 'float32')
 MAPS_FILE, TARGETS_FILE, SIDECAR_FILE = 'maps.npy', 'targets.npy', 'cache.json'
-_SAMPLE_ATTRS = ('targets', 'samples', 'imgs', '_samples', '_image_files', '_labels', 'boxes', 'images')  # what datasets here carry
+# what the datasets here carry: targets, (path, label) lists, CUB's boxes, the concepts dataset's pixels
+_SAMPLE_ATTRS = ('targets', 'samples', 'imgs', '_samples', '_image_files', '_labels', 'boxes', 'images')
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -74,8 +75,8 @@ def _has_own_repr(obj: Any) -> bool:
 def _update_dataset(h: 'hashlib._Hash', dataset: Dataset) -> None:
     """A fingerprint of ``dataset``: its class, length, its own repr (the parameters of a generated dataset, the
     folder, split and crop of CUB), and its targets and samples where it carries them (``samples``/``imgs`` as
-    (path, label), CUB's boxes, the concepts dataset's pixels, timm's ``reader.samples``); a ``Subset`` adds its indices to its
-    parent's fingerprint. A dataset with none of these (not even a ``targets`` list) is fingerprinted by every
+    (path, label), CUB's boxes, the concepts dataset's pixels, timm's ``reader.samples``); a ``Subset`` adds its
+    indices to its parent's fingerprint. A dataset with none of these (not even a ``targets`` list) is fingerprinted by every
     target, reading each sample once."""
     h.update(f'{type(dataset).__module__}.{type(dataset).__qualname__}:{len(dataset)};'.encode())
     if isinstance(dataset, Subset):
