@@ -76,8 +76,8 @@ def _update_dataset(h: 'hashlib._Hash', dataset: Dataset) -> None:
     """A fingerprint of ``dataset``: its class, length, its own repr (the parameters of a generated dataset, the
     folder, split and crop of CUB), and its targets and samples where it carries them (``samples``/``imgs`` as
     (path, label), CUB's boxes, the concepts dataset's pixels, timm's ``reader.samples``); a ``Subset`` adds its
-    indices to its parent's fingerprint. A dataset with none of these (not even a ``targets`` list) is fingerprinted by every
-    target, reading each sample once."""
+    indices to its parent's fingerprint. A dataset with none of these (not even a ``targets`` list) is
+    fingerprinted by every target, reading each sample once."""
     h.update(f'{type(dataset).__module__}.{type(dataset).__qualname__}:{len(dataset)};'.encode())
     if isinstance(dataset, Subset):
         _update_value(h, [int(i) for i in dataset.indices])
