@@ -242,3 +242,22 @@ def test_bad_input_is_refused_with_the_fix(tmp_path, resnet):
     huge.forward_backbone = lambda x: forward(x) * 1e9
     with pytest.raises(ValueError, match='not finite in float16.*dtype=float32'):
         _ensure(huge, dataset, tmp_path / 'z')
+
+
+def _ddp_worker(rank, folder, init_file, results):
+    torch.distributed.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
+    try:
+        model = _model(reduced_strides=True)
+        calls = _count_backbone_calls(model)
+        cache = _ensure(model, _dataset(), folder)
+        results[rank] = (sum(calls), cache.key, _all_maps(cache).sum().item())
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_under_torch_distributed_rank_0_builds_and_the_other_rank_opens_its_cache(tmp_path):
+    results = torch.multiprocessing.Manager().dict()
+    torch.multiprocessing.start_processes(_ddp_worker, args=(tmp_path / 'cache', tmp_path / 'init', results),
+                                          nprocs=2, start_method='fork')
+    assert results[0][0] == len(_dataset()) and results[1][0] == 0
+    assert results[0][1:] == results[1][1:]
