@@ -45,7 +45,7 @@ from qpm_timm.atomic import atomic_write
 from qpm_timm.data import create_qpm_split, get_class_names, qpm_data_config, with_transform
 from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.explain import FeatureGallery, GalleryCollector, model_feature_table, write_report
-from qpm_timm.losses import FeatureDiversityLoss
+from qpm_timm.losses import ActivationL1, FeatureDiversityLoss
 from qpm_timm.metrics import concept_recovery
 from qpm_timm.models.head import check_qpm_sizes
 from qpm_timm.fit import fit_qpm
@@ -71,7 +71,20 @@ group.add_argument('--dataset-args', type=yaml.safe_load, default=None, metavar=
 group = parser.add_argument_group('Model parameters')
 group.add_argument('--model', default='qpm', metavar='MODEL',
                    help='a QPM architecture: qpm_resnet50_cub, ... or "qpm" with --backbone')
-group.add_argument('--backbone', default=None, metavar='NAME', help='timm CNN for --model qpm (e.g. resnet18)')
+group.add_argument('--backbone', default=None, metavar='NAME',
+                   help='timm backbone for --model qpm: a CNN (resnet18) or a ViT (vit_small_patch14_reg4_dinov2)')
+group.add_argument('--adapter-depth', type=int, default=None, metavar='N',
+                   help='layers of the token-wise MLP adapter between backbone and head (0: none; DINO-QPM: 4)')
+group.add_argument('--adapter-hidden', type=int, default=None, metavar='N', help='its hidden width (default 2048)')
+group.add_argument('--adapter-dim', type=int, default=None, metavar='N', help='its output channels (default 512)')
+group.add_argument('--freeze-backbone', action=argparse.BooleanOptionalAction, default=False,
+                   help='train only the adapter and the head; the backbone stays in eval mode (DINO-QPM)')
+group.add_argument('--feature-cache', action=argparse.BooleanOptionalAction, default=False,
+                   help='with --freeze-backbone: compute the backbone maps once, store them in <experiment>/'
+                        'feature_cache/, and train, collect statistics and fine-tune from them')
+group.add_argument('--cache-views', type=int, default=0, metavar='K',
+                   help='training views in the cache: 0 = the un-augmented images; K > 0 = K augmented views, '
+                        'epoch e reads view e mod K')
 group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
                    help='backbone kwargs, e.g. stem_width=16 (YAML: model_kwargs: {stem_width: 16})')
 group.add_argument('--reduced-strides', action=argparse.BooleanOptionalAction, default=None,
@@ -102,6 +115,15 @@ group = parser.add_argument_group('QPM parameters')
 group.add_argument('--n-features', type=int, default=50, help='n_f*: kept features (default 50)')
 group.add_argument('--n-per-class', type=int, default=5, help='n_wc: features per class (default 5)')
 group.add_argument('--fdl-beta', type=float, default=0.196, help='Feature Diversity Loss weight (ResNets: 0.196)')
+group.add_argument('--l1-maps', type=float, default=0.0, help='dense stage: weight of mean |feature maps| (DINO-QPM)')
+group.add_argument('--l1-pooled', type=float, default=0.0, help='dense stage: weight of mean |pooled features|')
+group.add_argument('--finetune-fdl-beta', type=float, default=None, help='fine-tune FDL weight (default: --fdl-beta)')
+group.add_argument('--finetune-l1-maps', type=float, default=0.0,
+                   help='fine-tune: weight of mean |selected feature maps| (DINO-QPM: 5)')
+group.add_argument('--finetune-l1-pooled', type=float, default=0.0,
+                   help='fine-tune: weight of mean |selected pooled features| (DINO-QPM: 1)')
+group.add_argument('--locality', action=argparse.BooleanOptionalAction, default=True,
+                   help='keep the locality bias B in the solve\'s objective (DINO-QPM solves without it)')
 group.add_argument('--skip-dense', action='store_true', default=False,
                    help='no dense training: statistics of the --initial-checkpoint model, or of the --pretrained one '
                         'when its classifier fits the classes (as the authors do for ImageNet)')
@@ -185,6 +207,9 @@ def create_model(args, num_classes: int) -> qpm_timm.QPMModel:
                   **args.model_kwargs)
     if args.reduced_strides is not None:
         kwargs['reduced_strides'] = args.reduced_strides
+    for name in ('adapter_depth', 'adapter_hidden', 'adapter_dim'):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
     if args.pretrained or args.pretrained_path:
         kwargs['pretrained_backbone'] = True
         if args.pretrained_path:
@@ -199,6 +224,9 @@ def create_model(args, num_classes: int) -> qpm_timm.QPMModel:
     model = timm.create_model(args.model, **kwargs)
     if args.initial_checkpoint:
         load_weights(model, hub.read_weights(args.initial_checkpoint), source=args.initial_checkpoint)
+    if args.freeze_backbone:
+        model.freeze_backbone()
+    check_trainable(model, args)
     if args.skip_dense and not (args.initial_checkpoint or model.adopted_classifier):
         why = (f'the pretrained classifier of {model.backbone_name} does not fit the {num_classes} classes'
                if kwargs.get('pretrained_backbone') else 'neither --initial-checkpoint nor --pretrained is given')
@@ -206,6 +234,24 @@ def create_model(args, num_classes: int) -> qpm_timm.QPMModel:
                             f'--pretrained weights whose classifier fits the classes (the ImageNet route), or train '
                             f'the dense stage.')
     return model
+
+
+def check_trainable(model: qpm_timm.QPMModel, args) -> None:
+    """Refuse a stage that would run epochs with nothing to train (e.g. a frozen backbone without an adapter in
+    the fine-tune, where the QPM head's assignment is fixed)."""
+    frozen = ' (--freeze-backbone)' if model.backbone_frozen else ''
+    dense = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tuned = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not n.startswith('head.'))
+    if args.epochs > 0 and not args.skip_dense and dense == 0:
+        raise TrainingError(f'the dense stage would train nothing: no parameter of the model requires a gradient'
+                            f'{frozen}; use --skip-dense or unfreeze the backbone.')
+    if args.finetune_epochs > 0 and tuned == 0:
+        raise TrainingError(f'the fine-tune stage would train nothing: the QPM head is fixed and the backbone is '
+                            f'frozen{frozen} with no adapter; add an adapter (--adapter-depth N) or set '
+                            f'--finetune-epochs 0.')
+    if args.feature_cache and not model.backbone_frozen:
+        raise TrainingError('--feature-cache needs --freeze-backbone: the maps of a backbone that trains change '
+                            'every step, so they cannot be cached.')
 
 
 class WithFeatures(nn.Module):
@@ -227,8 +273,9 @@ def to_device(x, y, device, args):
     return x, y.to(device)
 
 
-def train_one_epoch(epoch, model, step_model, loader, optimizer, scheduler, fdl, args, device, amp):
+def train_one_epoch(epoch, model, step_model, loader, optimizer, scheduler, losses_fn, args, device, amp):
     model.train()
+    fdl, l1 = losses_fn
     losses = AverageMeter()
     num_updates = epoch * len(loader)
     bar = tqdm(loader, desc=f'epoch {epoch}', disable=args.no_progress or args.rank != 0, leave=False)
@@ -236,7 +283,8 @@ def train_one_epoch(epoch, model, step_model, loader, optimizer, scheduler, fdl,
         x, y = to_device(x, y, device, args)
         with amp():
             out = step_model(x)
-            loss = F.cross_entropy(out.logits, y) + fdl(out.feature_maps, out.logits, model.class_weights)
+            loss = (F.cross_entropy(out.logits, y) + fdl(out.feature_maps, out.logits, model.class_weights)
+                    + l1(out.feature_maps, out.pooled))
         optimizer.zero_grad()
         loss.backward()
         if args.clip_grad:
@@ -266,13 +314,21 @@ def evaluate(model, loader, device, args, amp):
     return OrderedDict(loss=losses.avg, top1=top1.avg, top5=top5.avg)
 
 
+def stage_losses(name: str, args) -> tuple:
+    """The stage's terms beside cross-entropy: the FDL and DINO-QPM's L1 activation terms."""
+    if name == 'finetune':
+        beta = args.fdl_beta if args.finetune_fdl_beta is None else args.finetune_fdl_beta
+        return FeatureDiversityLoss(beta=beta), ActivationL1(args.finetune_l1_maps, args.finetune_l1_pooled)
+    return FeatureDiversityLoss(beta=args.fdl_beta), ActivationL1(args.l1_maps, args.l1_pooled)
+
+
 def run_stage(name, model, loaders, args, device, amp, epochs, optimizer, scheduler, folder: Path, start_epoch):
     """Train ``epochs`` epochs, checkpointing every one (``last.pth.tar``) with timm's CheckpointSaver."""
     train_loader, val_loader = loaders
     step_model = WithFeatures(model)
     if args.distributed:
         step_model = nn.parallel.DistributedDataParallel(step_model)
-    fdl = FeatureDiversityLoss(beta=args.fdl_beta)
+    losses_fn = stage_losses(name, args)
     if args.rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
     saver = CheckpointSaver(model, optimizer, args=args, checkpoint_dir=str(folder), recovery_dir=str(folder),
@@ -284,7 +340,9 @@ def run_stage(name, model, loaders, args, device, amp, epochs, optimizer, schedu
         random_seed(args.seed + 1000 * (name == 'finetune') + epoch, args.rank)  # same batches after a resume
         if hasattr(train_loader.sampler, 'set_epoch'):
             train_loader.sampler.set_epoch(epoch)
-        train_metrics = train_one_epoch(epoch, model, step_model, train_loader, optimizer, scheduler, fdl, args,
+        if hasattr(train_loader.dataset, 'set_epoch'):  # a feature cache with augmented views
+            train_loader.dataset.set_epoch(epoch)
+        train_metrics = train_one_epoch(epoch, model, step_model, train_loader, optimizer, scheduler, losses_fn, args,
                                         device, amp)
         metrics = evaluate(model, val_loader, device, args, amp)
         if scheduler is not None:
@@ -336,6 +394,9 @@ def check_args(args) -> None:
         check_qpm_sizes(0, args.n_features, args.n_per_class)
     except ValueError as e:
         raise TrainingError(f'--n-features/--n-per-class: {e}') from e
+    for flag in ('l1_maps', 'l1_pooled', 'finetune_l1_maps', 'finetune_l1_pooled', 'cache_views'):
+        if not getattr(args, flag) >= 0:
+            raise TrainingError(f'--{flag.replace("_", "-")} must be >= 0, got {getattr(args, flag)}.')
     if not (math.isfinite(args.solver_effort) and args.solver_effort > 0):
         raise TrainingError(f'--solver-effort must be a positive finite number, got {args.solver_effort}.')
     for flag, path in (('--initial-checkpoint', args.initial_checkpoint), ('--pretrained-path', args.pretrained_path)):
@@ -411,8 +472,10 @@ def main(argv=None) -> dict:
 
     # stage 1: dense training
     if not args.skip_dense and args.epochs > 0:
-        groups = [{'params': model.backbone.parameters()},
-                  {'params': model.head.parameters(), 'lr': args.lr * args.head_lr_scale}]
+        groups = [{'params': [p for p in module.parameters() if p.requires_grad]} for module in (model.backbone,
+                                                                                                 model.adapter)]
+        groups = [g for g in groups if g['params']] + [
+            {'params': list(model.head.parameters()), 'lr': args.lr * args.head_lr_scale}]
         optimizer = create_optimizer_v2(groups, **optimizer_kwargs(cfg=args))
         scheduler, _ = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loaders[0]))
         start = resume_epoch(model, optimizer, exp / 'dense')
@@ -426,7 +489,7 @@ def main(argv=None) -> dict:
                   statistics_path=exp / 'statistics.npz', solution_path=exp / 'solution.json', device=device,
                   amp=args.amp, progress=not args.no_progress and args.rank == 0,
                   observers=[collector] if args.report else (), effort=args.solver_effort,
-                  time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log)
+                  time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log, locality=args.locality)
     if collector.seen:  # the pass ran in this process (not read back after a resume)
         gallery = collector.gather(all_ranks=True)
         if args.rank == 0:

@@ -44,16 +44,17 @@ class QPMFit:
         return self.channels[self.solution.selected]
 
 
-def problem_from_statistics(statistics: QPMStatistics, n_features: int,
-                            n_per_class: int) -> Tuple[QPMProblem, np.ndarray]:
-    """The optimisation problem (docs/METHOD.md, "The optimisation problem") over the non-constant features.
+def problem_from_statistics(statistics: QPMStatistics, n_features: int, n_per_class: int,
+                            locality: bool = True) -> Tuple[QPMProblem, np.ndarray]:
+    """The optimisation problem (docs/METHOD.md, "The optimisation problem") over the non-constant features;
+    ``locality=False`` drops the locality bias ``B`` from the objective (DINO-QPM's solve).
 
     A constant feature (std 0) cannot be normalised by the QPM head, so it is left out; returns the problem and
-    the backbone channel of each of its features.
+    the channel of each of its features.
     """
     channels = np.flatnonzero(statistics.std > 0)
-    problem = QPMProblem(statistics.A[channels], B=statistics.B[channels], n_features=n_features,
-                         n_per_class=n_per_class)
+    problem = QPMProblem(statistics.A[channels], B=statistics.B[channels] if locality else None,
+                         n_features=n_features, n_per_class=n_per_class)
     return problem, channels
 
 
@@ -78,9 +79,9 @@ def _broadcast(obj: Any) -> Any:
     return box[0]
 
 
-def _solve(statistics: QPMStatistics, n_features: int, n_per_class: int, path: Optional[Path],
+def _solve(statistics: QPMStatistics, n_features: int, n_per_class: int, path: Optional[Path], locality: bool,
            **solver_kwargs) -> Tuple[QPMSolution, np.ndarray]:
-    problem, channels = problem_from_statistics(statistics, n_features, n_per_class)
+    problem, channels = problem_from_statistics(statistics, n_features, n_per_class, locality)
     if path is not None and path.is_file():  # a finished solve of these statistics (checked by its input hash)
         return QPMSolution.load(path, problem), channels
     solution = solve_qpm(problem, **solver_kwargs)
@@ -100,6 +101,7 @@ def fit_qpm(
         amp: bool = False,
         progress: bool = False,
         observers: Sequence[Callable] = (),
+        locality: bool = True,
         **solver_kwargs,
 ) -> QPMFit:
     """Statistics -> solve -> QPM head for a dense ``model`` (module docstring); returns a :class:`QPMFit`.
@@ -115,6 +117,7 @@ def fit_qpm(
         observers: callables that ride along the statistics pass (:func:`~qpm_timm.stats.collect_statistics`),
             e.g. the explanations' :class:`~qpm_timm.explain.GalleryCollector`; not called when the statistics
             are read from ``statistics`` / ``statistics_path``.
+        locality: keep the locality bias ``B`` in the objective (False: DINO-QPM's solve).
         **solver_kwargs: passed to :func:`~qpm_timm.solver.solve_qpm` (``effort``, ``time_limit``, ``seed``, ...).
     """
     if not isinstance(model, QPMModel) or model.is_qpm:
@@ -133,7 +136,7 @@ def fit_qpm(
     if statistics.num_classes != model.num_classes:
         raise ValueError(f'the statistics have {statistics.num_classes} classes, the model {model.num_classes}.')
     solved = _solve(statistics, model.n_features, model.n_per_class, Path(solution_path) if solution_path else None,
-                    **solver_kwargs) if _rank() == 0 else None
+                    locality, **solver_kwargs) if _rank() == 0 else None
     solution, channels = _broadcast(solved)
     apply_solution(model, statistics, solution, channels)
     return QPMFit(model, solution, statistics, channels)

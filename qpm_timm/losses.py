@@ -1,4 +1,5 @@
-"""Feature Diversity Loss (docs/METHOD.md, "Feature Diversity Loss"; Q-SENN / QPM papers).
+"""Training losses of a QPM: the Feature Diversity Loss (docs/METHOD.md, "Feature Diversity Loss"; Q-SENN / QPM
+papers) and DINO-QPM's L1 activation terms (:class:`ActivationL1`; docs/METHOD.md, "ViT backbones and the adapter").
 
 The loss rewards the features a class relies on for lighting up *different* spatial
 locations. It works unchanged for both head states of a QPM model:
@@ -18,7 +19,7 @@ images). Everything is computed in float32, also under autocast / bfloat16 input
 import torch
 from torch import nn
 
-__all__ = ["FeatureDiversityLoss", "feature_diversity_loss", "mean_scaled_softmax_maps", "predicted_class_weights"]
+__all__ = ["ActivationL1", "FeatureDiversityLoss", "feature_diversity_loss", "mean_scaled_softmax_maps", "predicted_class_weights"]
 
 
 def _check_shapes(feature_maps: torch.Tensor, logits: torch.Tensor, class_weights: torch.Tensor) -> None:
@@ -90,3 +91,23 @@ class FeatureDiversityLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}"
+
+
+class ActivationL1(nn.Module):
+    """DINO-QPM's sparsity terms: ``maps_weight * mean|feature_maps| + pooled_weight * mean|pooled|`` (the mean
+    absolute value of the feature maps the head reads and of their pooled features); 0 when both weights are 0."""
+
+    def __init__(self, maps_weight: float = 0.0, pooled_weight: float = 0.0):
+        super().__init__()
+        for name, w in (("maps_weight", maps_weight), ("pooled_weight", pooled_weight)):
+            if not w >= 0:
+                raise ValueError(f"{name} must be >= 0, got {w}")
+        self.maps_weight, self.pooled_weight = float(maps_weight), float(pooled_weight)
+
+    def forward(self, feature_maps: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        loss = feature_maps.new_zeros((), dtype=torch.float32)
+        if self.maps_weight:
+            loss = loss + self.maps_weight * feature_maps.float().abs().mean()
+        if self.pooled_weight:
+            loss = loss + self.pooled_weight * pooled.float().abs().mean()
+        return loss

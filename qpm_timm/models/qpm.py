@@ -2,9 +2,11 @@
 
 Paper: https://arxiv.org/abs/2502.20130 (Norrenbrock, Kaiser, Biswas, Manuvinakurike, Rosenhahn).
 
-A :class:`QPMModel` wraps any timm CNN whose ``forward_features`` returns an ``N x C x H x W`` map and
-carries one of two heads (:mod:`qpm_timm.models.head`): the dense head of stage 1, or the QPM head
-whose binary class x feature assignment was found by :mod:`qpm_timm.solver`.
+A :class:`QPMModel` wraps a timm backbone that gives an ``N x C x H x W`` feature map -- a CNN's
+``forward_features``, or a Vision Transformer's last-layer patch tokens as a map (timm's ``forward_intermediates``,
+prefix and register tokens dropped) -- optionally followed by a token-wise MLP adapter
+(:mod:`qpm_timm.models.adapter`, DINO-QPM), and carries one of two heads (:mod:`qpm_timm.models.head`): the
+dense head of stage 1, or the QPM head whose binary class x feature assignment was found by :mod:`qpm_timm.solver`.
 
 Loading rules (one place, :meth:`QPMModel.load_state_dict`, used by every timm loading path):
 
@@ -19,7 +21,8 @@ import os
 import pickle
 import re
 import warnings
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -32,6 +35,7 @@ from safetensors import SafetensorError
 from timm.models import ResNet, build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
 from ..data.transforms import qpm_data_config, resolve_qpm_data_config
+from .adapter import TokenMLPAdapter, check_adapter_args
 from .authors import AUTHORS_EVAL_DATASETS, filter_authors_weights, releases_of, variant_dataset
 from .head import (
     DENSE_DROP_RATE, QPM_DROP_RATE, DenseHead, QPMHead, check_assignment, check_qpm_sizes, check_selection,
@@ -115,6 +119,9 @@ class QPMModel(nn.Module):
             drop_rate: Optional[float] = None,
             in_chans: int = 3,
             relu_after_norm: bool = False,
+            adapter_depth: int = 0,
+            adapter_hidden: int = 2048,
+            adapter_dim: int = 512,
             pretrained_backbone: bool = False,
             backbone_pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
             device=None,
@@ -123,8 +130,10 @@ class QPMModel(nn.Module):
     ):
         """
         Args:
-            backbone: name of any timm CNN whose ``forward_features`` returns ``N x C x H x W``, optionally with
-                its pretrained tag (``'resnet50.tv_in1k'``): the tag names the weights ``pretrained_backbone`` loads.
+            backbone: name of a timm CNN whose ``forward_features`` returns ``N x C x H x W``, or of a timm model
+                with ``forward_intermediates`` (Vision Transformers: DeiT, EVA, DINOv2, ...; its last block's
+                normalised patch tokens become the map), optionally with its pretrained tag
+                (``'resnet50.tv_in1k'``): the tag names the weights ``pretrained_backbone`` loads.
             num_classes: number of classes (0: no classifier, the model returns pre-logits).
             n_features: ``n_f*``, the number of kept features.
             n_per_class: ``n_wc``, features per class.
@@ -133,6 +142,9 @@ class QPMModel(nn.Module):
             global_pool: pooling of the head ('avg' as in the method).
             drop_rate: feature dropout; None: 0.2 for the dense head, 0.1 for the QPM head.
             relu_after_norm: the QPM head applies a ReLU to the normalised features (CHiQPM's head).
+            adapter_depth: layers of the token-wise MLP adapter between backbone and head (0: none; DINO-QPM: 4).
+            adapter_hidden: width of its hidden layers (DINO-QPM: 2048).
+            adapter_dim: its output channels, the features the head, the FDL and the statistics see (DINO-QPM: 512).
             pretrained_backbone: start the backbone from its timm pretrained weights (the initialisation of the
                 dense stage, docs/METHOD.md "Recipe"), loaded by timm itself: Hub, cache, ``HF_HUB_OFFLINE``.
                 When the pretrained classifier is a plain linear layer over the pooled features with
@@ -148,6 +160,7 @@ class QPMModel(nn.Module):
             raise ValueError(f"head must be 'dense' or 'qpm', got {head!r}.")
         _check_pool(global_pool)
         check_qpm_sizes(num_classes, n_features, n_per_class)  # before any weights are fetched
+        check_adapter_args(adapter_depth, adapter_hidden, adapter_dim)
         self.backbone, classifier = _create_backbone(
             backbone, pretrained_backbone, backbone_pretrained_cfg_overlay, in_chans=in_chans, device=device,
             dtype=dtype, **backbone_kwargs)
@@ -156,9 +169,15 @@ class QPMModel(nn.Module):
         if reduced_strides:
             reduce_resnet_strides(self.backbone)
         self.backbone_name = backbone
-        self.num_features = self.backbone.num_features
+        self.backbone_features = self.backbone.num_features  # channels of forward_backbone's map
+        self.token_backbone = _is_token_backbone(self.backbone, in_chans)
+        self.adapter = nn.Identity() if adapter_depth == 0 else TokenMLPAdapter(
+            self.backbone_features, adapter_depth, adapter_hidden, adapter_dim, device=device, dtype=dtype)
+        self.adapter_depth, self.adapter_hidden, self.adapter_dim = adapter_depth, adapter_hidden, adapter_dim
+        self.num_features = adapter_dim if adapter_depth else self.backbone_features
         check_qpm_sizes(num_classes, n_features, n_per_class, self.num_features)
-        _check_nchw_features(self.backbone, in_chans, self.num_features)
+        self.backbone_frozen = False
+        self.input_is_backbone_maps = False  # set by reading_backbone_maps()
         self.in_chans = in_chans
         self.n_features = n_features
         self.n_per_class = n_per_class
@@ -308,9 +327,25 @@ class QPMModel(nn.Module):
             self.reset_classifier(0, '')
         return take
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Un-pooled backbone features, all ``num_features`` channels."""
+    def forward_backbone(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's ``N x backbone_features x H x W`` map: a CNN's ``forward_features``, or a token model's
+        last-block patch tokens through its final norm (timm's ``forward_intermediates``; prefix and register
+        tokens dropped, ``H x W`` the patch grid of this input). What the feature cache stores."""
+        if self.token_backbone:
+            return self._token_map(x)
         return self.backbone.forward_features(x)
+
+    @torch.jit.ignore
+    def _token_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_intermediates(
+            x, indices=1, norm=True, output_fmt='NCHW', intermediates_only=True)[-1]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Un-pooled features, all ``num_features`` channels: the backbone's map through the adapter. Inside
+        :meth:`reading_backbone_maps`, ``x`` is already the backbone's map (read from the feature cache)."""
+        if not self.input_is_backbone_maps:
+            x = self.forward_backbone(x)
+        return self.adapter(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
@@ -326,6 +361,32 @@ class QPMModel(nn.Module):
         if pooled.dim() != 2:
             raise ValueError("forward_with_features needs a pooling head; this one has global_pool=''.")
         return QPMOutput(self.head.forward_pooled(pooled), maps, pooled)
+
+    # --- frozen backbone ------------------------------------------------------------------------------------------
+    def freeze_backbone(self) -> None:
+        """Train only the adapter and the head (DINO-QPM): the backbone's parameters stop requiring gradients and
+        the backbone stays in eval mode (its BatchNorm statistics and dropout frozen) whatever ``train()`` is
+        called with. A training-time choice, not recorded in exports."""
+        self.backbone.requires_grad_(False)
+        self.backbone_frozen = True
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> 'QPMModel':
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
+
+    @contextmanager
+    def reading_backbone_maps(self) -> Iterator['QPMModel']:
+        """Inside, every forward takes :meth:`forward_backbone` outputs as input instead of images (the feature
+        cache of a frozen backbone), so training steps, the statistics and :func:`qpm_timm.fit.fit_qpm` run on
+        cached maps unchanged."""
+        previous, self.input_is_backbone_maps = self.input_is_backbone_maps, True
+        try:
+            yield self
+        finally:
+            self.input_is_backbone_maps = previous
 
     # --- loading ----------------------------------------------------------------------------------------------
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -411,27 +472,58 @@ def _create_backbone(
     return model, classifier
 
 
-def _check_nchw_features(backbone: nn.Module, in_chans: int, num_features: int) -> None:
-    """Refuse backbones whose ``forward_features`` is not an ``N x C x H x W`` map with ``C == num_features``."""
+def _probe_size(backbone: nn.Module, in_chans: int) -> List[int]:
+    """A small input the backbone accepts: a fixed-size ViT's own image size, a dynamic one's 4 x 4 patches,
+    otherwise at most 64 px."""
+    patch_embed = getattr(backbone, 'patch_embed', None)
+    img_size = getattr(patch_embed, 'img_size', None)
+    if img_size is not None:
+        if getattr(backbone, 'dynamic_img_size', False):
+            return [min(s, 4 * p) for s, p in zip(img_size, patch_embed.patch_size)]
+        return list(img_size)
+    if backbone.pretrained_cfg.get('fixed_input_size'):
+        return list(backbone.pretrained_cfg['input_size'][-2:])
+    return [min(s, 64) for s in backbone.pretrained_cfg.get('input_size', (in_chans, 64, 64))[-2:]]
+
+
+def _is_token_backbone(backbone: nn.Module, in_chans: int) -> bool:
+    """False for a backbone whose ``forward_features`` is an ``N x C x H x W`` map with ``C == num_features`` (a
+    CNN); True for one whose ``forward_intermediates(output_fmt='NCHW')`` gives that map instead (ViTs, Swin);
+    refuses anything else, naming what it found."""
     p = next(backbone.parameters())
-    size = [min(s, 64) for s in backbone.pretrained_cfg.get('input_size', (in_chans, 64, 64))[-2:]]
+    size = _probe_size(backbone, in_chans)
+    probe = torch.zeros(1, in_chans, *size, device=p.device, dtype=p.dtype)
+    name, c = type(backbone).__name__, backbone.num_features
     was_training = backbone.training
     try:
         with torch.no_grad():
-            out = backbone.eval().forward_features(torch.zeros(1, in_chans, *size, device=p.device, dtype=p.dtype))
-    except Exception as e:  # fixed-size or token models fail on the probe
-        raise ValueError(f'{type(backbone).__name__}: forward_features failed on a {size} probe ({e}); '
-                         f'QPM needs a CNN whose forward_features returns N x C x H x W.') from e
+            out = backbone.eval().forward_features(probe)
+            if out.dim() == 4 and out.shape[1] == c:
+                return False
+            found = f'{name}.forward_features returns shape {tuple(out.shape)} on a {size} input'
+            if not hasattr(backbone, 'forward_intermediates'):
+                raise ValueError(f'{found} and the model has no forward_intermediates to give a spatial map; QPM '
+                                 f'needs N x {c} x H x W feature maps (a CNN, or a ViT-like timm model).')
+            maps = backbone.forward_intermediates(probe, indices=1, norm=True, output_fmt='NCHW',
+                                                  intermediates_only=True)
+    except ValueError:
+        raise
+    except Exception as e:  # fixed-size models or unusual outputs fail on the probe
+        raise ValueError(f'{name}: the feature-map probe on a {size} input failed ({type(e).__name__}: {e}); QPM '
+                         f'needs a backbone with N x C x H x W feature maps.') from e
     finally:
         backbone.train(was_training)
-    if out.dim() != 4 or out.shape[1] != num_features:
-        raise ValueError(f'{type(backbone).__name__}.forward_features returns shape {tuple(out.shape)}; QPM needs '
-                         f'N x {num_features} x H x W (a CNN backbone).')
+    last = maps[-1] if isinstance(maps, (list, tuple)) and maps else None
+    if not isinstance(last, torch.Tensor) or last.dim() != 4 or last.shape[1] != c:
+        shape = tuple(last.shape) if isinstance(last, torch.Tensor) else type(maps).__name__
+        raise ValueError(f'{found}, and its forward_intermediates(output_fmt="NCHW") gives {shape}, not '
+                         f'N x {c} x H x W: QPM cannot turn its features into maps.')
+    return True
 
 
 def _cfg(num_classes: int, reduced_strides: bool, **kwargs) -> Dict[str, Any]:
     return {
-        'num_classes': num_classes, 'input_size': (3, 224, 224),
+        'num_classes': num_classes, 'input_size': (3, 224, 224), 'fixed_input_size': False,
         'pool_size': (28, 28) if reduced_strides else (7, 7),
         'crop_pct': 0.875, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'backbone.conv1', 'classifier': 'head.fc', 'hf_hub_filename': 'model.safetensors',
@@ -447,24 +539,38 @@ def _hub(variant: str) -> str:
 
 # Architecture arguments of each registered variant. ``backbone`` carries the timm pretrained tag that
 # ``pretrained_backbone=True`` (train.py --pretrained) loads: torchvision's ImageNet ResNets (timm's ``.tv_in1k``),
-# the initialisation of the authors' dense models.
+# the initialisation of the authors' dense models; DINOv2 with 4 registers (``.lvd142m``) at 224 px (16 x 16
+# patch maps) with a token-wise MLP adapter, DINO-QPM's setting (ViT-B/14: 4 layers, 2048 wide, 512 out), and a
+# smaller one of ours for ViT-S/14 (2 layers, 512 wide, 256 out) whose cached epochs stay cheap on a CPU.
 VARIANT_ARGS = {
     'qpm_resnet50_cub': dict(backbone='resnet50.tv_in1k', reduced_strides=True),
     'qpm_resnet50_cars': dict(backbone='resnet50.tv_in1k', reduced_strides=True),
     'qpm_resnet50_imagenet': dict(backbone='resnet50.tv_in1k', reduced_strides=False),
     'qpm_resnet34_cub': dict(backbone='resnet34.tv_in1k', reduced_strides=True),
     'qpm_resnet18_cub': dict(backbone='resnet18.tv_in1k', reduced_strides=True),
+    'qpm_vit_base_patch14_reg4_dinov2_cub': dict(
+        backbone='vit_base_patch14_reg4_dinov2.lvd142m', img_size=224, adapter_depth=4, adapter_hidden=2048,
+        adapter_dim=512),
+    'qpm_vit_small_patch14_reg4_dinov2_cub': dict(
+        backbone='vit_small_patch14_reg4_dinov2.lvd142m', img_size=224, adapter_depth=2, adapter_hidden=512,
+        adapter_dim=256),
 }
 
 
-def _variant_cfg(variant: str, dataset: str) -> Dict[str, Any]:
-    """A registered variant's row: the eval data config of its dataset's recipe (CUB's box crops squashed)
-    and, in ``notes``, the backbone weights its dense stage starts from."""
+def _variant_cfg(variant: str, dataset: str, crop_to_bbox: bool = True) -> Dict[str, Any]:
+    """A registered variant's row: the eval data config of its dataset's recipe (CUB's box crops squashed, or whole
+    images with ``crop_to_bbox=False``) and, in ``notes``, the backbone weights its dense stage starts from."""
     args = VARIANT_ARGS[variant]
-    data = {k: v for k, v in qpm_data_config(dataset).items() if k != 'input_size'}
+    data = {k: v for k, v in qpm_data_config(dataset, crop_to_bbox=crop_to_bbox).items() if k != 'input_size'}
     notes = f"dense stage initialised from timm's {args['backbone']} (pretrained_backbone=True)"
-    return _cfg(resolve_qpm_data_config(dataset).num_classes, args['reduced_strides'], hf_hub_id=_hub(variant),
-                notes=notes, **data)
+    vit = {}
+    if 'img_size' in args:  # a ViT: fixed input size, one map cell per 14 px patch
+        side = args['img_size'] // 14
+        vit = dict(input_size=(3, args['img_size'], args['img_size']), fixed_input_size=True, pool_size=(side, side),
+                   first_conv='backbone.patch_embed.proj', origin_url='https://github.com/RobertZimm/DINO-QPM')
+        notes += '; the backbone stays frozen (train.py --freeze-backbone), only adapter and head train'
+    return _cfg(resolve_qpm_data_config(dataset).num_classes, args.get('reduced_strides', False),
+                hf_hub_id=_hub(variant), notes=notes, **data, **vit)
 
 
 # One row per published variant; hub_configs/ is generated from this table.
@@ -474,6 +580,8 @@ default_cfgs = generate_default_cfgs({
     'qpm_resnet50_imagenet': _variant_cfg('qpm_resnet50_imagenet', 'imagenet'),
     'qpm_resnet34_cub': _variant_cfg('qpm_resnet34_cub', 'cub'),
     'qpm_resnet18_cub': _variant_cfg('qpm_resnet18_cub', 'cub'),
+    'qpm_vit_base_patch14_reg4_dinov2_cub': _variant_cfg('qpm_vit_base_patch14_reg4_dinov2_cub', 'cub', False),
+    'qpm_vit_small_patch14_reg4_dinov2_cub': _variant_cfg('qpm_vit_small_patch14_reg4_dinov2_cub', 'cub', False),
     'qpm': {**_cfg(1000, False), 'hf_hub_filename': None},
 })
 
@@ -594,10 +702,25 @@ def qpm_resnet18_cub(pretrained: bool = False, **kwargs) -> QPMModel:
 
 
 @register_model
-def qpm(pretrained: bool = False, backbone: str = 'resnet50', **kwargs) -> QPMModel:
-    """A QPM on any timm CNN: ``timm.create_model('qpm', backbone='convnext_tiny', num_classes=...)``.
+def qpm_vit_base_patch14_reg4_dinov2_cub(pretrained: bool = False, **kwargs) -> QPMModel:
+    """DINO-QPM: frozen DINOv2 ViT-B/14 with 4 registers at 224 px, a 4-layer token MLP adapter (2048 wide, 512
+    out), 50 features, 5 per class, for CUB-200-2011 (whole images)."""
+    return _variant('qpm_vit_base_patch14_reg4_dinov2_cub', pretrained, kwargs)
 
-    Input size, normalisation and first conv come from the backbone's own pretrained config.
+
+@register_model
+def qpm_vit_small_patch14_reg4_dinov2_cub(pretrained: bool = False, **kwargs) -> QPMModel:
+    """Frozen DINOv2 ViT-S/14 with 4 registers at 224 px, a 2-layer token MLP adapter (512 wide, 256 out), for
+    CUB-200-2011 (whole images)."""
+    return _variant('qpm_vit_small_patch14_reg4_dinov2_cub', pretrained, kwargs)
+
+
+@register_model
+def qpm(pretrained: bool = False, backbone: str = 'resnet50', **kwargs) -> QPMModel:
+    """A QPM on any timm CNN or ViT: ``timm.create_model('qpm', backbone='convnext_tiny', num_classes=...)``.
+
+    Input size, normalisation and first conv come from the backbone's own pretrained config; a ViT's input size is
+    the one it was built for (``img_size=...``), fixed unless ``dynamic_img_size=True``.
     """
     _check_backbone(backbone)
     overlay = {}
@@ -607,9 +730,16 @@ def qpm(pretrained: bool = False, backbone: str = 'resnet50', **kwargs) -> QPMMo
         overlay['first_conv'] = 'backbone.' + bcfg.first_conv if isinstance(bcfg.first_conv, str) else None
         overlay['num_classes'] = kwargs.get('num_classes', 1000)  # weights of a generic QPM fit its class count
     overlay.update(kwargs.pop('pretrained_cfg_overlay', None) or {})
+    exported = bool(kwargs.get('pretrained_cfg'))
     model = _create_qpm('qpm', pretrained, backbone=backbone, pretrained_cfg_overlay=overlay, **kwargs)
+    cfg = model.pretrained_cfg
+    img_size = getattr(getattr(model.backbone, 'patch_embed', None), 'img_size', None)
+    if img_size is not None and not exported:
+        cfg['input_size'] = (model.in_chans, *img_size)
+        cfg['fixed_input_size'] = not getattr(model.backbone, 'dynamic_img_size', False)
     reduction = model.feature_info[-1]['reduction']
-    model.pretrained_cfg['pool_size'] = tuple(-(-s // reduction) for s in model.pretrained_cfg['input_size'][-2:])
+    grid = (lambda s: s // reduction) if model.token_backbone else (lambda s: -(-s // reduction))
+    cfg['pool_size'] = tuple(grid(s) for s in cfg['input_size'][-2:])
     return model
 
 
