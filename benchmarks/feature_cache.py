@@ -111,11 +111,11 @@ def main(argv=None) -> float:
                 optimizer.step()
         losses['cached' if cached else 'uncached'] = loss.item()
 
-    adapter = (f'adapter depth {args.adapter_depth} (hidden {args.adapter_hidden}, {args.adapter_dim} channels)'
+    adapter = (f'adapter depth {args.adapter_depth}, hidden {args.adapter_hidden}, {args.adapter_dim} channels'
                if args.adapter_depth else 'no adapter')
-    print(f'frozen-backbone epoch, cached vs uncached: {args.backbone} (random init, {model.num_features} features '
-          f'after the {adapter}), {args.img_size} px, {len(dataset)} images, batch {args.batch_size}, '
-          f'device {args.device}, threads {torch.get_num_threads()}, workers {args.workers}')
+    print(f'frozen-backbone epoch, cached vs uncached: {args.backbone} (random init; {adapter}), {args.img_size} px, '
+          f'{len(dataset)} images, batch {args.batch_size}, device {args.device}, threads {torch.get_num_threads()}, '
+          f'workers {args.workers}')
     print(f'torch {torch.__version__}, timm {timm.__version__}; cache {cache.maps.shape} {args.dtype}, '
           f'{cache.maps.nbytes / 2 ** 20:.1f} MiB; trainable parameters {sum(p.numel() for p in trainable)}')
     print(f'before: {load_text()} (CPU cores: {os.cpu_count()}; shared machine, hence alternation and medians)')

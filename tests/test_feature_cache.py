@@ -21,6 +21,7 @@ from qpm_timm.stats import collect_statistics
 EVAL = T.Compose([T.ToTensor(), T.Normalize((0.5,) * 3, (0.2,) * 3)])
 AUGMENT = T.Compose([T.RandomResizedCrop(32, scale=(0.3, 1.0)), T.RandomHorizontalFlip(), T.ToTensor()])
 BATCH = 4
+TINY_VIT = dict(img_size=56, embed_dim=64, depth=2, num_heads=2)  # 4 x 4 patch grid
 
 
 def _dataset(transform=EVAL, seed=0, images_per_class=3):
@@ -69,7 +70,7 @@ def _ensure(model, dataset, path, **kwargs):
 
 @pytest.mark.parametrize('backbone, kwargs', [
     ('resnet18', dict(reduced_strides=True)),
-    ('vit_small_patch14_reg4_dinov2', dict(img_size=56, embed_dim=64, depth=2, num_heads=2)),
+    ('vit_small_patch14_reg4_dinov2', TINY_VIT),
 ])
 def test_cached_maps_equal_forward_backbone_exactly_in_float32_and_within_rounding_in_float16(
         tmp_path, backbone, kwargs):
@@ -91,18 +92,23 @@ def test_cached_maps_equal_forward_backbone_exactly_in_float32_and_within_roundi
     assert os.path.getsize(tmp_path / 'f16' / 'maps.npy') - feature_cache_bytes(shape, 'float16') < 256  # + header
 
 
-def test_statistics_and_fit_qpm_from_the_cache_equal_those_from_images(tmp_path, resnet):
-    dataset = _dataset()
-    cache = _ensure(resnet, dataset, tmp_path / 'cache', dtype='float32')
-    from_images = collect_statistics(resnet, DataLoader(dataset, 5), 4)
-    with resnet.reading_backbone_maps():
-        from_cache = collect_statistics(resnet, DataLoader(cache, 5), 4)
+@pytest.mark.parametrize('backbone, kwargs', [
+    ('resnet18', dict(reduced_strides=True)),
+    ('vit_small_patch14_reg4_dinov2', dict(TINY_VIT, adapter_depth=2, adapter_hidden=32, adapter_dim=16)),
+])
+def test_statistics_and_fit_qpm_from_the_cache_equal_those_from_images(tmp_path, backbone, kwargs):
+    model = _model(backbone, **kwargs)
+    dataset = _dataset(T.Compose([T.Resize(kwargs.get('img_size', 32)), EVAL]))
+    cache = _ensure(model, dataset, tmp_path / 'cache', dtype='float32')
+    from_images = collect_statistics(model, DataLoader(dataset, 5), 4)
+    with model.reading_backbone_maps():
+        from_cache = collect_statistics(model, DataLoader(cache, 5), 4)
     for field in ('A', 'B', 'mean', 'std', 'locality', 'edge', 'class_counts'):
         np.testing.assert_allclose(getattr(from_cache, field), getattr(from_images, field), rtol=1e-5, atol=1e-6,
                                    err_msg=field)
 
-    fit_images = qpm_timm.fit_qpm(copy.deepcopy(resnet), DataLoader(dataset, 5), effort=1, time_limit=30)
-    cached_model = copy.deepcopy(resnet)
+    fit_images = qpm_timm.fit_qpm(copy.deepcopy(model), DataLoader(dataset, 5), effort=1, time_limit=30)
+    cached_model = copy.deepcopy(model)
     with cached_model.reading_backbone_maps():
         fit_cache = qpm_timm.fit_qpm(cached_model, DataLoader(cache, 5), effort=1, time_limit=30)
     np.testing.assert_array_equal(fit_cache.selected_channels, fit_images.selected_channels)
