@@ -375,17 +375,14 @@ def ensure_feature_cache(
         *,
         views: int = 0,
         seed: int = 0,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        device: Optional[Union[str, torch.device]] = None,
-        amp: bool = False,
-        progress: bool = False,
         dtype: Union[str, torch.dtype] = torch.float16,
+        **build_kwargs,
 ) -> FeatureCache:
     """The cache of ``model``'s frozen backbone over ``dataset`` (read through ``dataset.transform``) in folder
     ``path``: opened when its key matches; built when it is missing, incomplete or stale (another key: the log
     says which backbone it was built for). A complete cache with the right key whose file is truncated is refused
-    by :func:`open_feature_cache` (never silently rebuilt: the disk or a copy failed). Arguments as
+    by :func:`open_feature_cache` (never silently rebuilt: the disk or a copy failed). ``views``, ``seed``,
+    ``dtype`` and ``**build_kwargs`` (``batch_size``, ``num_workers``, ``device``, ``amp``, ``progress``) as
     :func:`build_feature_cache`. Under ``torch.distributed`` rank 0 builds, the others wait and open it."""
     net = _unwrap(model)
     key = cache_key(net, getattr(dataset, 'transform', None), dataset, views, seed)
@@ -395,8 +392,7 @@ def ensure_feature_cache(
         if reason is not None:
             (_logger.warning if reason.startswith('stale') else _logger.info)(
                 f'feature cache {folder}: {reason}; building it.')
-            build_feature_cache(model, dataset, folder, key, views=views, seed=seed, batch_size=batch_size,
-                                num_workers=num_workers, device=device, amp=amp, progress=progress, dtype=dtype)
+            build_feature_cache(model, dataset, folder, key, views=views, seed=seed, dtype=dtype, **build_kwargs)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     return open_feature_cache(folder, key, net.backbone_name)
