@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision import transforms as T
 
 import qpm_timm
@@ -156,6 +156,15 @@ def test_key_changes_and_ensure_rebuilds_when_an_input_changes(tmp_path, resnet,
     torch.testing.assert_close(_all_maps(cache), _reference_maps(model, dataset), rtol=1e-3, atol=1e-4)
 
 
+def test_ensure_rebuilds_when_the_transform_of_a_subsets_parent_changes(tmp_path, resnet):
+    model = copy.deepcopy(resnet)
+    _ensure(model, Subset(_dataset(), range(6)), tmp_path)
+    calls = _count_backbone_calls(model)
+    other = _dataset(T.Compose([T.ToTensor(), T.Normalize((0.5,) * 3, (0.25,) * 3)]))
+    cache = _ensure(model, Subset(other, range(6)), tmp_path)
+    assert sum(calls) == 6 and cache.key == cache_key(model, other.transform, Subset(other, range(6)))
+
+
 def test_a_truncated_maps_file_is_refused_naming_the_file_not_rebuilt(tmp_path, resnet):
     dataset = _dataset()
     _ensure(resnet, dataset, tmp_path)
@@ -215,8 +224,10 @@ def test_augmented_views_are_reproducible_per_seed_differ_between_views_and_leav
     assert torch.equal(torch.rand(3), after_build)  # the build did not consume the caller's random stream
     b = _ensure(resnet, dataset, tmp_path / 'b', views=2, seed=5)
     c = _ensure(resnet, dataset, tmp_path / 'c', views=2, seed=6)
+    in_workers = [_ensure(resnet, dataset, tmp_path / f'w{i}', views=2, seed=5, num_workers=1) for i in range(2)]
     assert a.views == 2 and a.maps.shape[:2] == (2, len(dataset))
     np.testing.assert_array_equal(a.maps, b.maps)
+    np.testing.assert_array_equal(in_workers[0].maps, in_workers[1].maps)  # worker seeds come from (seed, view)
     assert not np.array_equal(a.maps[0], a.maps[1])
     assert not np.array_equal(a.maps[0], c.maps[0])
     a.set_epoch(3)

@@ -118,7 +118,7 @@ def cache_key(model: nn.Module, transform: Optional[Callable], dataset: Dataset,
     return h.hexdigest()
 
 
-def _numpy_dtype(dtype: Union[str, torch.dtype, np.dtype, type]) -> np.dtype:
+def _numpy_dtype(dtype: Union[str, torch.dtype]) -> np.dtype:
     name = str(dtype).replace('torch.', '')
     if name not in CACHE_DTYPES:
         raise ValueError(f'feature cache dtype must be one of {CACHE_DTYPES} (float16 halves the disk size), '
@@ -258,7 +258,7 @@ def build_feature_cache(
         meta.update(complete=True, maps_bytes=maps_file.stat().st_size, targets_bytes=targets_file.stat().st_size)
         _write_sidecar(folder, meta)
     except BaseException:
-        maps = None
+        maps = None  # release the memory map before its file is deleted
         _remove(maps_tmp, targets_tmp)
         raise
     finally:
@@ -348,6 +348,13 @@ def open_feature_cache(path: PathLike, key: Optional[str] = None, backbone: Opti
     return FeatureCache(folder, meta)
 
 
+def _transform_of(dataset: Dataset) -> Optional[Callable]:
+    """The transform ``dataset`` reads through (a ``Subset``'s parent's)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return getattr(dataset, 'transform', None)
+
+
 def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
@@ -378,14 +385,14 @@ def ensure_feature_cache(
         dtype: Union[str, torch.dtype] = torch.float16,
         **build_kwargs,
 ) -> FeatureCache:
-    """The cache of ``model``'s frozen backbone over ``dataset`` (read through ``dataset.transform``) in folder
+    """The cache of ``model``'s frozen backbone over ``dataset`` (read through its ``transform``) in folder
     ``path``: opened when its key matches; built when it is missing, incomplete or stale (another key: the log
     says which backbone it was built for). A complete cache with the right key whose file is truncated is refused
     by :func:`open_feature_cache` (never silently rebuilt: the disk or a copy failed). ``views``, ``seed``,
     ``dtype`` and ``**build_kwargs`` (``batch_size``, ``num_workers``, ``device``, ``amp``, ``progress``) as
     :func:`build_feature_cache`. Under ``torch.distributed`` rank 0 builds, the others wait and open it."""
     net = _unwrap(model)
-    key = cache_key(net, getattr(dataset, 'transform', None), dataset, views, seed)
+    key = cache_key(net, _transform_of(dataset), dataset, views, seed)
     folder = Path(path)
     if _rank() == 0:
         reason = _stale_reason(_read_sidecar(folder), key, net.backbone_name, _numpy_dtype(dtype).name)
