@@ -24,9 +24,9 @@ BATCH = 4
 TINY_VIT = dict(img_size=56, embed_dim=64, depth=2, num_heads=2)  # 4 x 4 patch grid
 
 
-def _dataset(transform=EVAL, seed=0, images_per_class=3):
-    return ConceptsDataset(num_classes=4, num_concepts=4, concepts_per_class=2, img_size=32,
-                           images_per_class=images_per_class, seed=seed, transform=transform)
+def _dataset(transform=EVAL, seed=0):
+    return ConceptsDataset(num_classes=4, num_concepts=4, concepts_per_class=2, img_size=32, images_per_class=3,
+                           seed=seed, transform=transform)
 
 
 def _model(backbone='resnet18', **kwargs):
@@ -42,7 +42,7 @@ def resnet():
 
 
 def _count_backbone_calls(model):
-    """Wrap the instance's forward_backbone; the returned list grows by one per call."""
+    """Wrap the instance's forward_backbone; the returned list gets the batch size of every call."""
     calls, forward = [], model.forward_backbone
 
     def counted(x):
