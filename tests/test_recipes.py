@@ -26,13 +26,16 @@ RECIPES = sorted(p.stem for p in CONFIGS.glob('*.yaml') if p.stem != 'concepts')
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    """A CUB folder, a class-per-folder tree with train/val (4 classes) and a ResNet-50 weights file whose
-    classifier fits those 4 classes (the ImageNet route adopts it as the dense head)."""
+    """A CUB folder, a class-per-folder tree with train/val (4 classes), a ResNet-50 weights file whose
+    classifier fits those 4 classes (the ImageNet route adopts it as the dense head) and a DINOv2 ViT-B/14 file
+    (its 518 px position embedding, which timm resamples to the run's grid)."""
     root = tmp_path_factory.mktemp('recipes')
     make_cub_tree(root)
     make_folder_tree(root / 'tree', classes=4, per_class=2)
     torch.manual_seed(0)
     save_file(timm.create_model('resnet50', num_classes=4).state_dict(), str(root / 'resnet50.safetensors'))
+    vit = timm.create_model('vit_base_patch14_reg4_dinov2', num_classes=0, device='meta').to_empty(device='cpu')
+    save_file({k: 0.02 * torch.randn_like(v) for k, v in vit.state_dict().items()}, str(root / 'vit_base.safetensors'))
     return root
 
 
@@ -45,26 +48,29 @@ def _data_args(recipe: str, root: Path):
 
 
 def test_every_recipe_exists():
-    assert set(RECIPES) == {'aircraft', 'cars', 'cub', 'cub_nocrop', 'imagenet'}
+    assert set(RECIPES) == {'aircraft', 'cars', 'cub', 'cub_dinov2', 'cub_nocrop', 'imagenet'}
 
 
 @pytest.mark.parametrize('recipe', RECIPES)
 def test_recipe_runs_every_stage_with_its_own_values(tmp_path, data, recipe):
     config = yaml.safe_load((CONFIGS / f'{recipe}.yaml').read_text())
     assert (config['n_features'], config['n_per_class'], config['pretrained']) == (50, 5, True)
-    short = ['--epochs', '1', '--finetune-epochs', '1', '--img-size', '64', '--solver-effort', '1',
+    vit = 'dinov2' in recipe  # 56 px: 4 x 4 patches of 14 px
+    short = ['--epochs', '1', '--finetune-epochs', '1', '--img-size', '56' if vit else '64', '--solver-effort', '1',
              '--solver-time-limit', '30', '--workers', '0', '--no-progress', '--no-report',
-             '--pretrained-path', str(data / 'resnet50.safetensors')]
+             '--pretrained-path', str(data / ('vit_base.safetensors' if vit else 'resnet50.safetensors'))]
     proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), '-c', str(CONFIGS / f'{recipe}.yaml'), *short,
                            *_data_args(recipe, data), '--output', str(tmp_path)], capture_output=True, text=True,
                           env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT)), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     exp = tmp_path / config['experiment']
     recorded = yaml.safe_load((exp / 'args.yaml').read_text())
-    for key in ('model', 'lr', 'batch_size', 'reduced_strides', 'finetune_lr', 'skip_dense', 'dataset_args'):
+    for key in ('model', 'lr', 'batch_size', 'reduced_strides', 'finetune_lr', 'skip_dense', 'dataset_args',
+                'freeze_backbone', 'feature_cache', 'locality', 'finetune_l1_maps'):
         if key in config:
             assert recorded[key] == config[key], key
     assert (exp / 'dense' / 'last.pth.tar').is_file() != bool(config.get('skip_dense'))
     assert json.loads((exp / 'results.json').read_text())['top1'] >= 0
     exported = json.loads((exp / 'export' / 'config.json').read_text())
     assert exported['model_args']['n_features'] == 50 and exported['model_args']['head'] == 'qpm'
+    assert (exp / 'feature_cache').is_dir() == bool(config.get('feature_cache'))
