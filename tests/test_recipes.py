@@ -27,15 +27,17 @@ RECIPES = sorted(p.stem for p in CONFIGS.glob('*.yaml') if p.stem != 'concepts')
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
     """A CUB folder, a class-per-folder tree with train/val (4 classes), a ResNet-50 weights file whose
-    classifier fits those 4 classes (the ImageNet route adopts it as the dense head) and a DINOv2 ViT-B/14 file
-    (its 518 px position embedding, which timm resamples to the run's grid)."""
+    classifier fits those 4 classes (the ImageNet route adopts it as the dense head) and a DINOv2 ViT-B/14
+    and ViT-S/14 file (their 518 px position embeddings, which timm resamples to the run's grid)."""
     root = tmp_path_factory.mktemp('recipes')
     make_cub_tree(root)
     make_folder_tree(root / 'tree', classes=4, per_class=2)
     torch.manual_seed(0)
     save_file(timm.create_model('resnet50', num_classes=4).state_dict(), str(root / 'resnet50.safetensors'))
-    vit = timm.create_model('vit_base_patch14_reg4_dinov2', num_classes=0, device='meta').to_empty(device='cpu')
-    save_file({k: 0.02 * torch.randn_like(v) for k, v in vit.state_dict().items()}, str(root / 'vit_base.safetensors'))
+    for size in ('base', 'small'):
+        vit = timm.create_model(f'vit_{size}_patch14_reg4_dinov2', num_classes=0, device='meta').to_empty(device='cpu')
+        save_file({k: 0.02 * torch.randn_like(v) for k, v in vit.state_dict().items()},
+                  str(root / f'vit_{size}.safetensors'))
     return root
 
 
@@ -48,7 +50,7 @@ def _data_args(recipe: str, root: Path):
 
 
 def test_every_recipe_exists():
-    assert set(RECIPES) == {'aircraft', 'cars', 'cub', 'cub_dinov2', 'cub_nocrop', 'imagenet'}
+    assert set(RECIPES) == {'aircraft', 'cars', 'cub', 'cub_dinov2', 'cub_dinov2_small', 'cub_nocrop', 'imagenet'}
 
 
 @pytest.mark.parametrize('recipe', RECIPES)
@@ -58,7 +60,8 @@ def test_recipe_runs_every_stage_with_its_own_values(tmp_path, data, recipe):
     vit = 'dinov2' in recipe  # 56 px: 4 x 4 patches of 14 px
     short = ['--epochs', '1', '--finetune-epochs', '1', '--img-size', '56' if vit else '64', '--solver-effort', '1',
              '--solver-time-limit', '30', '--workers', '0', '--no-progress', '--no-report',
-             '--pretrained-path', str(data / ('vit_base.safetensors' if vit else 'resnet50.safetensors'))]
+             '--pretrained-path', str(data / (f'vit_{"small" if "small" in recipe else "base"}.safetensors' if vit else
+                                              'resnet50.safetensors'))]
     proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), '-c', str(CONFIGS / f'{recipe}.yaml'), *short,
                            *_data_args(recipe, data), '--output', str(tmp_path)], capture_output=True, text=True,
                           env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT)), timeout=900)

@@ -209,3 +209,17 @@ def test_torchscript_vit_qpm_gives_the_eager_outputs():
     x = torch.randn(2, 3, 56, 56)
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.script(model)(x), model(x))
+
+
+@pytest.mark.parametrize('backbone, kwargs, size, grid', [
+    ('deit_tiny_patch16_224', dict(depth=1), 224, (14, 14)),  # class token
+    ('eva02_tiny_patch14_224', dict(depth=1), 224, (16, 16)),  # rotary position embedding
+    ('vit_base_patch16_siglip_224', dict(depth=1, embed_dim=64, num_heads=2), 224, (14, 14)),  # no prefix token
+    ('swin_tiny_patch4_window7_224', dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)), 224, (7, 7)),
+    ('mixer_s16_224', dict(), 224, (14, 14)),  # no forward_features map, only tokens
+])
+def test_timm_token_models_become_qpm_backbones_with_their_patch_grid(backbone, kwargs, size, grid):
+    model = qpm_timm.create_qpm(backbone, head='dense', **SIZES, **kwargs).eval()
+    out = model.forward_with_features(torch.randn(1, 3, size, size))
+    assert model.token_backbone and out.feature_maps.shape[-2:] == grid
+    assert out.feature_maps.shape[1] == model.num_features and model.pretrained_cfg['pool_size'] == grid
