@@ -3,11 +3,14 @@
 
 Stages (docs/METHOD.md, "Pipeline"), each leaving its result in the experiment folder ``<output>/<experiment>/``:
 
+    feature_cache/   with --feature-cache: the frozen backbone's maps, computed once (docs/FEATURE_CACHE.md)
     dense/       dense training, CE + Feature Diversity Loss (last.pth.tar, summary.csv)
     statistics.npz   one pass over the un-augmented training set (A, B, mean, std)
+    gallery.npz      the feature gallery of the dense model's channels, collected on the statistics pass
     solution.json    the class -> feature assignment (CP-SAT)
     finetune/    fine-tuning with the binary head frozen (last.pth.tar, summary.csv)
     export/      model.safetensors + config.json + model card: loadable with timm's ``local-dir:``
+    report/      the explanation report (index.html; --no-report skips it), also embedded in export/
     results.json     final accuracy (and concept recovery on the concepts dataset)
 
 Kill it at any point and rerun the same command with ``--resume``: it continues after the last finished

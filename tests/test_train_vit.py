@@ -7,12 +7,12 @@ import timm
 import torch
 
 import qpm_timm  # noqa: F401  (registers the qpm models)
+from qpm_timm.explain import FeatureGallery
 
 from test_train import _kill_when, _solution, _train
 
 VIT = ['--backbone', 'vit_small_patch14_reg4_dinov2', '--model-kwargs', 'embed_dim=64', 'depth=2', 'num_heads=2',
-       '--img-size', '56', '--adapter-depth', '1', '--adapter-dim', '16', '--freeze-backbone', '--epochs', '2',
-       '--no-report']
+       '--img-size', '56', '--adapter-depth', '1', '--adapter-dim', '16', '--freeze-backbone', '--epochs', '2']
 
 
 def _statistics(exp):
@@ -29,8 +29,12 @@ def cached(tmp_path_factory):
 
 def test_frozen_vit_with_adapter_trains_from_the_cache_and_exports_a_loadable_qpm(cached):
     for name in ('feature_cache/train_eval/maps.npy', 'feature_cache/val/cache.json', 'dense/last.pth.tar',
-                 'statistics.npz', 'solution.json', 'finetune/last.pth.tar', 'export/model.safetensors'):
+                 'statistics.npz', 'solution.json', 'finetune/last.pth.tar', 'export/model.safetensors',
+                 'report/index.html'):
         assert (cached / name).is_file(), name
+    gallery = FeatureGallery.load(cached / 'gallery.npz')  # collected from cached maps, framed on the images
+    assert gallery.image_size.tolist() == [56, 56] and gallery.map_size.tolist() == [4, 4]
+    assert gallery.num_images == 6 * 8
     meta = json.loads((cached / 'feature_cache' / 'train_eval' / 'cache.json').read_text())
     assert meta['shape'][2:] == [64, 4, 4]  # the backbone's map (before the adapter): 64 channels, 4 x 4 patches
     model = timm.create_model(f'local-dir:{cached / "export"}', pretrained=True).eval()
@@ -45,7 +49,7 @@ def test_frozen_vit_with_adapter_trains_from_the_cache_and_exports_a_loadable_qp
 
 
 def test_cached_and_uncached_runs_give_the_same_statistics_and_solution(tmp_path):
-    common = [*VIT, '--epochs', '0', '--finetune-epochs', '0', '--output', str(tmp_path)]
+    common = [*VIT, '--epochs', '0', '--finetune-epochs', '0', '--no-report', '--output', str(tmp_path)]
     _train(*common, '--feature-cache', '--experiment', 'cached')
     _train(*common, '--experiment', 'images')
     got, want = _statistics(tmp_path / 'cached'), _statistics(tmp_path / 'images')
@@ -56,7 +60,7 @@ def test_cached_and_uncached_runs_give_the_same_statistics_and_solution(tmp_path
 
 def test_a_cached_run_killed_mid_training_resumes_to_the_same_assignment(cached, tmp_path):
     exp = tmp_path / 'killed'
-    args = [*VIT, '--feature-cache', '--output', str(tmp_path), '--experiment', 'killed']
+    args = [*VIT, '--feature-cache', '--no-report', '--output', str(tmp_path), '--experiment', 'killed']
     _kill_when(args, exp / 'dense' / 'checkpoint-0.pth.tar')  # during the second dense epoch, cache built
     _train(*args, '--resume')
     assert _solution(exp) == _solution(cached)
@@ -71,6 +75,6 @@ def test_a_cached_run_killed_mid_training_resumes_to_the_same_assignment(cached,
     (['--finetune-l1-maps', '-1'], '--finetune-l1-maps must be >= 0'),
 ])
 def test_bad_frozen_backbone_settings_exit_2_before_writing(tmp_path, args, message):
-    proc = _train(*VIT, '--output', str(tmp_path), *args, check=False)
+    proc = _train(*VIT, '--no-report', '--output', str(tmp_path), *args, check=False)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not any(tmp_path.iterdir())

@@ -149,7 +149,8 @@ class QPMModel(nn.Module):
             pretrained_backbone: start the backbone from its timm pretrained weights (the initialisation of the
                 dense stage, docs/METHOD.md "Recipe"), loaded by timm itself: Hub, cache, ``HF_HUB_OFFLINE``.
                 When the pretrained classifier is a plain linear layer over the pooled features with
-                ``num_classes`` outputs, it becomes the dense head (the ImageNet route: no dense training).
+                ``num_classes`` outputs (a CNN's, with no adapter), it becomes the dense head (the ImageNet
+                route: no dense training).
                 Not recorded in exports: ``pretrained=True`` loads the whole QPM's weights instead.
             backbone_pretrained_cfg_overlay: timm's ``pretrained_cfg_overlay`` for the backbone, e.g.
                 ``dict(file='resnet50.safetensors')`` for a local file of the backbone's weights.
@@ -193,7 +194,8 @@ class QPMModel(nn.Module):
         self.adopted_classifier = False  # True when the dense head holds the pretrained backbone's classifier
         if head == 'dense':
             self._set_dense_head(num_classes, global_pool)
-            if classifier is not None:
+            if classifier is not None and not self.token_backbone and not adapter_depth:
+                # only a CNN's classifier reads the pooled map the dense head pools (a ViT's reads its class token)
                 self._adopt_classifier(*classifier, source=f'{backbone} pretrained')
         else:
             placeholder = placeholder_assignment(num_classes, n_features, n_per_class) if num_classes else None
