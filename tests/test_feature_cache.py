@@ -274,7 +274,8 @@ def _ddp_worker(rank, folder, init_file, results):
 
 def test_under_torch_distributed_rank_0_builds_and_the_other_rank_opens_its_cache(tmp_path):
     results = torch.multiprocessing.Manager().dict()
+    # spawn, not fork: a fork of a process whose torch thread pools already ran can deadlock
     torch.multiprocessing.start_processes(_ddp_worker, args=(tmp_path / 'cache', tmp_path / 'init', results),
-                                          nprocs=2, start_method='fork')
+                                          nprocs=2, start_method='spawn')
     assert results[0][0] == len(_dataset()) and results[1][0] == 0
     assert results[0][1:] == results[1][1:]
