@@ -233,7 +233,8 @@ def create_model(args, num_classes: int, img_size: int) -> qpm_timm.QPMModel:
         raise TrainingError(f'--model {args.model} is not a QPM architecture; use one of '
                             f'{sorted(qpm_timm.models.VARIANT_ARGS)} or "--model qpm --backbone {args.model}".')
     backbone = kwargs.get('backbone') or qpm_timm.models.VARIANT_ARGS[args.model]['backbone']
-    if getattr(timm.models.get_pretrained_cfg(backbone), 'fixed_input_size', False):
+    arch = backbone.split('.')[0]  # a bad tag or name is the model's to refuse, with its own message
+    if timm.is_model(arch) and getattr(timm.models.get_pretrained_cfg(arch), 'fixed_input_size', False):
         kwargs['img_size'] = img_size
     model = timm.create_model(args.model, **kwargs)
     if args.initial_checkpoint:
