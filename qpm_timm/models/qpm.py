@@ -750,12 +750,13 @@ def qpm(pretrained: bool = False, backbone: str = 'resnet50', **kwargs) -> QPMMo
     exported = bool(kwargs.get('pretrained_cfg'))
     model = _create_qpm('qpm', pretrained, backbone=backbone, pretrained_cfg_overlay=overlay, **kwargs)
     cfg = model.pretrained_cfg
-    img_size = getattr(getattr(model.backbone, 'patch_embed', None), 'img_size', None)
+    net = model if isinstance(model, QPMModel) else model.model  # features_only: timm's FeatureGetterNet wraps it
+    img_size = getattr(getattr(net.backbone, 'patch_embed', None), 'img_size', None)
     if img_size is not None and not exported:
-        cfg['input_size'] = (model.in_chans, *img_size)
-        cfg['fixed_input_size'] = not getattr(model.backbone, 'dynamic_img_size', False)
-    reduction = model.feature_info[-1]['reduction']
-    grid = (lambda s: s // reduction) if model.token_backbone else (lambda s: -(-s // reduction))
+        cfg['input_size'] = (net.in_chans, *img_size)
+        cfg['fixed_input_size'] = not getattr(net.backbone, 'dynamic_img_size', False)
+    reduction = net.feature_info[-1]['reduction']
+    grid = (lambda s: s // reduction) if net.token_backbone else (lambda s: -(-s // reduction))
     cfg['pool_size'] = tuple(grid(s) for s in cfg['input_size'][-2:])
     return model
 
