@@ -223,3 +223,12 @@ def test_timm_token_models_become_qpm_backbones_with_their_patch_grid(backbone, 
     out = model.forward_with_features(torch.randn(1, 3, size, size))
     assert model.token_backbone and out.feature_maps.shape[-2:] == grid
     assert out.feature_maps.shape[1] == model.num_features and model.pretrained_cfg['pool_size'] == grid
+
+
+def test_features_only_works_for_the_generic_qpm_on_a_cnn_and_on_a_vit():
+    cnn = timm.create_model('qpm', backbone='resnet18', features_only=True)
+    assert [f.shape[1] for f in cnn(torch.randn(1, 3, 64, 64))] == [64, 64, 128, 256, 512]
+    vit = timm.create_model('qpm', backbone='vit_small_patch14_reg4_dinov2', features_only=True, out_indices=(0, 1),
+                            **TINY_VIT)
+    assert [tuple(f.shape) for f in vit(torch.randn(1, 3, 56, 56))] == [(1, 64, 4, 4)] * 2
+    assert vit.pretrained_cfg['input_size'] == (3, 56, 56)
