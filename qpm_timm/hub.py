@@ -171,7 +171,8 @@ def model_card(
     lines += ['## Classes and their features', '']
     if trained and model.is_qpm and model.num_classes:
         names = config.get('label_names') or [f'class {c}' for c in range(model.num_classes)]
-        lines += ['Feature `f<j> (ch <c>)` is backbone channel `c`, the j-th kept feature.' + (
+        source = 'adapter output channel' if model.adapter_depth else 'backbone channel'
+        lines += [f'Feature `f<j> (ch <c>)` is {source} `c`, the j-th kept feature.' + (
             '' if feature_names is None else ' `f<j> ≈ <annotation> (r = ...)`: the annotation the feature\'s '
                                              'activation correlates with best.'), '']
         if report:

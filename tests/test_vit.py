@@ -60,6 +60,7 @@ def test_vit_qpm_trains_solves_exports_and_reloads_with_the_same_outputs(tmp_pat
     hub.save_pretrained(model, tmp_path / 'export')
     args = json.loads((tmp_path / 'export' / 'config.json').read_text())['model_args']
     assert (args['adapter_depth'], args['adapter_hidden'], args['adapter_dim']) == (2, 32, 16)
+    assert 'is adapter output channel `c`' in (tmp_path / 'export' / 'README.md').read_text()
     reloaded = timm.create_model(f'local-dir:{tmp_path / "export"}', pretrained=True).eval()
     x = torch.randn(3, 3, 56, 56)
     with torch.no_grad():
