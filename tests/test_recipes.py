@@ -69,7 +69,7 @@ def test_recipe_runs_every_stage_with_its_own_values(tmp_path, data, recipe):
     exp = tmp_path / config['experiment']
     recorded = yaml.safe_load((exp / 'args.yaml').read_text())
     for key in ('model', 'lr', 'batch_size', 'reduced_strides', 'finetune_lr', 'skip_dense', 'dataset_args',
-                'freeze_backbone', 'feature_cache', 'locality', 'finetune_l1_maps'):
+                'freeze_backbone', 'feature_cache', 'cache_dtype', 'locality', 'finetune_l1_maps'):
         if key in config:
             assert recorded[key] == config[key], key
     assert (exp / 'dense' / 'last.pth.tar').is_file() != bool(config.get('skip_dense'))
