@@ -470,9 +470,8 @@ def train_and_fit(args, model, loaders, stats_data, exp: Path, device, amp, imag
     :class:`~qpm_timm.fit.QPMFit` and the last validation metrics."""
     # stage 1: dense training
     if not args.skip_dense and args.epochs > 0:
-        groups = [{'params': [p for p in module.parameters() if p.requires_grad]} for module in (model.backbone,
-                                                                                                 model.adapter)]
-        groups = [g for g in groups if g['params']] + [
+        trainable = [[p for p in m.parameters() if p.requires_grad] for m in (model.backbone, model.adapter)]
+        groups = [{'params': params} for params in trainable if params] + [
             {'params': list(model.head.parameters()), 'lr': args.lr * args.head_lr_scale}]
         optimizer = create_optimizer_v2(groups, **optimizer_kwargs(cfg=args))
         scheduler, _ = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loaders[0]))

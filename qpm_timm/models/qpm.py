@@ -354,8 +354,7 @@ class QPMModel(nn.Module):
 
     @torch.jit.ignore
     def _token_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_intermediates(
-            x, indices=1, norm=True, output_fmt='NCHW', intermediates_only=True)[-1]
+        return last_block_map(self.backbone, x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Un-pooled features, all ``num_features`` channels: the backbone's map through the adapter. Inside
@@ -503,37 +502,42 @@ def _probe_size(backbone: nn.Module, in_chans: int) -> List[int]:
     return [min(s, 64) for s in backbone.pretrained_cfg.get('input_size', (in_chans, 64, 64))[-2:]]
 
 
+def last_block_map(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A token model's last block through its final norm as an ``N x C x H x W`` map, prefix tokens dropped (timm's
+    ``forward_intermediates``)."""
+    return backbone.forward_intermediates(x, indices=1, norm=True, output_fmt='NCHW', intermediates_only=True)[-1]
+
+
 def _is_token_backbone(backbone: nn.Module, in_chans: int) -> bool:
     """False for a backbone whose ``forward_features`` is an ``N x C x H x W`` map with ``C == num_features`` (a
-    CNN); True for one whose ``forward_intermediates(output_fmt='NCHW')`` gives that map instead (ViTs, Swin);
-    refuses anything else, naming what it found."""
+    CNN); True for one whose :func:`last_block_map` is that map instead (ViTs, Swin); refuses anything else, naming
+    what it found."""
     p = next(backbone.parameters())
     size = _probe_size(backbone, in_chans)
     probe = torch.zeros(1, in_chans, *size, device=p.device, dtype=p.dtype)
     name, c = type(backbone).__name__, backbone.num_features
-    was_training = backbone.training
-    try:
-        with torch.no_grad():
-            out = backbone.eval().forward_features(probe)
-            if out.dim() == 4 and out.shape[1] == c:
-                return False
-            found = f'{name}.forward_features returns shape {tuple(out.shape)} on a {size} input'
-            if not hasattr(backbone, 'forward_intermediates'):
-                raise ValueError(f'{found} and the model has no forward_intermediates to give a spatial map; QPM '
-                                 f'needs N x {c} x H x W feature maps (a CNN, or a ViT-like timm model).')
-            maps = backbone.forward_intermediates(probe, indices=1, norm=True, output_fmt='NCHW',
-                                                  intermediates_only=True)
-    except ValueError:
-        raise
-    except Exception as e:  # fixed-size models or unusual outputs fail on the probe
-        raise ValueError(f'{name}: the feature-map probe on a {size} input failed ({type(e).__name__}: {e}); QPM '
-                         f'needs a backbone with N x C x H x W feature maps.') from e
-    finally:
-        backbone.train(was_training)
-    last = maps[-1] if isinstance(maps, (list, tuple)) and maps else None
-    if not isinstance(last, torch.Tensor) or last.dim() != 4 or last.shape[1] != c:
-        shape = tuple(last.shape) if isinstance(last, torch.Tensor) else type(maps).__name__
-        raise ValueError(f'{found}, and its forward_intermediates(output_fmt="NCHW") gives {shape}, not '
+
+    def run(fn) -> torch.Tensor:
+        was_training = backbone.training
+        try:
+            with torch.no_grad():
+                return fn(backbone.eval(), probe)
+        except Exception as e:  # fixed-size models or unusual outputs fail on the probe
+            raise ValueError(f'{name}: the feature-map probe on a {size} input failed ({type(e).__name__}: {e}); '
+                             f'QPM needs a backbone with N x C x H x W feature maps.') from e
+        finally:
+            backbone.train(was_training)
+
+    out = run(lambda b, x: b.forward_features(x))
+    if out.dim() == 4 and out.shape[1] == c:
+        return False
+    found = f'{name}.forward_features returns shape {tuple(out.shape)} on a {size} input'
+    if not hasattr(backbone, 'forward_intermediates'):
+        raise ValueError(f'{found} and the model has no forward_intermediates to give a spatial map; QPM needs '
+                         f'N x {c} x H x W feature maps (a CNN, or a ViT-like timm model).')
+    maps = run(last_block_map)
+    if maps.dim() != 4 or maps.shape[1] != c:
+        raise ValueError(f'{found}, and its forward_intermediates(output_fmt="NCHW") gives {tuple(maps.shape)}, not '
                          f'N x {c} x H x W: QPM cannot turn its features into maps.')
     return True
 
