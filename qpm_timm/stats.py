@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.data import SequentialSampler, Subset
 
 from .atomic import atomic_write
+from .precision import autocast, to_device
 
 __all__ = [
     "QPMStatistics", "StatisticsAccumulator", "collect_statistics", "finish_locality_bias",
@@ -433,32 +434,32 @@ def forward_pass(
         amp: bool = False,
         progress: bool = False,
         desc: str = "forward pass",
+        channels_last: bool = False,
 ) -> None:
-    """One pass of ``model.forward_with_features`` (eval mode, inference mode) over ``loader``, handing every
-    batch to each observer as a :class:`ForwardBatch`.
+    """The one pass over data of every evaluation: ``model.forward_with_features`` (eval mode, inference mode,
+    the precision of :func:`qpm_timm.precision.autocast`) over ``loader``, handing every batch to each observer
+    as a :class:`ForwardBatch`.
 
     ``loader`` yields ``(images, targets, ...)``; from an unshuffled loader every batch carries the dataset
     indices of its images. The model is moved to ``device`` and its train/eval mode restored afterwards; a
-    DDP-wrapped model is unwrapped. ``progress`` shows a tqdm bar titled ``desc``.
+    DDP-wrapped model is unwrapped. A plain timm classifier (no ``forward_with_features``) gives its logits with
+    ``feature_maps`` and ``pooled`` None. ``progress`` shows a tqdm bar titled ``desc``.
     """
-    device = torch.device(device)
-    net = model if hasattr(model, "forward_with_features") else getattr(model, "module", None)
-    if net is None or not hasattr(net, "forward_with_features"):
-        raise TypeError(
-            "model must implement forward_with_features(x) -> (logits, feature_maps, pooled); "
-            "build it with qpm_timm.create_qpm(..., head='dense')")
     from tqdm import tqdm
 
+    device = torch.device(device)
+    net = model if hasattr(model, "forward_with_features") else getattr(model, "module", model)
+    forward = getattr(net, "forward_with_features", None) or (lambda x: (net(x), None, None))
     indices = _index_mapper(loader)
     was_training = model.training
     model.to(device).eval()
     try:
-        with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
+        with torch.inference_mode(), autocast(device, amp):
             for batch in tqdm(loader, desc=desc, disable=not progress):
-                images, targets = batch[0].to(device, non_blocking=True), batch[1]
-                logits, feature_maps, pooled = net.forward_with_features(images)
+                images = to_device(batch[0], device, channels_last)
+                logits, feature_maps, pooled = forward(images)
                 index = indices(images.shape[0]) if indices is not None else None
-                out = ForwardBatch(images, targets, index, logits, feature_maps, pooled)
+                out = ForwardBatch(images, batch[1], index, logits, feature_maps, pooled)
                 for observer in observers:
                     observer(out)
     finally:
@@ -487,6 +488,11 @@ def collect_statistics(
     """
     device = torch.device(device)
     accumulator = None
+
+    if not hasattr(getattr(model, "module", model), "forward_with_features"):
+        raise TypeError(
+            "model must implement forward_with_features(x) -> (logits, feature_maps, pooled); "
+            "build it with qpm_timm.create_qpm(..., head='dense')")
 
     def accumulate(batch: ForwardBatch) -> None:
         nonlocal accumulator

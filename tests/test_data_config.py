@@ -9,11 +9,11 @@ from PIL import Image
 from timm.data import create_dataset, create_loader, create_transform, resolve_data_config
 
 import qpm_timm
-import validate
 from qpm_timm import hub
 from qpm_timm.data import create_qpm_transform, qpm_data_config
 
 from folder_tree import make_folder_tree
+from scripts import read_results, run_script
 
 
 def _export(folder, data_config, num_classes=4):
@@ -44,8 +44,10 @@ def test_our_validate_and_timms_pipeline_agree_on_an_export_at_its_own_input_siz
     make_folder_tree(tmp_path / 'tree', classes=4, per_class=3)
     config = dict(qpm_data_config('folder', img_size=48), crop_pct=0.9, interpolation='bicubic')
     model = _export(tmp_path / 'export', config)
-    results = validate.main(['--model', f'local-dir:{tmp_path / "export"}', '--pretrained', '--data-dir',
-                             str(tmp_path / 'tree'), '--split', 'val', '--no-interpretability', '--workers', '0'])
+    assert run_script('validate.py', ['--model', f'local-dir:{tmp_path / "export"}', '--pretrained', '--data-dir',
+                                      tmp_path / 'tree', '--split', 'val', '--no-interpretability', '--workers', '0',
+                                      '--results-file', tmp_path / 'results.json']) == 0
+    results = read_results(tmp_path / 'results.json')
     assert (results['img_size'], results['crop_pct'], results['interpolation']) == (48, 0.9, 'bicubic')
 
     # timm's validate.py: resolve_data_config(model=...) -> create_loader over the same folder

@@ -26,9 +26,7 @@ from qpm_timm.metrics import concept_recovery
 from qpm_timm.solver import QPMProblem, solve_qpm
 from qpm_timm.stats import collect_statistics
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import explain as explain_script  # noqa: E402
+from scripts import ROOT, run_script
 
 IMG, CLASSES, FEATURES, PER_CLASS = 64, 6, 6, 2
 DATA_ARGS = dict(num_classes=CLASSES, num_concepts=6, images_per_class=8)
@@ -182,7 +180,7 @@ def test_the_export_card_embeds_the_report_and_the_named_table(run, tmp_path):
 @pytest.fixture(scope='module')
 def script_report(run):
     out = run.root / 'script_report'
-    code = explain_script.cli(['--model', f'local-dir:{run.root / "export"}', '--pretrained', *SCRIPT_DATA,
+    code = run_script('explain.py', ['--model', f'local-dir:{run.root / "export"}', '--pretrained', *SCRIPT_DATA,
                                '--output', str(out), '--image', str(run.image), '--pair', '0', run.val.classes[1]])
     assert code == 0
     return out
@@ -223,7 +221,7 @@ def _bad_inputs(run, out):
 def test_bad_input_exits_2_with_a_clear_message_and_keeps_the_earlier_report(run, script_report, capsys, case):
     before = _snapshot(script_report)
     argv, message = _bad_inputs(run, script_report)[case]
-    assert explain_script.cli(argv + SCRIPT_DATA) == 2
+    assert run_script('explain.py', argv + SCRIPT_DATA) == 2
     assert message in capsys.readouterr().err
     assert _snapshot(script_report) == before
     assert not [p for p in script_report.parent.iterdir() if p.name.startswith('.script_report')]

@@ -20,9 +20,7 @@ from qpm_timm import hub, metrics
 from qpm_timm.data import create_qpm_dataset, create_qpm_transform, qpm_data_config
 from qpm_timm.models.head import placeholder_assignment
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import validate  # noqa: E402
+from scripts import ROOT, read_results, run_script
 
 NUM_CLASSES, N_FEATURES, N_PER_CLASS, IMG = 6, 8, 2, 48
 DATA_ARGS = {'images_per_class': 3, 'num_classes': NUM_CLASSES, 'img_size': IMG}
@@ -55,13 +53,17 @@ def exported(tmp_path_factory):
     return root
 
 
+def _validate(argv, results_file: Path) -> dict:
+    """``python validate.py argv --results-file results_file``: must succeed; its results."""
+    assert run_script('validate.py', [*argv, '--results-file', results_file]) == 0
+    return read_results(results_file)
+
+
 @pytest.fixture(scope='module')
 def local_dir_run(exported):
     """One validation of the exported QPM through ``local-dir:`` with a json results file."""
     out = exported / 'results.json'
-    results = validate.main(['--model', f'local-dir:{exported / "qpm"}', '--pretrained', *DATA,
-                             '--results-file', str(out)])
-    return results, out
+    return _validate(['--model', f'local-dir:{exported / "qpm"}', '--pretrained', *DATA], out), out
 
 
 def _direct_features(model, split: str):
@@ -114,16 +116,17 @@ def test_metrics_equal_direct_calls_on_the_same_features_and_splits(local_dir_ru
     assert expected['feature_correlation'] != pytest.approx(metrics.feature_correlation(train.pooled), abs=1e-6)
 
 
-def test_json_results_file_holds_the_returned_results(local_dir_run):
+def test_json_results_file_lists_timms_fields_then_the_qpm_metrics(local_dir_run, exported):
     results, path = local_dir_run
-    assert json.loads(path.read_text()) == dict(results)
+    assert list(results) == TIMM_FIELDS + QPM_FIELDS
+    assert results['model'] == f'local-dir:{exported / "qpm"}' and results['top1_err'] == 100 - results['top1']
 
 
 def test_safetensors_checkpoint_into_qpm_backbone_gives_the_local_dir_results_as_csv(exported, local_dir_run):
     # --model qpm takes n_features / n_per_class from the checkpoint's head; results as csv.
     out = exported / 'results.csv'
-    results = validate.main(['--model', 'qpm', '--backbone', 'resnet18', '--checkpoint',
-                             str(exported / 'qpm' / 'model.safetensors'), *DATA, '--results-file', str(out)])
+    results = _validate(['--model', 'qpm', '--backbone', 'resnet18', '--checkpoint',
+                         str(exported / 'qpm' / 'model.safetensors'), *DATA], out)
     expected, _ = local_dir_run
     for name in TIMM_FIELDS[1:] + QPM_FIELDS:
         assert results[name] == (pytest.approx(expected[name]) if isinstance(expected[name], float)
@@ -136,8 +139,8 @@ def test_safetensors_checkpoint_into_qpm_backbone_gives_the_local_dir_results_as
 
 
 def test_timm_checkpoint_file_loads_the_same_weights(exported, local_dir_run):
-    results = validate.main(['--model', 'qpm', '--backbone', 'resnet18', '--checkpoint',
-                             str(exported / 'qpm.pth.tar'), '--no-interpretability', *DATA])
+    results = _validate(['--model', 'qpm', '--backbone', 'resnet18', '--checkpoint',
+                         str(exported / 'qpm.pth.tar'), '--no-interpretability', *DATA], exported / 'timm.json')
     expected, _ = local_dir_run
     assert list(results) == TIMM_FIELDS
     assert (results['top1'], results['top5']) == (expected['top1'], expected['top5'])
@@ -147,8 +150,8 @@ def test_sid_is_one_over_k_when_the_feature_maps_have_a_single_location(exported
     # 32 px into a ResNet-18 (stride 32) gives 1 x 1 maps: every softmaxed map is 1 there, so SID@k = 1/k
     # exactly, in bfloat16 autocast and channels-last too.
     small = json.dumps(dict(DATA_ARGS, images_per_class=2))
-    results = validate.main(['--model', f'local-dir:{exported / "qpm"}', '--pretrained', '--amp', '--channels-last',
-                             '--dataset-args', small, '--img-size', '32', '--workers', '0'])
+    results = _validate(['--model', f'local-dir:{exported / "qpm"}', '--pretrained', '--amp', '--channels-last',
+                         '--dataset-args', small, '--img-size', '32', '--workers', '0'], exported / 'sid.json')
     assert list(results) == TIMM_FIELDS + QPM_FIELDS and results['img_size'] == 32
     assert results[f'sid@{N_PER_CLASS}'] == pytest.approx(1 / N_PER_CLASS, abs=1e-6)
 
@@ -183,8 +186,8 @@ def test_structural_grounding_on_cub_is_one_when_the_attributes_are_the_assignme
     # matrices give exactly 1. The concepts-only concept recovery is absent.
     weights = placeholder_assignment(NUM_CLASSES, N_FEATURES, N_PER_CLASS).numpy()
     root = _fake_cub(exported / 'cub', 100 * weights)
-    results = validate.main(['--model', f'local-dir:{exported / "qpm"}', '--pretrained', '--dataset', 'cub',
-                             '--data-dir', str(root), '--img-size', '32', '--workers', '0'])
+    results = _validate(['--model', f'local-dir:{exported / "qpm"}', '--pretrained', '--dataset', 'cub',
+                         '--data-dir', str(root), '--img-size', '32', '--workers', '0'], exported / 'cub.json')
     assert list(results) == TIMM_FIELDS + QPM_FIELDS[:-1] + ['structural_grounding']
     assert results['structural_grounding'] == pytest.approx(1.0, abs=1e-9)
 
@@ -192,16 +195,15 @@ def test_structural_grounding_on_cub_is_one_when_the_attributes_are_the_assignme
 def test_dense_model_is_refused_with_exit_2_unless_no_interpretability(exported, capsys):
     old = exported / 'old.json'
     old.write_text('{"top1": 99.0}')
-    code = validate.cli(['--model', f'local-dir:{exported / "dense"}', '--pretrained', *DATA,
+    code = run_script('validate.py', ['--model', f'local-dir:{exported / "dense"}', '--pretrained', *DATA,
                          '--results-file', str(old)])
     assert code == 2
     assert NOT_QPM in capsys.readouterr().err
     assert old.read_text() == '{"top1": 99.0}'
 
-    results = validate.main(['--model', f'local-dir:{exported / "dense"}', '--pretrained', '--no-interpretability',
-                             *DATA, '--results-file', str(old)])
-    assert list(results) == TIMM_FIELDS
-    assert json.loads(old.read_text()) == dict(results)
+    results = _validate(['--model', f'local-dir:{exported / "dense"}', '--pretrained', '--no-interpretability',
+                         *DATA], old)
+    assert list(results) == TIMM_FIELDS and results['model'] == f'local-dir:{exported / "dense"}'
 
 
 def _bad_inputs(root: Path):
@@ -227,7 +229,7 @@ def test_bad_input_exits_2_with_a_message_and_keeps_the_results_file(exported, c
     argv, message = _bad_inputs(exported)[case]
     old = exported / 'kept.csv'
     old.write_text('model,top1\nearlier,50.0\n')
-    code = validate.cli(argv + DATA + ['--results-file', str(old)])
+    code = run_script('validate.py', argv + DATA + ['--results-file', str(old)])
     assert code == 2
     assert message in capsys.readouterr().err
     assert old.read_text() == 'model,top1\nearlier,50.0\n'
@@ -236,7 +238,7 @@ def test_bad_input_exits_2_with_a_message_and_keeps_the_results_file(exported, c
 def test_unwritable_results_location_exits_2_before_any_work(exported, capsys):
     blocker = exported / 'a_file'
     blocker.write_text('x')
-    code = validate.cli(['--model', f'local-dir:{exported / "qpm"}', '--pretrained', *DATA,
+    code = run_script('validate.py', ['--model', f'local-dir:{exported / "qpm"}', '--pretrained', *DATA,
                          '--results-file', str(blocker / 'results.csv')])
     assert code == 2
     assert 'cannot write --results-file' in capsys.readouterr().err

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ..atomic import atomic_write
+from ..precision import autocast
 
 __all__ = ['FeatureCache', 'cache_key', 'build_feature_cache', 'open_feature_cache', 'ensure_feature_cache',
            'feature_cache_bytes', 'CACHE_DTYPES']
@@ -231,7 +232,7 @@ def build_feature_cache(
             loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                 generator=torch.Generator().manual_seed(pass_seed))
             start = 0
-            with _seeded_rngs(pass_seed), torch.inference_mode(), torch.autocast(device.type, enabled=amp):
+            with _seeded_rngs(pass_seed), torch.inference_mode(), autocast(device, amp):
                 for images, labels, *_ in tqdm(loader, desc=f'feature cache view {view + 1}/{num_views}',
                                               disable=not progress):
                     out = net.forward_backbone(images.to(device, non_blocking=True)).float().cpu().numpy()

@@ -1,0 +1,68 @@
+"""What ``explain.py`` writes: the explanation report of a trained QPM (docs/EXPLANATIONS.md)."""
+import logging
+import re
+from pathlib import Path
+
+import torch
+from timm.data import create_transform
+
+from ..data import with_transform
+from ..data.loader import create_qpm_loader
+from ..explain import (
+    FeatureGallery, GalleryCollector, check_report_folder, load_images, require_qpm, resolve_class, write_report,
+)
+from ..stats import forward_pass
+from .cli import UsageError
+from .data import build_eval_dataset, class_names_of, resolve_dataset
+from .model import check_eval_model, create_eval_model, read_checkpoint
+from .validation import model_data_config
+
+__all__ = ['default_report_folder', 'explain']
+
+_logger = logging.getLogger('explain')
+
+
+def default_report_folder(model_name: str) -> Path:
+    """``output/explain/<the model's last path or repository component>``."""
+    name = re.sub(r'[^A-Za-z0-9_.-]+', '_', model_name.split(':', 1)[-1].rstrip('/').split('/')[-1]) or 'model'
+    return Path('output') / 'explain' / name
+
+
+def explain(args) -> Path:
+    """Write the report of ``--model``; returns its folder. Every input is checked before the first pass."""
+    if args.batch_size < 1 or args.top_k < 1:
+        raise UsageError(f'-b/--batch-size and --top-k must be >= 1, got {args.batch_size} and {args.top_k}.')
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise UsageError(f'--checkpoint {args.checkpoint} does not exist.')
+    output = Path(args.output) if args.output else default_report_folder(args.model)
+    check_report_folder(output)
+    load_images(args.image)  # an unreadable image fails here, before any pass
+    gallery = FeatureGallery.load(args.gallery) if args.gallery else None
+    device = torch.device(args.device)
+    progress = not args.no_progress
+
+    resolve_dataset(args)
+    val_set = build_eval_dataset(args, args.split)
+    class_names = class_names_of(val_set)
+    for pair in args.pair or []:
+        for spec in pair:
+            resolve_class(spec, class_names)
+    model = create_eval_model(args, args.num_classes or len(class_names), read_checkpoint(args))
+    require_qpm(model, 'explain.py')
+    check_eval_model(model, args, len(class_names), need_qpm=False)
+    model.to(device).eval()
+    transform = create_transform(**model_data_config(args, model))  # the eval transform validate.py uses
+    val_set = with_transform(val_set, transform)
+    train_set = with_transform(build_eval_dataset(args, args.gallery_split), transform)
+    run = dict(device=device, amp=args.amp, batch_size=args.batch_size, num_workers=args.workers, progress=progress)
+    if gallery is None:
+        collector = GalleryCollector(args.top_k, channels=model.head.selection.cpu())
+        forward_pass(model, create_qpm_loader(train_set, args.batch_size, num_workers=args.workers), [collector],
+                     device, args.amp, progress, desc=f'explanations: gallery pass ({args.gallery_split})',
+                     channels_last=args.channels_last)
+        gallery = collector.gather()
+    report = write_report(model, output, gallery, train_set, val_set, class_names, pairs=args.pair,
+                          all_pairs=args.all_pairs, max_pairs=args.max_pairs, images=args.image, title=args.model,
+                          **run)
+    print(f'explanation report: {len(report.files)} files in {report.folder}; open {report.index} in a browser')
+    return report.folder

@@ -1,0 +1,291 @@
+"""The training pipeline of ``train.py`` (docs/METHOD.md, "Pipeline"): dense training -> statistics -> solve ->
+fine-tune -> export and report, each stage leaving its result in the experiment folder (:mod:`.experiment`)."""
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.utils import AverageMeter, CheckpointSaver, dispatch_clip_grad, init_distributed_device, random_seed, \
+    update_summary
+from tqdm import tqdm
+
+from .. import hub
+from ..atomic import atomic_write
+from ..data.feature_cache import ensure_feature_cache
+from ..data.loader import create_qpm_loader
+from ..explain import FeatureGallery, GalleryCollector, model_feature_table, write_report
+from ..fit import QPMFit, fit_qpm
+from ..losses import ActivationL1, FeatureDiversityLoss
+from ..models.head import check_qpm_sizes
+from ..precision import autocast, to_device
+from .cli import UsageError
+from .data import build_train_data, eval_data_config, resolve_dataset
+from .evaluate import Evaluation, evaluate, recovery_of
+from .experiment import (
+    DENSE, EXPORT, FEATURE_CACHE, FINETUNE, GALLERY, REPORT, RESULTS, SOLUTION, STATISTICS, experiment_folder,
+    restore_args, resume_epoch, start_experiment,
+)
+from .model import create_train_model
+
+__all__ = ['check_train_args', 'train']
+
+_logger = logging.getLogger('train')
+
+
+def check_train_args(args) -> None:
+    """Flags that are wrong whatever the data: refused before anything is built."""
+    try:
+        check_qpm_sizes(0, args.n_features, args.n_per_class)
+    except ValueError as e:
+        raise UsageError(f'--n-features/--n-per-class: {e}') from e
+    for flag in ('l1_maps', 'l1_pooled', 'finetune_l1_maps', 'finetune_l1_pooled', 'cache_views'):
+        if not getattr(args, flag) >= 0:
+            raise UsageError(f'--{flag.replace("_", "-")} must be >= 0, got {getattr(args, flag)}.')
+    if not (math.isfinite(args.solver_effort) and args.solver_effort > 0):
+        raise UsageError(f'--solver-effort must be a positive finite number, got {args.solver_effort}.')
+    if args.batch_size < 1:
+        raise UsageError(f'-b/--batch-size must be >= 1, got {args.batch_size}.')
+    for flag, path in (('--initial-checkpoint', args.initial_checkpoint), ('--pretrained-path', args.pretrained_path)):
+        if path and not os.path.isfile(path):
+            raise UsageError(f'{flag} {path} does not exist.')
+
+
+# --- one stage of training -------------------------------------------------------------------------------------
+class WithFeatures(nn.Module):
+    """``forward`` = ``forward_with_features`` so that DDP sees the pass that computes the loss."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.forward_with_features(x)
+
+
+def stage_losses(name: str, args) -> tuple:
+    """The stage's terms beside cross-entropy: the FDL (docs/METHOD.md, "Feature Diversity Loss") and DINO-QPM's L1
+    activation terms (docs/METHOD.md, "ViT backbones and the adapter")."""
+    if name == FINETUNE:
+        beta = args.fdl_beta if args.finetune_fdl_beta is None else args.finetune_fdl_beta
+        return FeatureDiversityLoss(beta=beta), ActivationL1(args.finetune_l1_maps, args.finetune_l1_pooled)
+    return FeatureDiversityLoss(beta=args.fdl_beta), ActivationL1(args.l1_maps, args.l1_pooled)
+
+
+def train_one_epoch(epoch: int, model, step_model, loader, optimizer, scheduler, losses_fn, args, device):
+    model.train()
+    fdl, l1 = losses_fn
+    losses = AverageMeter()
+    num_updates = epoch * len(loader)
+    bar = tqdm(loader, desc=f'epoch {epoch}', disable=args.no_progress or args.rank != 0, leave=False)
+    for x, y in bar:
+        x, y = to_device(x, device, args.channels_last), y.to(device)
+        with autocast(device, args.amp):
+            out = step_model(x)
+            loss = (F.cross_entropy(out.logits, y) + fdl(out.feature_maps, out.logits, model.class_weights)
+                    + l1(out.feature_maps, out.pooled))
+        optimizer.zero_grad()
+        loss.backward()
+        if args.clip_grad:
+            dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
+        optimizer.step()
+        losses.update(loss.item(), x.shape[0])
+        num_updates += 1
+        if scheduler is not None:  # a no-op unless the schedule steps per update (--sched-on-updates)
+            scheduler.step_update(num_updates=num_updates, metric=losses.avg)
+        bar.set_postfix(loss=f'{losses.avg:.3f}')
+    return dict(loss=losses.avg)
+
+
+def _validate(model, loader, device, args) -> Evaluation:
+    return evaluate(model, loader, device, args.amp, args.channels_last)
+
+
+def run_stage(name: str, model, loaders, args, device, epochs: int, optimizer, scheduler, folder: Path,
+              start_epoch: int) -> Dict[str, float]:
+    """Train ``epochs`` epochs, checkpointing every one (``last.pth.tar``) with timm's CheckpointSaver; returns the
+    last validation metrics."""
+    train_loader, val_loader = loaders
+    step_model = WithFeatures(model)
+    if args.distributed:
+        step_model = nn.parallel.DistributedDataParallel(step_model)
+    losses_fn = stage_losses(name, args)
+    if args.rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+    saver = CheckpointSaver(model, optimizer, args=args, checkpoint_dir=str(folder), recovery_dir=str(folder),
+                            max_history=1) if args.rank == 0 else None
+    metrics = {}
+    if scheduler is not None and start_epoch > 0:
+        scheduler.step(start_epoch)
+    for epoch in range(start_epoch, epochs):
+        random_seed(args.seed + 1000 * (name == FINETUNE) + epoch, args.rank)  # same batches after a resume
+        if hasattr(train_loader.sampler, 'set_epoch'):
+            train_loader.sampler.set_epoch(epoch)
+        if hasattr(train_loader.dataset, 'set_epoch'):  # a feature cache with augmented views
+            train_loader.dataset.set_epoch(epoch)
+        train_metrics = train_one_epoch(epoch, model, step_model, train_loader, optimizer, scheduler, losses_fn, args,
+                                        device)
+        metrics = _validate(model, val_loader, device, args).metrics()
+        if scheduler is not None:
+            scheduler.step(epoch + 1, metrics['top1'])
+        if saver is not None:
+            update_summary(epoch, train_metrics, metrics, str(folder / 'summary.csv'),
+                           lr=optimizer.param_groups[0]['lr'], write_header=epoch == 0)
+            saver.save_checkpoint(epoch, metric=metrics['top1'])
+        _logger.info(f'{name} epoch {epoch}: train loss {train_metrics["loss"]:.4f}, val top1 {metrics["top1"]:.2f}')
+    return metrics
+
+
+# --- stages 1-4 ------------------------------------------------------------------------------------------------
+def feature_caches(args, model, train_set, train_eval_set, val_set, folder: Path, device) -> tuple:
+    """``--feature-cache``: the frozen backbone's maps of the training views, of the un-augmented training images (the
+    statistics) and of the validation images, each built once in ``<experiment>/feature_cache/`` (rebuilt when the
+    backbone, the transform or the data change)."""
+    build = dict(seed=args.seed, dtype=args.cache_dtype, batch_size=args.validation_batch_size or args.batch_size,
+                 num_workers=args.workers, device=device, amp=args.amp, progress=not args.no_progress)
+    stats = ensure_feature_cache(model, train_eval_set, folder / 'train_eval', **build)
+    train = stats if args.cache_views == 0 else ensure_feature_cache(
+        model, train_set, folder / f'train_views{args.cache_views}', views=args.cache_views, **build)
+    return train, stats, ensure_feature_cache(model, val_set, folder / 'val', **build)
+
+
+def train_and_fit(args, model, loaders, stats_data, exp: Path, device, image_size) -> Tuple[QPMFit, Dict[str, float]]:
+    """Stages 1-4 on images or, inside ``model.reading_backbone_maps()``, on the feature cache: dense training,
+    statistics (the feature gallery rides along), solve, QPM head, fine-tune; returns the
+    :class:`~qpm_timm.fit.QPMFit` and the last validation metrics."""
+    # stage 1: dense training
+    if not args.skip_dense and args.epochs > 0:
+        trainable = [[p for p in m.parameters() if p.requires_grad] for m in (model.backbone, model.adapter)]
+        groups = [{'params': params} for params in trainable if params] + [
+            {'params': list(model.head.parameters()), 'lr': args.lr * args.head_lr_scale}]
+        optimizer = create_optimizer_v2(groups, **optimizer_kwargs(cfg=args))
+        scheduler, _ = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loaders[0]))
+        start = resume_epoch(model, optimizer, exp / DENSE)
+        run_stage(DENSE, model, loaders, args, device, args.epochs, optimizer, scheduler, exp / DENSE, start)
+
+    # stages 2-3: statistics of the dense model on the un-augmented training set (the explanations' feature
+    # gallery rides along), solve (rank 0), QPM head
+    collector = GalleryCollector(image_size=image_size if model.input_is_backbone_maps else None)
+    stats_loader = create_qpm_loader(stats_data, args.validation_batch_size or args.batch_size, num_workers=args.workers,
+                                     shard=True)
+    fit = fit_qpm(model, stats_loader,
+                  statistics_path=exp / STATISTICS, solution_path=exp / SOLUTION, device=device,
+                  amp=args.amp, progress=not args.no_progress and args.rank == 0,
+                  observers=[collector] if args.report else (), effort=args.solver_effort,
+                  time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log, locality=args.locality)
+    if collector.seen:  # the pass ran in this process (not read back after a resume)
+        gallery = collector.gather(all_ranks=True)
+        if args.rank == 0:
+            gallery.save(exp / GALLERY)
+
+    # stage 4: fine-tune with the binary head frozen (only trainable parameters)
+    metrics = {}
+    if args.finetune_epochs > 0:
+        decay = args.weight_decay if args.finetune_weight_decay is None else args.finetune_weight_decay
+        optimizer = create_optimizer_v2([p for p in model.parameters() if p.requires_grad], opt=args.finetune_opt,
+                                        lr=args.finetune_lr, momentum=args.finetune_momentum, weight_decay=decay)
+        scheduler, _ = create_scheduler_v2(optimizer, sched='step', num_epochs=args.finetune_epochs,
+                                           decay_epochs=args.finetune_decay_epochs, decay_rate=args.decay_rate)
+        start = resume_epoch(model, optimizer, exp / FINETUNE)
+        metrics = run_stage(FINETUNE, model, loaders, args, device, args.finetune_epochs, optimizer, scheduler,
+                            exp / FINETUNE, start)
+    if not metrics:
+        metrics = _validate(model, loaders[1], device, args).metrics()
+    return fit, metrics
+
+
+# --- stage 5 ---------------------------------------------------------------------------------------------------
+def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_config, device) -> Dict[str, Any]:
+    """Rank 0: the explanation report, concept recovery, the export and the results; returns the results."""
+    train_eval_set, val_set, class_names = data
+    solution = fit.solution
+    vb = args.validation_batch_size or args.batch_size
+    results = dict(top1=metrics['top1'], top5=metrics['top5'], objective=solution.objective,
+                   solver_status=solution.status, solver_bound=solution.bound, solver_gap=solution.gap,
+                   solver_effort=solution.effort, solver_effort_used=solution.effort_used,
+                   solver_cut_by_wall_clock=solution.cut_by_wall_clock)
+    report = None
+    if args.report:
+        report = write_report(model.eval(), exp / REPORT,
+                              FeatureGallery.load(exp / GALLERY) if (exp / GALLERY).is_file() else None,
+                              train_eval_set, val_set, class_names, device=device, amp=args.amp, batch_size=vb,
+                              num_workers=args.workers, progress=not args.no_progress)
+    names = report.names.labels if report else None
+    recovery = None
+    if hasattr(val_set, 'class_concepts'):
+        loader = create_qpm_loader(val_set, vb, num_workers=args.workers)
+        evaluation = evaluate(model, loader, device, args.amp, args.channels_last, keep_features=True)
+        recovery = recovery_of(model, evaluation, val_set)
+        results['concept_recovery'] = recovery.score
+    card = {k: v for k, v in results.items() if isinstance(v, float) and not isinstance(v, bool)}
+    hub.save_pretrained(model.eval(), exp / EXPORT, label_names=class_names, data_config=data_config,
+                        feature_names=names, report_dir=report.folder if report else None,
+                        results=[hub.RunResults('train.py', card, dataset=args.dataset, split=args.val_split)])
+    print(model_feature_table(model, class_names, max_rows=50, names=names))
+    if recovery is not None:
+        print(recovery.format(getattr(val_set, 'concept_names', None)))
+    if solution.cut_by_wall_clock:
+        print(f'WARNING: the solve was cut by --solver-time-limit {args.solver_time_limit} s before its effort '
+              f'was spent; the assignment may depend on machine load (raise the limit or lower --solver-effort).')
+    print(f'solver: {solution.summary()}')
+    if report:
+        print(f'explanation report: open {report.index} in a browser')
+    return results
+
+
+def train(args, args_text: str) -> Dict[str, Any]:
+    """The whole run of ``train.py`` on parsed arguments (``args_text``: their YAML, kept as ``args.yaml``)."""
+    started = time.time()
+    check_train_args(args)
+    device = init_distributed_device(args)
+    resolve_dataset(args)
+    exp = experiment_folder(args)
+    if args.resume:
+        restore_args(args, exp)
+        resolve_dataset(args)
+
+    data_config = eval_data_config(args)
+    train_set, train_eval_set, val_set, class_names = build_train_data(args, data_config)
+    num_classes = args.num_classes or len(class_names)
+    try:
+        check_qpm_sizes(num_classes, args.n_features, args.n_per_class)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    random_seed(args.seed, 0)  # the same initial weights on every rank and in every run
+    model = create_train_model(args, num_classes, data_config['input_size'][-1])
+    start_experiment(exp, args, args_text)  # inputs are valid: from here on the run writes its results
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_data, stats_data, val_data = train_set, train_eval_set, val_set  # images, or the backbone's cached maps
+    reading = nullcontext()
+    if args.feature_cache:
+        train_data, stats_data, val_data = feature_caches(args, model, train_set, train_eval_set, val_set,
+                                                          exp / FEATURE_CACHE, device)
+        reading = model.reading_backbone_maps()
+    loaders = (create_qpm_loader(train_data, args.batch_size, True, args.workers, args.distributed),
+               create_qpm_loader(val_data, args.validation_batch_size or args.batch_size, num_workers=args.workers))
+    with reading:
+        fit, metrics = train_and_fit(args, model, loaders, stats_data, exp, device, data_config['input_size'][-2:])
+
+    results = {}
+    if args.rank == 0:
+        results = export_and_report(args, model, fit, metrics, exp, (train_eval_set, val_set, class_names),
+                                    data_config, device)
+        results['wall_time_s'] = round(time.time() - started, 1)
+        with atomic_write(exp / RESULTS, 'w') as fh:
+            json.dump(results, fh, indent=2)
+        print(f'validation top-1 {results["top1"]:.2f} %' + (
+            f', concept recovery {results["concept_recovery"]:.3f}' if 'concept_recovery' in results else '') +
+              f'; exported to {exp / EXPORT}')
+    if args.distributed:
+        torch.distributed.barrier()
+    return results

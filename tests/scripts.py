@@ -1,0 +1,39 @@
+"""Run the repository's scripts as a user does (``python validate.py ...``), in this process: the script file is
+executed as ``__main__`` with its own ``sys.argv``, so flags, exit codes and messages are the real ones, without a
+new interpreter per call. Nothing imports a script."""
+import csv
+import json
+import runpy
+import sys
+from pathlib import Path
+from typing import Any, Dict, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, argv: Sequence[str]) -> int:
+    """Exit code of ``python <name> <argv>`` run in this process."""
+    saved = sys.argv
+    sys.argv = [str(ROOT / name), *map(str, argv)]
+    try:
+        runpy.run_path(str(ROOT / name), run_name='__main__')
+    except SystemExit as e:
+        return 0 if e.code is None else e.code
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def read_results(path: Path) -> Dict[str, Any]:
+    """validate.py's results file (json, or csv with its one row's numbers as floats)."""
+    if path.suffix == '.json':
+        return json.loads(path.read_text())
+    with open(path, newline='') as f:
+        (row,) = list(csv.DictReader(f))
+
+    def value(text: str):
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    return {k: value(v) for k, v in row.items()}
