@@ -1,4 +1,4 @@
-"""Tests of the one-pass streaming statistics (QPM spec, stage 2 and "Locality bias B")."""
+"""Tests of the one-pass streaming statistics (docs/METHOD.md, "Pipeline" stage 2 and "Locality bias")."""
 import os
 from typing import NamedTuple
 
