@@ -1,4 +1,4 @@
-"""Frozen-backbone training epoch read from the feature cache vs from images (issue 13, "Feature cache").
+"""Frozen-backbone training epoch read from the feature cache vs from images (docs/FEATURE_CACHE.md).
 
 Measured, in one process, alternately (after warm-up), on the same data and the same model: one training epoch of
 a QPM whose backbone is frozen (``model.freeze_backbone()``: only the adapter and the dense head train), with SGD,

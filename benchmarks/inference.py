@@ -1,4 +1,4 @@
-"""QPM-state inference vs the same timm backbone with its ordinary pooled linear head (issue 2, "Benchmark").
+"""QPM-state inference vs the same timm backbone with its ordinary pooled linear head.
 
 Measured: the wall time of one ``model(x)`` call in eval mode under ``torch.inference_mode`` for
 
@@ -16,7 +16,7 @@ without the backbone's noise. For information only, the reduced-strides variant 
 stride 1: 28 x 28 maps, about 4-5x the backbone compute by design) is timed on the same input. The compute per
 image of every model is counted with ``torch.utils.flop_counter.FlopCounterMode``.
 
-Example (the defaults are the issue's setting: batch 8, 224 px, CPU; after ``pip install -e .``, or with
+Example (the defaults are the target's setting: batch 8, 224 px, CPU; after ``pip install -e .``, or with
 ``PYTHONPATH=.`` from the repository root):
 
     python benchmarks/inference.py --reps 20 --threads 1   # 1 thread: stable on a loaded, shared machine

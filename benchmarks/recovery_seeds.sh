@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Concept recovery of the embedded default over seeds (issue 5: "recovery >= 0.9"): runs
+# Concept recovery of the embedded default over seeds (target, README.md: recovery >= 0.9): runs
 # `train.py -c qpm_timm/configs/concepts.yaml --seed S` for every seed in parallel (one thread each),
 # then prints one line per seed and the minimum / median recovery.
 # Usage: bash benchmarks/recovery_seeds.sh OUT_DIR DEVICE SEED... [-- EXTRA TRAIN ARGS]

@@ -1,4 +1,4 @@
-"""What the explanation report adds to the embedded default's training run (issue 11, "The embedded default writes it").
+"""What the explanation report adds to the embedded default's training run (docs/EXPLANATIONS.md, "The report").
 
 Measured: the wall time of ``python train.py -c qpm_timm/configs/concepts.yaml`` with the report (the default: the
 feature gallery rides along the statistics pass, then ``report/`` is drawn and embedded in the export) and with
@@ -62,7 +62,7 @@ def run_train(config: str, output: Path, report: bool, extra: List[str]) -> Tupl
 def main(argv=None) -> float:
     args = parse_args(argv)
     out = Path(args.output or tempfile.mkdtemp(prefix='report_overhead_'))
-    print(f'{load_text()}; config {args.config}; extra args {args.train_args or "none"}')
+    print(f'{load_text()}; config {os.path.relpath(args.config, ROOT)}; extra args {args.train_args or "none"}')
     times, cpus = {True: [], False: []}, {True: [], False: []}
     for i in range(args.reps):
         for report in ((True, False) if i % 2 == 0 else (False, True)):

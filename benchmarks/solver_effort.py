@@ -5,9 +5,9 @@ For every size the same solve (inputs, seed, effort, workers) runs twice: on the
 wall-clock cap cut a run, the loaded wall time as a fraction of the time limit (target at the default effort:
 <= 0.5 on this project's loaded 2-core machine) and whether the two assignments are identical (they must be).
 
-    python benchmarks/solver_effort.py --sizes concepts,issue,mid,cub --burners 2
+    python benchmarks/solver_effort.py --sizes concepts,drift,mid,cub --burners 2
 
-Instances: :func:`qpm_timm.solver.synthetic.synthetic_statistics`, seed 0; "issue" is the 96 x 24 instance on
+Instances: :func:`qpm_timm.solver.synthetic.synthetic_statistics`, seed 0; "drift" is the 96 x 24 instance on
 which a time-based budget returned load-dependent answers, "concepts" has the embedded default's shape (a
 128-channel backbone, 48 classes, 12 x 3), cub and imagenet are those of ``benchmarks/solver.py``.
 """
@@ -28,7 +28,7 @@ from solver import SIZES as BENCH_SIZES  # noqa: E402
 
 SIZES = {  # name: (F, C, n_features, n_per_class, images per class)
     "concepts": (128, 48, 12, 3, 30),
-    "issue": (96, 24, 10, 3, 30),
+    "drift": (96, 24, 10, 3, 30),
     "mid": (160, 40, 12, 3, 30),
     **{name: BENCH_SIZES[name][:5] for name in ("cub", "imagenet")},
 }
@@ -40,7 +40,7 @@ def _digest(sol) -> str:
 
 def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="concepts,issue,mid,cub")
+    ap.add_argument("--sizes", default="concepts,drift,mid,cub")
     ap.add_argument("--effort", type=float, default=DEFAULT_EFFORT)
     ap.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT)
     ap.add_argument("--burners", type=int, default=2, help="busy-loop processes during the second run")

@@ -1,4 +1,4 @@
-"""QPM fine-tune training step vs a plain timm training step of the same backbone (issue 5, "Benchmarks").
+"""QPM fine-tune training step vs a plain timm training step of the same backbone.
 
 Measured: the wall time of one optimisation step on the same batches, in one process, alternately (after warm-up):
 

@@ -354,9 +354,10 @@ def concept_recovery(
         assignment: ArrayLike,
         class_concepts: ArrayLike,
 ) -> ConceptRecovery:
-    """Concept recovery on the generated concepts dataset (issue 5: "matches each kept feature
-    to the concept whose presence its activation tracks best and scores how many ground-truth
-    class→concept pairs the learned assignment reproduces").
+    """Concept recovery on the generated concepts dataset (docs/METHOD.md, "Interpretability metrics").
+
+    Matches each kept feature to the concept whose presence its activation tracks best and scores
+    how many ground-truth class→concept pairs the learned assignment reproduces.
 
     Matching: every feature f is matched to the concept k with the largest Pearson
     correlation between f's pooled activation and k's presence over the images (signed: the

@@ -1,6 +1,6 @@
 """One-pass streaming statistics of a dense model for the QPM solver and head.
 
-QPM spec, "Pipeline" stage 2 and "Locality bias B": one pass over the un-augmented training
+docs/METHOD.md, "Pipeline" stage 2 and "Locality bias": one pass over the un-augmented training
 set with the dense model in eval mode gives, for every feature ``f`` with pooled activation
 ``x_f`` and feature map ``M_f``,
 
@@ -25,7 +25,8 @@ Documented edge cases:
 * a class without images makes its correlation undefined: ``compute`` raises ``ValueError``
   naming the classes;
 * negative activations: the shares use the positive part, ``w_n = x_n^+ / sum_f x_nf^+``
-  (identical to the spec for ReLU backbones, whose pooled features are >= 0); an image without
+  (identical to the authors' ``x / sum_f x`` for ReLU backbones, whose pooled features are >= 0;
+  docs/METHOD.md, "Locality bias"); an image without
   positive activation adds nothing to ``locality``/``edge`` but still counts in ``N``;
 * under DDP every rank reads a disjoint shard (``create_qpm_loader(..., shard=True)``, no padding) and
   ``all_reduce`` sums them, so every image counts exactly once.
@@ -53,7 +54,7 @@ __all__ = [
     "LOCALITY_BIAS_SCALE", "ForwardBatch", "forward_pass",
 ]
 
-LOCALITY_BIAS_SCALE = 0.1 * math.sqrt(10)  # max|B| of the spec
+LOCALITY_BIAS_SCALE = 0.1 * math.sqrt(10)  # max|B| (docs/METHOD.md, "Locality bias")
 CONSTANT_RTOL = 1e-12  # std <= CONSTANT_RTOL * |mean|: the feature is constant
 
 PathLike = Union[str, os.PathLike]
@@ -156,7 +157,7 @@ def mean_shift_1d(values: np.ndarray, bandwidth: float, max_iter: int = 300) -> 
 
 
 def largest_cluster_range(values: np.ndarray) -> Tuple[float, float]:
-    """(low, high) of the largest 1-D MeanShift cluster of ``values`` (spec, "Locality bias B").
+    """(low, high) of the largest 1-D MeanShift cluster of ``values`` (docs/METHOD.md, "Locality bias").
 
     MeanShift as the authors call it (scikit-learn's defaults: bandwidth from
     ``sklearn.cluster.estimate_bandwidth``, quantile 0.3), run by :func:`mean_shift_1d`; ties
@@ -199,7 +200,7 @@ def clip_outliers_and_scale(values: np.ndarray, scale: float = LOCALITY_BIAS_SCA
 
 
 def finish_locality_bias(locality: np.ndarray, edge: np.ndarray, scale: float = LOCALITY_BIAS_SCALE) -> np.ndarray:
-    """Locality bias ``B`` from the two accumulators (spec, "Locality bias B").
+    """Locality bias ``B`` from the two accumulators (docs/METHOD.md, "Locality bias").
 
     Both are clipped and scaled; ``B = locality`` where ``edge >= 0``, else ``min(locality)``;
     then clipped and scaled once more. Positive ``B``: local features that avoid the border.
@@ -228,7 +229,10 @@ def peak_softmax_and_border(feature_maps: torch.Tensor) -> Tuple[torch.Tensor, t
 
 
 def feature_shares(pooled: torch.Tensor) -> torch.Tensor:
-    """Per-image weights ``x^+ / sum_f x^+`` (spec: ``x / sum_f x``); zero rows for images without positive mass."""
+    """Per-image weights ``x^+ / sum_f x^+`` (docs/METHOD.md, "Locality bias").
+
+    Zero rows for images without positive mass.
+    """
     positive = pooled.clamp(min=0)
     total = positive.sum(dim=1, keepdim=True)
     return positive / torch.where(total > 0, total, torch.ones_like(total))
@@ -477,9 +481,9 @@ def collect_statistics(
 ) -> QPMStatistics:
     """One :func:`forward_pass` over ``loader`` accumulating the statistics (:class:`StatisticsAccumulator`).
 
-    ``loader`` yields ``(images, targets, ...)``; use eval transforms (spec: un-augmented training
-    set). The model is moved to ``device`` and its train/eval mode restored afterwards. The sums
-    live on ``device`` if it supports float64, else on the CPU. Under ``torch.distributed`` every
+    ``loader`` yields ``(images, targets, ...)``; use eval transforms (the un-augmented training set:
+    docs/METHOD.md, "Pipeline" stage 2). The model is moved to ``device`` and its train/eval mode restored
+    afterwards. The sums live on ``device`` if it supports float64, else on the CPU. Under ``torch.distributed`` every
     rank passes its shard and receives the statistics of all ranks (every rank must see >= 1 batch).
 
     ``observers`` ride along on the same pass and do not change the statistics: each receives every

@@ -6,6 +6,7 @@ pretrained weights come from a local file instead of the Hub.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,8 +50,15 @@ def _data_args(recipe: str, root: Path):
     return ['--dataset', 'folder', '--data-dir', str(root / 'tree')]  # cars / aircraft layouts are tested in data tests
 
 
-def test_every_recipe_exists():
-    assert set(RECIPES) == {'aircraft', 'cars', 'cub', 'cub_dinov2', 'cub_dinov2_small', 'cub_nocrop', 'imagenet'}
+def test_the_readme_names_exactly_the_recipes_in_the_configs_folder():
+    readme = (ROOT / 'README.md').read_text()
+    section = readme.split("## The paper's recipes")[1].split('\n## ')[0]
+    assert set(re.findall(r'`(\w+)\.yaml`', section)) == set(RECIPES)
+
+
+@pytest.mark.parametrize('recipe', RECIPES)
+def test_every_recipe_shows_the_command_that_runs_it(recipe):
+    assert f'python train.py -c qpm_timm/configs/{recipe}.yaml' in (CONFIGS / f'{recipe}.yaml').read_text()
 
 
 @pytest.mark.parametrize('recipe', RECIPES)
@@ -73,7 +81,10 @@ def test_recipe_runs_every_stage_with_its_own_values(tmp_path, data, recipe):
         if key in config:
             assert recorded[key] == config[key], key
     assert (exp / 'dense' / 'last.pth.tar').is_file() != bool(config.get('skip_dense'))
-    assert json.loads((exp / 'results.json').read_text())['top1'] >= 0
+    results = json.loads((exp / 'results.json').read_text())
+    assert results['top5'] == 100  # at most 5 classes: every label is among the top 5
+    correct = results['top1'] / 100 * (3 if recipe.startswith('cub') else 8)  # of the 3 CUB test / 8 val images
+    assert correct == pytest.approx(round(correct), abs=1e-6)
     exported = json.loads((exp / 'export' / 'config.json').read_text())
     assert exported['model_args']['n_features'] == 50 and exported['model_args']['head'] == 'qpm'
     assert (exp / 'feature_cache').is_dir() == bool(config.get('feature_cache'))

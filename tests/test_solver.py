@@ -110,7 +110,6 @@ def test_tau_clique_is_a_clique_below_tau_and_penalised_pairs_are_above():
     q = p.clique
     assert q.size == 12 and np.unique(q).size == 12
     assert np.all(p.R[np.ix_(q, q)] < p.tau)
-    assert p.tau_time >= 0
     assert p.z_r(q) == 0.0
     iu = np.triu_indices(96, 1)
     assert np.all((p.penalty[iu] > 0) <= (p.R[iu] >= p.tau))

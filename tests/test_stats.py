@@ -1,5 +1,6 @@
-"""Tests of the one-pass streaming statistics (QPM spec, stage 2 and "Locality bias B")."""
+"""Tests of the one-pass streaming statistics (docs/METHOD.md, "Pipeline" stage 2 and "Locality bias")."""
 import os
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -229,13 +230,38 @@ def test_statistics_save_load_round_trip_is_atomic(tmp_path):
         QPMStatistics.load(tmp_path / "other.npz")
 
 
-def test_accumulator_state_does_not_grow_with_images():
+def _held_tensor_bytes(obj, seen=None):
+    """Bytes of every tensor or array reachable from ``obj``'s attributes, lists, tuples and dicts."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return obj.untyped_storage().nbytes()
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_held_tensor_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple, set)):
+        return sum(_held_tensor_bytes(v, seen) for v in obj)
+    if hasattr(obj, "__dict__") and not isinstance(obj, (type, torch.device)):
+        return _held_tensor_bytes(vars(obj), seen)
+    return 0
+
+
+def test_accumulator_holds_the_same_bytes_after_many_batches_and_keeps_no_batch():
     maps, pooled, targets = make_data()
     acc = StatisticsAccumulator(6, 4)
-    size = acc.state_nbytes
-    for _ in range(5):
-        acc.update(pooled, targets, maps)
-    assert acc.state_nbytes == size and acc.num_images == 5 * 72
+    acc.update(pooled[:12], targets[:12], maps[:12])
+    after_one = _held_tensor_bytes(acc)
+    batches = [(pooled[i:i + 12].clone(), targets[i:i + 12].clone(), maps[i:i + 12].clone()) for i in range(12, 72, 12)]
+    released = [weakref.ref(tensor) for batch in batches for tensor in batch]
+    for batch in batches:
+        acc.update(*batch)
+    del batches, batch
+    assert acc.num_images == 72
+    assert _held_tensor_bytes(acc) == after_one
+    assert all(ref() is None for ref in released)  # nothing, anywhere, keeps a batch alive
 
 
 def _ddp_worker(rank, world_size, init_file, out_dir):

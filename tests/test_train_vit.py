@@ -1,4 +1,7 @@
-"""train.py with a ViT backbone, a frozen backbone, the adapter and the feature cache (issue 13, points 1-3)."""
+"""train.py with a ViT backbone, a frozen backbone, the adapter and the feature cache.
+
+docs/METHOD.md, "ViT backbones and the adapter", and docs/FEATURE_CACHE.md.
+"""
 import json
 
 import numpy as np
