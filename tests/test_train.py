@@ -96,8 +96,15 @@ def test_torchrun_with_two_processes_gives_the_assignment_of_one_process(referen
     (['--dataset', 'cub', '--data-dir', '/nonexistent/cub'], '/nonexistent/cub'),
     (['--model', 'resnet18'], 'not a QPM architecture'),
     (['--skip-dense'], '--skip-dense needs a trained dense model (neither --initial-checkpoint nor --pretrained'),
+    (['--dataset-args', '[1, 2]'], 'must be a YAML mapping such as "{images_per_class: 10}"'),
+    (['--dataset-args', '{no_such_arg: 1}'], "do not fit the concepts dataset"),
+    (['-c', 'CONFIG:batch_sise: 8'], "unknown keys ['batch_sise']"),
 ])
 def test_bad_input_exits_non_zero_with_a_clear_message(tmp_path, args, message):
+    if args[0] == '-c':  # a config file holding the YAML after "CONFIG:"
+        config = tmp_path / 'config.yaml'
+        config.write_text(args[1].split(':', 1)[1])
+        args = ['-c', str(config)]
     proc = _train('--output', str(tmp_path), *args, check=False)
     assert proc.returncode == 2 and message in proc.stderr
     assert not any(tmp_path.rglob('*.pth.tar'))
