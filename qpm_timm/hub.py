@@ -34,8 +34,9 @@ from timm.models._hub import save_config_for_hf
 
 from .atomic import atomic_folder
 from .explain import model_feature_table
-from .models.authors import variant_dataset
-from .models.qpm import LOAD_TIME_ARGS, VARIANT_ARGS, QPMModel, unreadable_checkpoint_message
+from .hub_errors import unreadable_checkpoint_message
+from .models.qpm import LOAD_TIME_ARGS, QPMModel
+from .models.variants import DATASET_NAMES, VARIANT_ARGS, variant_dataset
 
 __all__ = ['save_pretrained', 'read_weights', 'model_card', 'write_hub_configs', 'push_to_hub', 'PushPlan',
            'RunResults']
@@ -48,8 +49,6 @@ VALIDATE_RESULTS_NAME = 'validate_results.json'
 # config.json fields a model card states: the architecture, the head sizes, the evaluation transform, provenance
 _CARD_PRETRAINED_FIELDS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std', 'license',
                            'origin_url', 'notes')
-_DATASET_NAMES = {'cub': 'CUB-200-2011', 'cars': 'Stanford Cars', 'aircraft': 'FGVC-Aircraft',
-                  'imagenet': 'ImageNet-1k', 'concepts': 'qpm-timm concepts (generated)'}
 
 
 def read_weights(path: str) -> Dict[str, torch.Tensor]:
@@ -104,7 +103,7 @@ def _model_index(name: str, results: Sequence[RunResults]) -> List[Dict[str, Any
         metrics = [dict(type='accuracy', value=r.metrics[k], name=label)
                    for k, label in (('top1', 'Top-1 accuracy'), ('top5', 'Top-5 accuracy')) if k in r.metrics]
         if r.dataset and metrics:
-            dataset = dict(name=_DATASET_NAMES.get(r.dataset, r.dataset), type=r.dataset)
+            dataset = dict(name=DATASET_NAMES.get(r.dataset, r.dataset), type=r.dataset)
             if r.split:
                 dataset['split'] = r.split
             entries.append(dict(task=dict(type='image-classification', name='Image Classification'),
