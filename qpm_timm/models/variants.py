@@ -112,7 +112,8 @@ class Variant:
 
     def describe_backbone(self) -> str:
         """The README's backbone column."""
-        adapter = f' + {self.adapter_depth}-layer token MLP adapter → {self.adapter_dim}' if self.adapter_depth else ''
+        adapter = f' + {self.adapter_depth}-layer token MLP adapter → {self.adapter_dim}' \
+            if self.adapter_depth else ''
         return self.title + (' (frozen)' if self.frozen_backbone else '') + adapter
 
     def describe_maps(self) -> str:
