@@ -231,7 +231,7 @@ def save_pretrained(
 
 
 def write_hub_configs(out_dir: str) -> None:
-    """``hub_configs/<variant>/{config.json, README.md}`` for every registered variant (default_cfgs table)."""
+    """``hub_configs/<variant>/{config.json, README.md}`` for every registered variant (the variant table)."""
     for variant in VARIANT_ARGS:
         model = timm.create_model(variant, device='meta')
 
