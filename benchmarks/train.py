@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import qpm_timm  # noqa: F401  (registers the qpm models)
 from _common import alternate, copy_backbone, load_text, row, setup, solved_looking_head, timer
 from qpm_timm.losses import FeatureDiversityLoss
-from qpm_timm.models.qpm import reduce_resnet_strides
+from qpm_timm.models.backbone import reduce_resnet_strides
 
 TARGET = 1.15
 

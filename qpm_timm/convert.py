@@ -18,17 +18,14 @@ import timm
 
 from .data.transforms import qpm_data_config
 from .hub import read_weights, save_pretrained
-from .models.authors import (
-    AUTHORS_EVAL_DATASETS, AUTHORS_SOURCES, authors_to_qpm, is_authors_state_dict, variant_dataset,
-)
-from .models.qpm import VARIANT_ARGS, QPMModel
+from .models.authors import AUTHORS_EVAL_DATASETS, AUTHORS_SOURCES, authors_to_qpm, is_authors_state_dict
+from .models.qpm import QPMModel
+from .models.variants import VARIANT_ARGS, get_variant, variant_dataset
 
 __all__ = ['authors_data_config', 'convert_authors_checkpoint', 'load_authors_checkpoint']
 
 def _variant_dataset(variant: str) -> str:
-    if variant not in VARIANT_ARGS:
-        raise ValueError(f'unknown variant {variant!r}; one of {", ".join(VARIANT_ARGS)}.')
-    dataset = variant_dataset(variant)
+    dataset = variant_dataset(variant)  # refuses an unknown variant
     if dataset not in AUTHORS_EVAL_DATASETS:
         raise ValueError(f'{variant}: the authors released no {dataset} checkpoint and their {dataset} evaluation '
                          f'transform is not one of the known ones ({", ".join(AUTHORS_EVAL_DATASETS)}); not converted.')
@@ -54,8 +51,7 @@ def load_authors_checkpoint(checkpoint: str, variant: str, source: str = 'author
     """``variant`` holding the authors' checkpoint ``checkpoint`` (its class count and head sizes)."""
     if source not in AUTHORS_SOURCES:
         raise ValueError(f'unknown --source {source!r}; one of {", ".join(AUTHORS_SOURCES)}.')
-    if variant not in VARIANT_ARGS:
-        raise ValueError(f'unknown variant {variant!r}; one of {", ".join(VARIANT_ARGS)}.')
+    get_variant(variant)  # refuses an unknown variant
     state_dict = read_weights(checkpoint)
     if not is_authors_state_dict(state_dict):
         raise ValueError(f'{checkpoint} has qpm-timm keys (backbone.*, head.*): it is not an authors\' checkpoint; '

@@ -8,11 +8,13 @@ states (input size, mean, std, crop, interpolation, head sizes) is the one timm 
     python -m qpm_timm.hub push <experiment-or-export-folder> --repo-id ORG/NAME [--private] [--revision REV]
         [--results validate.json] [--dry-run]
     python -m qpm_timm.hub write-configs hub_configs      (also: --write-configs hub_configs)
+    python -m qpm_timm.hub write-models-table README.md
 
 ``push`` (:func:`push_to_hub`) uploads, in one commit, the export's weights and config.json, a model card naming
 the repository and the run's results (``results.json`` of train.py, a validate.py JSON), and the run's
 ``args.yaml`` / ``results.json``; ``write-configs`` regenerates ``hub_configs/<variant>/`` (config.json + model card)
-of every registered variant from the ``default_cfgs`` table of :mod:`qpm_timm.models.qpm`.
+of every registered variant, and ``write-models-table`` the README's Models table, from the variant table
+(:mod:`qpm_timm.models.variants`).
 """
 import argparse
 import json
@@ -34,22 +36,22 @@ from timm.models._hub import save_config_for_hf
 
 from .atomic import atomic_folder
 from .explain import model_feature_table
-from .models.authors import variant_dataset
-from .models.qpm import LOAD_TIME_ARGS, VARIANT_ARGS, QPMModel, unreadable_checkpoint_message
+from .hub_errors import unreadable_checkpoint_message
+from .models.qpm import LOAD_TIME_ARGS, QPMModel
+from .models.variants import DATASET_NAMES, VARIANT_ARGS, models_table, variant_dataset
 
-__all__ = ['save_pretrained', 'read_weights', 'model_card', 'write_hub_configs', 'push_to_hub', 'PushPlan',
-           'RunResults']
+__all__ = ['save_pretrained', 'read_weights', 'model_card', 'write_hub_configs', 'with_models_table', 'push_to_hub',
+           'PushPlan', 'RunResults']
 
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
 CARD_NAME = 'README.md'
 RUN_FILES = ('args.yaml', 'results.json')  # what train.py leaves beside export/, uploaded with it
 VALIDATE_RESULTS_NAME = 'validate_results.json'
+MODELS_HEADING = '## Models'
 # config.json fields a model card states: the architecture, the head sizes, the evaluation transform, provenance
 _CARD_PRETRAINED_FIELDS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std', 'license',
                            'origin_url', 'notes')
-_DATASET_NAMES = {'cub': 'CUB-200-2011', 'cars': 'Stanford Cars', 'aircraft': 'FGVC-Aircraft',
-                  'imagenet': 'ImageNet-1k', 'concepts': 'qpm-timm concepts (generated)'}
 
 
 def read_weights(path: str) -> Dict[str, torch.Tensor]:
@@ -104,7 +106,7 @@ def _model_index(name: str, results: Sequence[RunResults]) -> List[Dict[str, Any
         metrics = [dict(type='accuracy', value=r.metrics[k], name=label)
                    for k, label in (('top1', 'Top-1 accuracy'), ('top5', 'Top-5 accuracy')) if k in r.metrics]
         if r.dataset and metrics:
-            dataset = dict(name=_DATASET_NAMES.get(r.dataset, r.dataset), type=r.dataset)
+            dataset = dict(name=DATASET_NAMES.get(r.dataset, r.dataset), type=r.dataset)
             if r.split:
                 dataset['split'] = r.split
             entries.append(dict(task=dict(type='image-classification', name='Image Classification'),
@@ -229,7 +231,7 @@ def save_pretrained(
 
 
 def write_hub_configs(out_dir: str) -> None:
-    """``hub_configs/<variant>/{config.json, README.md}`` for every registered variant (default_cfgs table)."""
+    """``hub_configs/<variant>/{config.json, README.md}`` for every registered variant (the variant table)."""
     for variant in VARIANT_ARGS:
         model = timm.create_model(variant, device='meta')
 
@@ -242,6 +244,28 @@ def write_hub_configs(out_dir: str) -> None:
             (tmp / CARD_NAME).write_text(model_card(model, config, repo_id=repo_id, trained=False))
 
         atomic_folder(Path(out_dir) / variant, write, keep_files=True)
+
+
+def with_models_table(readme: str) -> str:
+    """``readme`` with the Markdown table under its Models heading replaced by the variant table's."""
+    lines = readme.split('\n')
+    if MODELS_HEADING not in lines:
+        raise ValueError(f'no "{MODELS_HEADING}" heading to put the Models table under.')
+    start = lines.index(MODELS_HEADING) + 1
+    while start < len(lines) and not lines[start].startswith('|'):
+        start += 1
+    end = start
+    while end < len(lines) and lines[end].startswith('|'):
+        end += 1
+    if start == end:
+        raise ValueError(f'no table under "{MODELS_HEADING}".')
+    return '\n'.join(lines[:start] + models_table().split('\n') + lines[end:])
+
+
+def write_models_table(readme_path: str) -> None:
+    """Regenerate the Models table of the README at ``readme_path``."""
+    path = Path(readme_path)
+    path.write_text(with_models_table(path.read_text(encoding='utf-8')), encoding='utf-8')
 
 
 # --- push ---------------------------------------------------------------------------------------------------------
@@ -377,12 +401,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     push.add_argument('--dry-run', action='store_true', default=False, help='list files and target, no network')
     configs = commands.add_parser('write-configs', help='config.json + model card of every registered variant')
     configs.add_argument('dir', metavar='DIR')
+    table = commands.add_parser('write-models-table', help="the README's Models table, from the variant table")
+    table.add_argument('readme', metavar='README')
     args = parser.parse_args(argv)
     if args.command == 'write-configs' or (args.command is None and args.write_configs):
         write_hub_configs(args.dir if args.command else args.write_configs)
         return 0
+    if args.command == 'write-models-table':
+        write_models_table(args.readme)
+        return 0
     if args.command != 'push':
-        parser.error('give a command: push or write-configs')
+        parser.error('give a command: push, write-configs or write-models-table')
     from huggingface_hub.errors import HfHubHTTPError
     try:
         plan = push_to_hub(args.folder, args.repo_id, args.private, args.revision, args.dry_run, args.results)

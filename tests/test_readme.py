@@ -4,6 +4,7 @@
   recovery must stay at the README's claims (top-1 >= 99 %, recovery >= 0.9), so no refactor of train.py can
   silently lose them. It takes a few minutes on 2 CPU cores: the slowest test of the suite, run by CI as well.
 * The section "Make a QPM from your own timm model" is executed as written.
+* The Models table is the one generated from the variant table.
 """
 import json
 import os
@@ -23,6 +24,12 @@ README = (ROOT / 'README.md').read_text()
 def _code_block(after_heading: str, language: str) -> str:
     section = README.split(after_heading, 1)[1]
     return re.search(rf'```{language}\n(.*?)```', section, re.S).group(1)
+
+
+def test_models_table_has_not_drifted_from_the_variant_table():
+    from qpm_timm import hub
+    assert README == hub.with_models_table(README), \
+        "the README's Models table drifted: run python -m qpm_timm.hub write-models-table README.md"
 
 
 def test_readme_main_command_reaches_the_claimed_accuracy_and_concept_recovery(tmp_path):

@@ -1,19 +1,24 @@
 """Vision Transformer backbones, the token-wise adapter and the frozen backbone (issue 13, points 1, 2 and 4)."""
 import json
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 import torch.nn as nn
+import yaml
 from timm.models import generate_default_cfgs, register_model
 
 import qpm_timm
 from qpm_timm import hub
+from qpm_timm.data import qpm_data_config
 from qpm_timm.fit import fit_qpm, problem_from_statistics
 from qpm_timm.losses import ActivationL1
-from qpm_timm.models import VARIANT_ARGS
+from qpm_timm.models import VARIANTS
+from qpm_timm.models.variants import variant_dataset
 from qpm_timm.stats import collect_statistics
 
+CONFIGS = Path(__file__).resolve().parents[1] / 'qpm_timm' / 'configs'
 TINY_VIT = dict(img_size=56, embed_dim=64, depth=2, num_heads=2)  # 4 x 4 patches of 14 px, 4 registers + class token
 SIZES = dict(num_classes=4, n_features=6, n_per_class=2)
 
@@ -189,20 +194,27 @@ def test_bad_adapter_sizes_are_refused():
         tiny_vit_qpm(adapter_depth=1, adapter_dim=4)
 
 
-@pytest.mark.parametrize('variant, backbone, adapter', [
-    ('qpm_vit_base_patch14_reg4_dinov2_cub', 'vit_base_patch14_reg4_dinov2.lvd142m', (4, 2048, 512)),
-    ('qpm_vit_small_patch14_reg4_dinov2_cub', 'vit_small_patch14_reg4_dinov2.lvd142m', (2, 512, 256)),
-])
-def test_dinov2_variants_are_registered_with_their_config(variant, backbone, adapter):
-    model = timm.create_model(variant, device='meta')
+@pytest.mark.parametrize('row', VARIANTS, ids=lambda row: row.name)
+def test_registered_variant_is_built_as_its_table_row(row):
+    model = timm.create_model(row.name, device='meta')
     cfg = model.pretrained_cfg
-    assert VARIANT_ARGS[variant]['backbone'] == backbone and model.backbone_name == backbone
-    assert (model.adapter_depth, model.adapter_hidden, model.adapter_dim) == adapter
-    assert model.num_features == adapter[2] and (model.n_features, model.n_per_class, model.num_classes) == (50, 5, 200)
-    assert cfg['input_size'] == (3, 224, 224) and cfg['fixed_input_size'] and cfg['pool_size'] == (16, 16)
-    assert (cfg['crop_mode'], cfg['crop_pct']) == ('center', 1.0)  # whole CUB images, as DINO-QPM
-    assert backbone in cfg['notes'] and cfg['hf_hub_id'] == f'qpm-timm/{variant}'
-    assert model.token_backbone
+    assert model.backbone_name == row.backbone and model.token_backbone == row.token_backbone
+    assert model.num_classes == cfg['num_classes'] == row.num_classes
+    assert (model.n_features, model.n_per_class) == (50, 5)
+    assert model.adapter_depth == row.adapter_depth
+    if row.adapter_depth:
+        assert (model.adapter_hidden, model.num_features) == (row.adapter_hidden, row.adapter_dim)
+    if not row.token_backbone:
+        assert model.feature_info[-1]['reduction'] == (8 if row.reduced_strides else 32)
+    assert cfg['input_size'] == (3, row.input_side, row.input_side) and cfg['fixed_input_size'] == row.token_backbone
+    maps = model.forward_features(torch.empty(1, *cfg['input_size'], device='meta'))
+    assert tuple(maps.shape[-2:]) == cfg['pool_size'] == (row.map_side, row.map_side)
+    data = qpm_data_config(variant_dataset(row.name), crop_to_bbox=row.crop_to_bbox)
+    assert all(cfg[k] == data[k] for k in ('mean', 'std', 'crop_pct', 'crop_mode', 'interpolation'))
+    assert row.backbone in cfg['notes'] and cfg['hf_hub_id'] == row.hub_id and cfg['origin_url'] == row.origin_url
+    if row.recipe:  # the recipe file trains this variant on its dataset
+        recipe = yaml.safe_load((CONFIGS / row.recipe).read_text())
+        assert (recipe['model'], recipe['dataset']) == (row.name, row.dataset)
 
 
 def test_torchscript_vit_qpm_gives_the_eager_outputs():

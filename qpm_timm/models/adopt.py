@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 import timm
 
-from .qpm import QPMModel, create_qpm, linear_classifier
+from .backbone import linear_classifier
+from .qpm import QPMModel, create_qpm
 
 __all__ = ['load_weights', 'from_timm_classifier', 'is_qpm_state_dict']
 

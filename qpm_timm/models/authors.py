@@ -22,7 +22,7 @@ from typing import Dict, List, Mapping
 import torch
 
 __all__ = ['AUTHORS_EVAL_DATASETS', 'AUTHORS_HEAD_KEYS', 'AUTHORS_RELEASES', 'AUTHORS_SOURCES', 'AuthorsRelease',
-           'authors_to_qpm', 'filter_authors_weights', 'is_authors_state_dict', 'releases_of', 'variant_dataset']
+           'authors_to_qpm', 'filter_authors_weights', 'is_authors_state_dict', 'releases_of']
 
 # the authors' head tensors -> ours
 AUTHORS_HEAD_KEYS = {
@@ -54,11 +54,6 @@ AUTHORS_RELEASES = (
     AuthorsRelease('CHiQPM-WithCrop', 'authors-chiqpm', 'qpm_resnet50_cub', True,
                    'https://drive.google.com/drive/folders/1nu_oTH0g8gqz8Qhpe6pqHd7ZhiaK03tV'),
 )
-
-
-def variant_dataset(variant: str) -> str:
-    """The dataset a registered variant is named after (``qpm_resnet50_cub`` -> ``cub``)."""
-    return variant.rsplit('_', 1)[-1]
 
 
 def releases_of(variant: str) -> List[AuthorsRelease]:

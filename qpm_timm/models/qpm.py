@@ -2,9 +2,9 @@
 
 Paper: https://arxiv.org/abs/2502.20130 (Norrenbrock, Kaiser, Biswas, Manuvinakurike, Rosenhahn).
 
-A :class:`QPMModel` wraps a timm backbone that gives an ``N x C x H x W`` feature map -- a CNN's
-``forward_features``, or a Vision Transformer's last-layer patch tokens as a map (timm's ``forward_intermediates``,
-prefix and register tokens dropped) -- optionally followed by a token-wise MLP adapter
+A :class:`QPMModel` wraps a timm backbone (:mod:`qpm_timm.models.backbone`) that gives an ``N x C x H x W`` feature
+map -- a CNN's ``forward_features``, or a Vision Transformer's last-layer patch tokens as a map (timm's
+``forward_intermediates``, prefix and register tokens dropped) -- optionally followed by a token-wise MLP adapter
 (:mod:`qpm_timm.models.adapter`, DINO-QPM), and carries one of two heads (:mod:`qpm_timm.models.head`): the
 dense head of stage 1, or the QPM head whose binary class x feature assignment was found by :mod:`qpm_timm.solver`.
 
@@ -17,52 +17,32 @@ Loading rules (one place, :meth:`QPMModel.load_state_dict`, used by every timm l
   (``train.py --initial-checkpoint``). ``num_classes=0`` keeps the selected, normalised features.
 """
 import logging
-import os
-import pickle
 import re
 import warnings
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import timm
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from huggingface_hub.errors import (
-    EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
-)
-from safetensors import SafetensorError
-from timm.models import ResNet, build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..data.transforms import qpm_data_config, resolve_qpm_data_config
+from ..hub_errors import explained_load_errors
 from .adapter import TokenMLPAdapter, check_adapter_args
-from .authors import AUTHORS_EVAL_DATASETS, filter_authors_weights, releases_of, variant_dataset
+from .authors import filter_authors_weights
+from .backbone import check_backbone, create_backbone, is_token_backbone, last_block_map, reduce_resnet_strides
 from .head import (
     DENSE_DROP_RATE, QPM_DROP_RATE, DenseHead, QPMHead, check_assignment, check_qpm_sizes, check_selection,
     placeholder_assignment,
 )
+from .variants import VARIANTS, Variant, qpm_cfg
 
-__all__ = ['QPMModel', 'QPMOutput', 'create_qpm', 'reduce_resnet_strides', 'HF_HUB_ORG',
-           'PretrainedWeightsUnavailableError', 'unreadable_checkpoint_message']
+__all__ = ['QPMModel', 'QPMOutput', 'create_qpm', 'default_cfgs']
 
 _logger = logging.getLogger(__name__)
 
-HF_HUB_ORG = 'qpm-timm'  # the Hugging Face organisation that publishes every registered variant
 _POOL_TYPES = ('avg', 'max', 'avgmax', '')
 LOAD_TIME_ARGS = ('pretrained_backbone', 'backbone_pretrained_cfg_overlay')  # not architecture: never exported
-
-
-def _check_backbone(backbone: Any) -> None:
-    """A timm model name, optionally with one of its pretrained tags (``resnet50.tv_in1k``)."""
-    if not isinstance(backbone, str) or not timm.is_model(backbone):
-        raise ValueError(f'unknown backbone {backbone!r}: give a timm model name (see timm.list_models()).')
-    if '.' in backbone:
-        try:
-            timm.models.get_pretrained_cfg(backbone)
-        except RuntimeError:
-            arch = backbone.split('.')[0]
-            raise ValueError(f'backbone {backbone!r}: {arch} has no pretrained tag {backbone.split(".", 1)[1]!r}; '
-                             f'its tags: {", ".join(timm.list_pretrained(arch + ".*")) or "none"}.') from None
 
 
 def _check_pool(global_pool: Any) -> None:
@@ -75,26 +55,6 @@ class QPMOutput(NamedTuple):
     logits: torch.Tensor  # (N, C)
     feature_maps: torch.Tensor  # (N, F', H, W): all channels (dense head) or the selected ones (QPM head)
     pooled: torch.Tensor  # (N, F'): pooled feature_maps, before normalisation and dropout
-
-
-def reduce_resnet_strides(model: ResNet) -> None:
-    """Reduced strides of the recipe: layer3 and layer4 keep stride 1, no dilation (224 px -> 28 x 28 maps);
-    the model's ``feature_info`` reductions follow (at most 8)."""
-    if not isinstance(model, ResNet):
-        raise ValueError(f'reduced_strides applies to timm ResNet backbones (layer3/layer4), not {type(model).__name__}.')
-    for layer in (model.layer3, model.layer4):
-        block = layer[0]
-        for parent in block.modules():
-            for name, child in parent.named_children():
-                if isinstance(child, nn.Conv2d) and child.stride != (1, 1):
-                    child.stride = (1, 1)
-                elif isinstance(child, nn.AvgPool2d):
-                    setattr(parent, name, nn.Identity())  # the stride-2 pool of 'avg_down' shortcuts
-                elif getattr(child, 'stride', 1) not in (1, (1, 1)) and not isinstance(child, nn.Conv2d):
-                    raise ValueError(f'cannot reduce the stride of {type(child).__name__} in {name}; '
-                                     f'use a plain ResNet or reduced_strides=False.')
-    for info in model.feature_info:
-        info['reduction'] = min(info['reduction'], 8)
 
 
 def _prefix_matcher(matcher: Any, prefix: str) -> Any:
@@ -157,13 +117,13 @@ class QPMModel(nn.Module):
             **backbone_kwargs: passed to ``timm.create_model(backbone, ...)``; unknown ones raise TypeError.
         """
         super().__init__()
-        _check_backbone(backbone)
+        check_backbone(backbone)
         if head not in ('dense', 'qpm'):
             raise ValueError(f"head must be 'dense' or 'qpm', got {head!r}.")
         _check_pool(global_pool)
         check_qpm_sizes(num_classes, n_features, n_per_class)  # before any weights are fetched
         check_adapter_args(adapter_depth, adapter_hidden, adapter_dim)
-        self.backbone, classifier = _create_backbone(
+        self.backbone, classifier = create_backbone(
             backbone, pretrained_backbone, backbone_pretrained_cfg_overlay, in_chans=in_chans, device=device,
             dtype=dtype, **backbone_kwargs)
         if isinstance(getattr(self.backbone, 'head', None), nn.Module):
@@ -172,7 +132,7 @@ class QPMModel(nn.Module):
             reduce_resnet_strides(self.backbone)
         self.backbone_name = backbone
         self.backbone_features = self.backbone.num_features  # channels of forward_backbone's map
-        self.token_backbone = _is_token_backbone(self.backbone, in_chans)
+        self.token_backbone = is_token_backbone(self.backbone, in_chans)
         self.num_prefix_tokens = int(getattr(self.backbone, 'num_prefix_tokens', 0))
         patch = getattr(getattr(self.backbone, 'patch_embed', None), 'patch_size', None) or (1, 1)
         self.patch_size: Tuple[int, int] = (int(patch[0]), int(patch[1]))
@@ -434,306 +394,33 @@ class QPMModel(nn.Module):
                              f'{self.n_features} (does config.json match the weights?): {e}') from e
 
 
-def linear_classifier(model: nn.Module) -> Optional[nn.Linear]:
-    """The classifier of a timm model when it is one top-level ``nn.Linear`` after global pooling (ResNet's ``fc``,
-    EfficientNet's ``classifier``), the only kind the dense QPM head reproduces; None otherwise (ConvNeXt's
-    ``head.fc`` follows a norm)."""
-    name = getattr(model, 'pretrained_cfg', {}).get('classifier') or ''
-    head = getattr(model, name, None) if name and '.' not in name else None
-    return head if isinstance(head, nn.Linear) else None
-
-
-def _file_classes(path: str, classifier: Optional[str]) -> int:
-    """Number of classes of the classifier stored in a backbone weights file (0: none stored)."""
-    if not os.path.isfile(path):
-        raise ValueError(f'backbone weights file {path} does not exist.')
-    try:
-        state_dict = timm.models.load_state_dict(path)
-    except Exception as e:  # torch.load / safetensors raise many types for a damaged file
-        raise ValueError(f'backbone weights file {path} is not a readable checkpoint ({type(e).__name__}: {e}).') from e
-    weight = state_dict.get(f'{classifier}.weight') if classifier else None
-    return int(weight.shape[0]) if weight is not None else 0
-
-
-def _create_backbone(
-        name: str,
-        pretrained: bool,
-        overlay: Optional[Dict[str, Any]],
-        **kwargs,
-) -> Tuple[nn.Module, Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]]:
-    """The feature extractor of timm model ``name`` (no pooling, no classifier) and, for pretrained weights whose
-    classifier is a plain top-level ``nn.Linear`` over the pooled features (ResNet's ``fc``), that classifier's
-    ``(weight, bias)``. Pretrained weights come through timm's own loader (``pretrained=True``,
-    ``pretrained_cfg_overlay``), so the Hub, its cache, ``HF_HUB_OFFLINE`` and local files work as for any timm model.
-    """
-    if not pretrained:
-        if overlay:
-            raise ValueError('backbone_pretrained_cfg_overlay is given without pretrained_backbone=True.')
-        return timm.create_model(name, pretrained=False, num_classes=0, global_pool='', **kwargs), None
-    if overlay and overlay.get('file'):  # a local file: build the classifier its weights have, so timm loads strictly
-        classes = _file_classes(overlay['file'], timm.models.get_pretrained_cfg(name).classifier)
-        overlay = {**overlay, 'num_classes': classes}
-        kwargs['num_classes'] = classes
-    try:
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-    except RuntimeError as e:  # timm: no weights for this tag, or none reachable (offline, no cache)
-        raise ValueError(f'cannot load the pretrained weights of backbone {name!r}: {e}. Give a local file '
-                         f'(backbone_pretrained_cfg_overlay=dict(file=...), train.py --pretrained-path) or check '
-                         f'the network / Hugging Face cache.') from e
-    head = linear_classifier(model)
-    classifier = None
-    if head is not None:
-        classifier = (head.weight.detach().clone(), None if head.bias is None else head.bias.detach().clone())
-    model.reset_classifier(0, '')
-    return model, classifier
-
-
-def _probe_size(backbone: nn.Module, in_chans: int) -> List[int]:
-    """A small input the backbone accepts: a fixed-size ViT's own image size, a dynamic one's 4 x 4 patches,
-    otherwise at most 64 px."""
-    patch_embed = getattr(backbone, 'patch_embed', None)
-    img_size = getattr(patch_embed, 'img_size', None)
-    if img_size is not None:
-        if getattr(backbone, 'dynamic_img_size', False):
-            return [min(s, 4 * p) for s, p in zip(img_size, patch_embed.patch_size)]
-        return list(img_size)
-    if backbone.pretrained_cfg.get('fixed_input_size'):
-        return list(backbone.pretrained_cfg['input_size'][-2:])
-    return [min(s, 64) for s in backbone.pretrained_cfg.get('input_size', (in_chans, 64, 64))[-2:]]
-
-
-def last_block_map(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A token model's last block through its final norm as an ``N x C x H x W`` map, prefix tokens dropped (timm's
-    ``forward_intermediates``)."""
-    return backbone.forward_intermediates(x, indices=1, norm=True, output_fmt='NCHW', intermediates_only=True)[-1]
-
-
-def _is_token_backbone(backbone: nn.Module, in_chans: int) -> bool:
-    """False for a backbone whose ``forward_features`` is an ``N x C x H x W`` map with ``C == num_features`` (a
-    CNN); True for one whose :func:`last_block_map` is that map instead (ViTs, Swin); refuses anything else, naming
-    what it found."""
-    p = next(backbone.parameters())
-    size = _probe_size(backbone, in_chans)
-    probe = torch.zeros(1, in_chans, *size, device=p.device, dtype=p.dtype)
-    name, c = type(backbone).__name__, backbone.num_features
-
-    def run(fn) -> torch.Tensor:
-        was_training = backbone.training
-        try:
-            with torch.no_grad():
-                return fn(backbone.eval(), probe)
-        except Exception as e:  # fixed-size models or unusual outputs fail on the probe
-            raise ValueError(f'{name}: the feature-map probe on a {size} input failed ({type(e).__name__}: {e}); '
-                             f'QPM needs a backbone with N x C x H x W feature maps.') from e
-        finally:
-            backbone.train(was_training)
-
-    out = run(lambda b, x: b.forward_features(x))
-    if out.dim() == 4 and out.shape[1] == c:
-        return False
-    found = f'{name}.forward_features returns shape {tuple(out.shape)} on a {size} input'
-    if not hasattr(backbone, 'forward_intermediates'):
-        raise ValueError(f'{found} and the model has no forward_intermediates to give a spatial map; QPM needs '
-                         f'N x {c} x H x W feature maps (a CNN, or a ViT-like timm model).')
-    maps = run(last_block_map)
-    if maps.dim() != 4 or maps.shape[1] != c:
-        raise ValueError(f'{found}, and its forward_intermediates(output_fmt="NCHW") gives {tuple(maps.shape)}, not '
-                         f'N x {c} x H x W: QPM cannot turn its features into maps.')
-    return True
-
-
-def _cfg(num_classes: int, reduced_strides: bool, **kwargs) -> Dict[str, Any]:
-    return {
-        'num_classes': num_classes, 'input_size': (3, 224, 224), 'fixed_input_size': False,
-        'pool_size': (28, 28) if reduced_strides else (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'backbone.conv1', 'classifier': 'head.fc', 'hf_hub_filename': 'model.safetensors',
-        'license': 'apache-2.0', 'paper_ids': 'arXiv:2502.20130',
-        'paper_name': 'QPM: Discrete Optimization for Globally Interpretable Image Classification',
-        'origin_url': 'https://github.com/ThomasNorr/QPM', **kwargs,
-    }
-
-
-def _hub(variant: str) -> str:
-    return f'{HF_HUB_ORG}/{variant}'
-
-
-# Architecture arguments of each registered variant. ``backbone`` carries the timm pretrained tag that
-# ``pretrained_backbone=True`` (train.py --pretrained) loads: torchvision's ImageNet ResNets (timm's ``.tv_in1k``),
-# the initialisation of the authors' dense models; DINOv2 with 4 registers (``.lvd142m``) at 224 px (16 x 16
-# patch maps) with a token-wise MLP adapter, DINO-QPM's setting (ViT-B/14: 4 layers, 2048 wide, 512 out), and a
-# smaller one of ours for ViT-S/14 (2 layers, 512 wide, 256 out) whose cached epochs stay cheap on a CPU.
-VARIANT_ARGS = {
-    'qpm_resnet50_cub': dict(backbone='resnet50.tv_in1k', reduced_strides=True),
-    'qpm_resnet50_cars': dict(backbone='resnet50.tv_in1k', reduced_strides=True),
-    'qpm_resnet50_imagenet': dict(backbone='resnet50.tv_in1k', reduced_strides=False),
-    'qpm_resnet34_cub': dict(backbone='resnet34.tv_in1k', reduced_strides=True),
-    'qpm_resnet18_cub': dict(backbone='resnet18.tv_in1k', reduced_strides=True),
-    'qpm_vit_base_patch14_reg4_dinov2_cub': dict(
-        backbone='vit_base_patch14_reg4_dinov2.lvd142m', img_size=224, adapter_depth=4, adapter_hidden=2048,
-        adapter_dim=512),
-    'qpm_vit_small_patch14_reg4_dinov2_cub': dict(
-        backbone='vit_small_patch14_reg4_dinov2.lvd142m', img_size=224, adapter_depth=2, adapter_hidden=512,
-        adapter_dim=256),
-}
-
-
-def _variant_cfg(variant: str, dataset: str, crop_to_bbox: bool = True) -> Dict[str, Any]:
-    """A registered variant's row: the eval data config of its dataset's recipe (CUB's box crops squashed, or whole
-    images with ``crop_to_bbox=False``) and, in ``notes``, the backbone weights its dense stage starts from."""
-    args = VARIANT_ARGS[variant]
-    data = {k: v for k, v in qpm_data_config(dataset, crop_to_bbox=crop_to_bbox).items() if k != 'input_size'}
-    notes = f"dense stage initialised from timm's {args['backbone']} (pretrained_backbone=True)"
-    vit = {}
-    if 'img_size' in args:  # a ViT: fixed input size, one map cell per 14 px patch
-        side = args['img_size'] // 14
-        vit = dict(input_size=(3, args['img_size'], args['img_size']), fixed_input_size=True, pool_size=(side, side),
-                   first_conv='backbone.patch_embed.proj', origin_url='https://github.com/RobertZimm/DINO-QPM')
-        notes += '; the backbone stays frozen (train.py --freeze-backbone), only adapter and head train'
-    return _cfg(resolve_qpm_data_config(dataset).num_classes, args.get('reduced_strides', False),
-                hf_hub_id=_hub(variant), notes=notes, **data, **vit)
-
-
-# One row per published variant; hub_configs/ is generated from this table.
-default_cfgs = generate_default_cfgs({
-    'qpm_resnet50_cub': _variant_cfg('qpm_resnet50_cub', 'cub'),
-    'qpm_resnet50_cars': _variant_cfg('qpm_resnet50_cars', 'cars'),
-    'qpm_resnet50_imagenet': _variant_cfg('qpm_resnet50_imagenet', 'imagenet'),
-    'qpm_resnet34_cub': _variant_cfg('qpm_resnet34_cub', 'cub'),
-    'qpm_resnet18_cub': _variant_cfg('qpm_resnet18_cub', 'cub'),
-    'qpm_vit_base_patch14_reg4_dinov2_cub': _variant_cfg('qpm_vit_base_patch14_reg4_dinov2_cub', 'cub', False),
-    'qpm_vit_small_patch14_reg4_dinov2_cub': _variant_cfg('qpm_vit_small_patch14_reg4_dinov2_cub', 'cub', False),
-    'qpm': {**_cfg(1000, False), 'hf_hub_filename': None},
-})
-
-
-class PretrainedWeightsUnavailableError(RuntimeError):
-    """``pretrained=True`` found no weights: the Hub repository is missing or empty, or offline with no cache."""
-
-
-_NOT_ON_HUB = (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)
-_UNREADABLE_FILE = (RuntimeError, EOFError, pickle.UnpicklingError)  # what torch.load raises for a bad file
-
-
-def unreadable_checkpoint_message(path: str, error: Exception) -> str:
-    """Why ``torch.load(path, weights_only=True)`` failed, and what to do."""
-    if 'weights_only' in str(error) or isinstance(error, pickle.UnpicklingError):
-        return (f'{path} is not a plain state dict of tensors: torch.load(weights_only=True) refused it '
-                f'({type(error).__name__}: {str(error).splitlines()[0]}); it holds code or other objects, which are '
-                f'never run here. Load it only if you trust it, and save model.state_dict() again.')
-    return (f'{path} is not a readable checkpoint, truncated or corrupted ({type(error).__name__}: '
-            f'{str(error).splitlines()[0] if str(error) else "empty file"}); download or export it again.')
-
-
-def _hub_reason(error: Exception) -> str:
-    if isinstance(error, RepositoryNotFoundError):
-        return 'the repository does not exist (or is private)'
-    if isinstance(error, RevisionNotFoundError):
-        return 'the repository has no such revision'
-    if isinstance(error, LocalEntryNotFoundError):
-        return ('no network or HF_HUB_OFFLINE=1 (which skips the connection retries), and the weights are not in '
-                'the Hugging Face cache')
-    return 'the repository holds no weights file'
-
-
-def weights_unavailable_message(variant: str, repo_id: str, reason: str, backbone: str = '') -> str:
-    """Names the variant and the repository and says the two ways to weights: convert the authors' release and
-    push it (README, "Release notes for maintainers"), or train with the variant's recipe."""
-    push = f'python -m qpm_timm.hub push <folder> --repo-id {repo_id}'
-    first = f'push an export of trained weights (qpm_timm.hub.save_pretrained): {push}'
-    train = f'--model {variant} --backbone {backbone} --dataset <dataset>'
-    if variant in VARIANT_ARGS:
-        train = f'--model {variant} --dataset {variant_dataset(variant)}'
-    if variant in VARIANT_ARGS and variant_dataset(variant) in AUTHORS_EVAL_DATASETS:
-        releases = releases_of(variant)
-        released = ('; '.join(f'{r.name} (--source {r.source}): {r.url}' for r in releases) if releases else
-                    'none for this variant; a checkpoint of their code for it converts the same way')
-        first = (f'convert a checkpoint of the authors\' code (released: {released}), then load or push it:\n'
-                 f'       python -m qpm_timm.convert --source {releases[0].source if releases else "authors-qpm"} '
-                 f'--checkpoint <file.pth> --variant {variant} --output <folder>\n'
-                 f'       timm.create_model("local-dir:<folder>", pretrained=True)  or  {push}')
-    return (f'{variant}: no pretrained weights at the Hugging Face Hub repository {repo_id}: {reason}. (The README\'s '
-            f'Models table lists which variants have published weights.) Two ways to weights:\n'
-            f'  1. {first}\n'
-            f'  2. train it with the variant\'s recipe: python train.py {train} --data-dir <data>, then '
-            f'timm.create_model("local-dir:<output>/export", pretrained=True).')
-
-
-def _load_error(variant: str, kwargs: Dict[str, Any], error: Exception) -> Optional[Exception]:
-    """Our error for a failed ``pretrained=True`` load, or None when it is not a missing or unreadable file."""
-    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-    if isinstance(error, SafetensorError):
-        return ValueError(f'the weights of {variant} ({cfg.file or cfg.hf_hub_id or variant}) are truncated or '
-                          f'corrupted ({error}); delete the file (or its Hugging Face cache entry) and export or '
-                          f'download it again.')
-    if cfg.file and not str(cfg.file).endswith('.safetensors') and isinstance(error, _UNREADABLE_FILE):
-        return ValueError(f'{variant}: {unreadable_checkpoint_message(cfg.file, error)}')
-    if not cfg.file and cfg.hf_hub_id and isinstance(error, _NOT_ON_HUB) and not isinstance(error, GatedRepoError):
-        return PretrainedWeightsUnavailableError(weights_unavailable_message(
-            variant, cfg.hf_hub_id, _hub_reason(error), kwargs.get('backbone', '')))
-    return None
-
-
 def _create_qpm(variant: str, pretrained: bool = False, **kwargs) -> QPMModel:
     if pretrained:  # the QPM's own weights replace the backbone's: do not fetch those first
         kwargs.pop('pretrained_backbone', None)
         kwargs.pop('backbone_pretrained_cfg_overlay', None)
-    try:
+    with explained_load_errors(variant, kwargs):
         return build_model_with_cfg(QPMModel, variant, pretrained, feature_cfg=dict(feature_cls='getter'),
                                     pretrained_filter_fn=filter_authors_weights, **kwargs)
-    except (SafetensorError, *_UNREADABLE_FILE, *_NOT_ON_HUB) as e:
-        error = _load_error(variant, kwargs, e)
-        if error is None:
-            raise
-        raise error from e
 
 
-def _variant(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> QPMModel:
-    return _create_qpm(variant, pretrained, **dict(VARIANT_ARGS[variant], **kwargs))
+def _entrypoint(variant: Variant) -> Callable[..., QPMModel]:
+    """The ``@register_model`` function of a table row; timm registers it under its ``__name__``."""
+    def create(pretrained: bool = False, **kwargs) -> QPMModel:
+        return _create_qpm(variant.name, pretrained, **dict(variant.model_args(), **kwargs))
+
+    create.__name__ = create.__qualname__ = variant.name
+    create.__doc__ = variant.doc()
+    return create
 
 
-@register_model
-def qpm_resnet50_cub(pretrained: bool = False, **kwargs) -> QPMModel:
-    """QPM ResNet-50 (reduced strides) for CUB-200-2011, 50 features, 5 per class."""
-    return _variant('qpm_resnet50_cub', pretrained, kwargs)
-
-
-@register_model
-def qpm_resnet50_cars(pretrained: bool = False, **kwargs) -> QPMModel:
-    """QPM ResNet-50 (reduced strides) for Stanford Cars, 50 features, 5 per class."""
-    return _variant('qpm_resnet50_cars', pretrained, kwargs)
-
-
-@register_model
-def qpm_resnet50_imagenet(pretrained: bool = False, **kwargs) -> QPMModel:
-    """QPM ResNet-50 (standard strides) for ImageNet-1k, 50 features, 5 per class."""
-    return _variant('qpm_resnet50_imagenet', pretrained, kwargs)
-
-
-@register_model
-def qpm_resnet34_cub(pretrained: bool = False, **kwargs) -> QPMModel:
-    """QPM ResNet-34 (reduced strides) for CUB-200-2011."""
-    return _variant('qpm_resnet34_cub', pretrained, kwargs)
-
-
-@register_model
-def qpm_resnet18_cub(pretrained: bool = False, **kwargs) -> QPMModel:
-    """QPM ResNet-18 (reduced strides) for CUB-200-2011."""
-    return _variant('qpm_resnet18_cub', pretrained, kwargs)
-
-
-@register_model
-def qpm_vit_base_patch14_reg4_dinov2_cub(pretrained: bool = False, **kwargs) -> QPMModel:
-    """DINO-QPM: frozen DINOv2 ViT-B/14 with 4 registers at 224 px, a 4-layer token MLP adapter (2048 wide, 512
-    out), 50 features, 5 per class, for CUB-200-2011 (whole images)."""
-    return _variant('qpm_vit_base_patch14_reg4_dinov2_cub', pretrained, kwargs)
-
-
-@register_model
-def qpm_vit_small_patch14_reg4_dinov2_cub(pretrained: bool = False, **kwargs) -> QPMModel:
-    """Frozen DINOv2 ViT-S/14 with 4 registers at 224 px, a 2-layer token MLP adapter (512 wide, 256 out), for
-    CUB-200-2011 (whole images)."""
-    return _variant('qpm_vit_small_patch14_reg4_dinov2_cub', pretrained, kwargs)
+# timm's registry reads this module's default_cfgs: one row per variant of the table, and the generic ``qpm``
+default_cfgs = generate_default_cfgs({
+    **{v.name: v.pretrained_cfg() for v in VARIANTS},
+    'qpm': {**qpm_cfg(), 'hf_hub_filename': None},
+})
+for _row in VARIANTS:
+    globals()[_row.name] = register_model(_entrypoint(_row))
+del _row
 
 
 @register_model
@@ -743,7 +430,7 @@ def qpm(pretrained: bool = False, backbone: str = 'resnet50', **kwargs) -> QPMMo
     Input size, normalisation and first conv come from the backbone's own pretrained config; a ViT's input size is
     the one it was built for (``img_size=...``), fixed unless ``dynamic_img_size=True``.
     """
-    _check_backbone(backbone)
+    check_backbone(backbone)
     overlay = {}
     if not kwargs.get('pretrained_cfg'):  # an exported config (local-dir:, hf-hub:) keeps its own values
         bcfg = timm.models.get_pretrained_cfg(backbone)
