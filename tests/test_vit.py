@@ -1,4 +1,5 @@
-"""Vision Transformer backbones, the token-wise adapter and the frozen backbone (issue 13, points 1, 2 and 4)."""
+"""Vision Transformer backbones, the token-wise adapter and the frozen backbone (docs/METHOD.md, "ViT backbones and the
+adapter")."""
 import json
 from pathlib import Path
 
