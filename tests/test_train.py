@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from scripts import read_results, run_script
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--model', 'qpm', '--backbone', 'test_resnet', '--img-size', '32', '--n-features', '6', '--n-per-class', '2',
         '--epochs', '3', '--finetune-epochs', '1', '--solver-time-limit', '30', '--workers', '0', '-b', '16',
@@ -51,13 +53,19 @@ def reference(tmp_path_factory):
     return out / 'ref'
 
 
-def test_every_stage_leaves_its_result_and_the_export_loads_with_timm(reference):
+def test_every_stage_leaves_its_result_and_the_export_validates_to_the_runs_numbers(reference, tmp_path):
     for name in ('args.yaml', 'dense/last.pth.tar', 'dense/summary.csv', 'statistics.npz', 'solution.json',
                  'finetune/last.pth.tar', 'finetune/summary.csv', 'export/model.safetensors', 'export/config.json',
                  'export/README.md', 'results.json', 'gallery.npz', 'report/index.html', 'export/report/global.png'):
         assert (reference / name).is_file(), name
     results = json.loads((reference / 'results.json').read_text())
-    assert 0 <= results['top1'] <= 100 and 0 <= results['concept_recovery'] <= 1
+    validated = tmp_path / 'validate.json'  # validate.py on the export gives the run's own numbers
+    assert run_script('validate.py', ['--model', f'local-dir:{reference / "export"}', '--pretrained',
+                                      '--dataset-args', TINY[TINY.index('--dataset-args') + 1], '--workers', '0',
+                                      '--results-file', validated]) == 0
+    validated = read_results(validated)
+    assert validated['top1'] == pytest.approx(results['top1'], abs=1e-4)  # validate.py rounds to 4 digits
+    assert validated['concept_recovery'] == pytest.approx(results['concept_recovery'])
     assert results['solver_bound'] >= results['objective'] and not results['solver_cut_by_wall_clock']
     card = (reference / 'export' / 'README.md').read_text()
     assert 'report/global.png' in card and f"| solver_gap | {results['solver_gap']} |" in card
