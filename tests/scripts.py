@@ -1,12 +1,14 @@
 """Run the repository's scripts as a user does (``python validate.py ...``), in this process: the script file is
 executed as ``__main__`` with its own ``sys.argv``, so flags, exit codes and messages are the real ones, without a
 new interpreter per call. Nothing imports a script."""
+import contextlib
 import csv
+import io
 import json
 import runpy
 import sys
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +24,14 @@ def run_script(name: str, argv: Sequence[str]) -> int:
     finally:
         sys.argv = saved
     return 0
+
+
+def refused(name: str, argv: Sequence[str]) -> Tuple[int, str]:
+    """Exit code and stderr of ``python <name> <argv>`` run in this process (for bad input, which ends early)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = run_script(name, argv)
+    return code, err.getvalue()
 
 
 def read_results(path: Path) -> Dict[str, Any]:

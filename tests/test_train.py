@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import read_results, run_script
+from scripts import read_results, refused, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--model', 'qpm', '--backbone', 'test_resnet', '--img-size', '32', '--n-features', '6', '--n-per-class', '2',
@@ -21,12 +21,11 @@ def _env():
     return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
 
 
-def _train(*args, check=True):
+def _train(*args):
+    """``python train.py TINY args`` in a new process (a run whose seeding, threads and kill points are its own)."""
     proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), *TINY, *args], capture_output=True, text=True,
                           env=_env(), timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def _solution(exp: Path):
@@ -113,25 +112,25 @@ def test_bad_input_exits_non_zero_with_a_clear_message(tmp_path, args, message):
         config = tmp_path / 'config.yaml'
         config.write_text(args[1].split(':', 1)[1])
         args = ['-c', str(config)]
-    proc = _train('--output', str(tmp_path), *args, check=False)
-    assert proc.returncode == 2 and message in proc.stderr
+    code, err = refused('train.py', [*TINY, '--output', tmp_path, *args])
+    assert code == 2 and message in err
     assert not any(tmp_path.rglob('*.pth.tar'))
 
 
 def test_checkpoint_of_another_architecture_and_unwritable_output_are_refused(reference, tmp_path):
-    proc = _train('--output', str(tmp_path), '--backbone', 'resnet18', '--initial-checkpoint',
-                  str(reference / 'export' / 'model.safetensors'), check=False)
-    assert proc.returncode == 2 and 'do not fit' in proc.stderr
+    code, err = refused('train.py', [*TINY, '--output', tmp_path, '--backbone', 'resnet18', '--initial-checkpoint',
+                                     reference / 'export' / 'model.safetensors'])
+    assert code == 2 and 'do not fit' in err
     blocker = tmp_path / 'file'
     blocker.write_text('x')
-    proc = _train('--output', str(blocker), check=False)
-    assert proc.returncode == 2 and 'cannot write to the output folder' in proc.stderr
+    code, err = refused('train.py', [*TINY, '--output', blocker])
+    assert code == 2 and 'cannot write to the output folder' in err
 
 
 def test_an_earlier_run_is_never_overwritten_without_resume(reference):
     before = (reference / 'solution.json').read_bytes()
-    proc = _train('--output', str(reference.parent), '--experiment', 'ref', check=False)
-    assert proc.returncode == 2 and '--resume' in proc.stderr
+    code, err = refused('train.py', [*TINY, '--output', reference.parent, '--experiment', 'ref'])
+    assert code == 2 and '--resume' in err
     assert (reference / 'solution.json').read_bytes() == before
 
 

@@ -12,7 +12,8 @@ import torch
 import qpm_timm  # noqa: F401  (registers the qpm models)
 from qpm_timm.explain import FeatureGallery
 
-from test_train import _kill_when, _solution, _train
+from scripts import refused
+from test_train import TINY, _kill_when, _solution, _train
 
 VIT = ['--backbone', 'vit_small_patch14_reg4_dinov2', '--model-kwargs', 'embed_dim=64', 'depth=2', 'num_heads=2',
        '--img-size', '56', '--adapter-depth', '1', '--adapter-dim', '16', '--freeze-backbone', '--epochs', '2']
@@ -78,6 +79,6 @@ def test_a_cached_run_killed_mid_training_resumes_to_the_same_assignment(cached,
     (['--finetune-l1-maps', '-1'], '--finetune-l1-maps must be >= 0'),
 ])
 def test_bad_frozen_backbone_settings_exit_2_before_writing(tmp_path, args, message):
-    proc = _train(*VIT, '--no-report', '--output', str(tmp_path), *args, check=False)
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    code, err = refused('train.py', [*TINY, *VIT, '--no-report', '--output', tmp_path, *args])
+    assert code == 2 and message in err, err[-2000:]
     assert not any(tmp_path.iterdir())
