@@ -12,3 +12,13 @@ from hub_server import hub_server  # noqa: F401  (pytest fixture)
 if os.environ.get('PYTEST_XDIST_WORKER'):
     os.environ['OMP_NUM_THREADS'] = '1'
     torch.set_num_threads(1)
+
+# The longest test files first (pytest-xdist hands files to the workers in this order, --no-loadscope-reorder in
+# setup.cfg), so the long end-to-end runs start at once and the short files fill in around them.
+LONGEST_FIRST = ('test_readme.py', 'test_train.py', 'test_benchmarks.py', 'test_recipes.py', 'test_pretrained.py',
+                 'test_train_vit.py', 'test_hub_push.py', 'test_solver.py', 'test_explain.py', 'test_hub_download.py')
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
