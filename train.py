@@ -55,6 +55,7 @@ from qpm_timm.models.head import check_qpm_sizes
 from qpm_timm.fit import fit_qpm
 from qpm_timm.models import load_weights
 from qpm_timm.solver import DEFAULT_EFFORT, DEFAULT_TIME_LIMIT
+from qpm_timm.timing import stage_seconds, timed
 
 _logger = logging.getLogger('train')
 GALLERY_FILE = 'gallery.npz'  # the feature gallery collected on the statistics pass
@@ -476,18 +477,21 @@ def train_and_fit(args, model, loaders, stats_data, exp: Path, device, amp, imag
         optimizer = create_optimizer_v2(groups, **optimizer_kwargs(cfg=args))
         scheduler, _ = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loaders[0]))
         start = resume_epoch(model, optimizer, exp / 'dense')
-        run_stage('dense', model, loaders, args, device, amp, args.epochs, optimizer, scheduler, exp / 'dense', start)
+        with timed('dense'):
+            run_stage('dense', model, loaders, args, device, amp, args.epochs, optimizer, scheduler, exp / 'dense',
+                      start)
 
     # stages 2-3: statistics of the dense model on the un-augmented training set (the explanations' feature
     # gallery rides along), solve (rank 0), QPM head
     collector = GalleryCollector(image_size=image_size if model.input_is_backbone_maps else None)
     stats_loader = create_qpm_loader(stats_data, args.validation_batch_size or args.batch_size, num_workers=args.workers,
                                      shard=True)
-    fit = fit_qpm(model, stats_loader,
-                  statistics_path=exp / 'statistics.npz', solution_path=exp / 'solution.json', device=device,
-                  amp=args.amp, progress=not args.no_progress and args.rank == 0,
-                  observers=[collector] if args.report else (), effort=args.solver_effort,
-                  time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log, locality=args.locality)
+    with timed('statistics_and_solve'):
+        fit = fit_qpm(model, stats_loader,
+                      statistics_path=exp / 'statistics.npz', solution_path=exp / 'solution.json', device=device,
+                      amp=args.amp, progress=not args.no_progress and args.rank == 0,
+                      observers=[collector] if args.report else (), effort=args.solver_effort,
+                      time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log, locality=args.locality)
     if collector.seen:  # the pass ran in this process (not read back after a resume)
         gallery = collector.gather(all_ranks=True)
         if args.rank == 0:
@@ -502,8 +506,9 @@ def train_and_fit(args, model, loaders, stats_data, exp: Path, device, amp, imag
         scheduler, _ = create_scheduler_v2(optimizer, sched='step', num_epochs=args.finetune_epochs,
                                            decay_epochs=args.finetune_decay_epochs, decay_rate=args.decay_rate)
         start = resume_epoch(model, optimizer, exp / 'finetune')
-        metrics = run_stage('finetune', model, loaders, args, device, amp, args.finetune_epochs, optimizer,
-                            scheduler, exp / 'finetune', start)
+        with timed('finetune'):
+            metrics = run_stage('finetune', model, loaders, args, device, amp, args.finetune_epochs, optimizer,
+                                scheduler, exp / 'finetune', start)
     if not metrics:
         metrics = evaluate(model, loaders[1], device, args, amp)
     return fit, metrics
@@ -560,22 +565,26 @@ def main(argv=None) -> dict:
     if args.rank == 0:
         report = None
         if args.report:
-            report = write_report(model.eval(), exp / 'report',
-                                  FeatureGallery.load(exp / GALLERY_FILE) if (exp / GALLERY_FILE).is_file() else None,
-                                  train_eval_set, val_set, class_names, device=device, amp=args.amp, batch_size=vb,
-                                  num_workers=args.workers, progress=not args.no_progress)
+            with timed('report'):
+                report = write_report(model.eval(), exp / 'report', FeatureGallery.load(exp / GALLERY_FILE)
+                                      if (exp / GALLERY_FILE).is_file() else None,
+                                      train_eval_set, val_set, class_names, device=device, amp=args.amp,
+                                      batch_size=vb, num_workers=args.workers, progress=not args.no_progress)
         names = report.names.labels if report else None
-        recovery = concept_score(model, val_set, device, args) if hasattr(val_set, 'class_concepts') else None
+        with timed('recovery'):
+            recovery = concept_score(model, val_set, device, args) if hasattr(val_set, 'class_concepts') else None
         if recovery is not None:
             results['concept_recovery'] = recovery.score
         card = {k: v for k, v in results.items() if isinstance(v, float) and not isinstance(v, bool)}
-        hub.save_pretrained(model.eval(), exp / 'export', label_names=class_names, data_config=data_config,
-                            feature_names=names, report_dir=report.folder if report else None,
-                            results=[hub.RunResults('train.py', card, dataset=args.dataset, split=args.val_split)])
+        with timed('export'):
+            hub.save_pretrained(model.eval(), exp / 'export', label_names=class_names, data_config=data_config,
+                                feature_names=names, report_dir=report.folder if report else None,
+                                results=[hub.RunResults('train.py', card, dataset=args.dataset, split=args.val_split)])
         print(model_feature_table(model, class_names, max_rows=50, names=names))
         if recovery is not None:
             print(recovery.format(getattr(val_set, 'concept_names', None)))
         results['wall_time_s'] = round(time.time() - started, 1)
+        results['timings'] = stage_seconds()  # seconds per stage (qpm_timm/timing.py); measured, never read
         with atomic_write(exp / 'results.json') as fh:
             json.dump(results, fh, indent=2)
         if solution.cut_by_wall_clock:
