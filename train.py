@@ -118,7 +118,8 @@ group.add_argument('--std', type=float, nargs=3, default=None, metavar='STD', he
 group.add_argument('-b', '--batch-size', type=int, default=16, metavar='N')
 group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N')
 group.add_argument('--channels-last', action='store_true', default=False)
-group.add_argument('--amp', action='store_true', default=False, help='bfloat16 autocast')
+group.add_argument('--amp', action=argparse.BooleanOptionalAction, default=False,
+                   help='bfloat16 autocast (--no-amp turns off a config\'s amp: true)')
 group = parser.add_argument_group('QPM parameters')
 group.add_argument('--n-features', type=int, default=50, help='n_f*: kept features (default 50)')
 group.add_argument('--n-per-class', type=int, default=5, help='n_wc: features per class (default 5)')
