@@ -22,7 +22,6 @@ Arguments after ``--`` go to both commands (a smaller run for a test). Example (
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from _common import load_text
 
@@ -61,6 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--baseline-seeds', type=int, nargs='*', default=None,
                    help='seeds also run with the baseline (default: the last of --seeds)')
     p.add_argument('--output', default=None, help='folder for the runs (default: a temporary folder)')
+    p.add_argument('--threads', type=int, default=None,
+                   help='OMP_NUM_THREADS of every run (default: unset, torch uses every core)')
+    p.add_argument('--together', action='store_true',
+                   help='start the baseline and the new run of a seed at the same time (fair on a shared machine '
+                        'whose load drifts; use --threads 1 on 2 cores), instead of one after the other')
     p.add_argument('train_args', nargs='*', help='extra train.py arguments for both commands, after --')
     return p.parse_args(argv)
 
@@ -77,23 +81,33 @@ def extract(commit: str, folder: Path) -> Path:
     return folder / 'src'
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def run_train(code: Path, output: Path, seed: int, extra: List[str]) -> Dict:
-    """One ``train.py`` process of the tree ``code`` (its own package first on the path): wall, CPU, results."""
-    cmd = [sys.executable, 'train.py', '-c', str(CONFIG), '--output', str(output), '--no-progress', '--seed',
-           str(seed), *extra]
-    env = dict(os.environ, PYTHONPATH=str(code))
-    t0, cpu0 = time.perf_counter(), _children_cpu()
-    proc = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True)
-    wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
-    if proc.returncode != 0:
-        sys.exit(f'failed: {" ".join(cmd)} (in {code})\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}')
-    (results,) = output.glob('*/results.json')
-    return dict(wall=wall, cpu=cpu, results=json.loads(results.read_text()))
+def run_trains(jobs: List[Tuple[Path, Path, int]], extra: List[str], threads: Optional[int]) -> List[Dict]:
+    """``train.py`` processes of the trees ``code`` (each its own package first on the path), started together,
+    for the ``(code, output, seed)`` jobs: wall and CPU seconds of each process (start to exit), its results."""
+    started = []
+    for code, output, seed in jobs:
+        output.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, 'train.py', '-c', str(CONFIG), '--output', str(output), '--no-progress', '--seed',
+               str(seed), *extra]
+        env = dict(os.environ, PYTHONPATH=str(code), **({'OMP_NUM_THREADS': str(threads)} if threads else {}))
+        log = open(output / 'train.log', 'w+')
+        started.append((cmd, code, output, log, time.perf_counter(),
+                        subprocess.Popen(cmd, cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT)))
+    ends = {}
+    while len(ends) < len(started):
+        pid, status, usage = os.wait4(-1, 0)
+        ends[pid] = (time.perf_counter(), status, usage.ru_utime + usage.ru_stime)
+    runs = []
+    for cmd, code, output, log, t0, proc in started:
+        end, status, cpu = ends[proc.pid]
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        if proc.returncode != 0:
+            sys.exit(f'failed: {" ".join(cmd)} (in {code})\n{log.read()[-5000:]}')
+        log.close()
+        (results,) = output.glob('*/results.json')
+        runs.append(dict(wall=end - t0, cpu=cpu, results=json.loads(results.read_text())))
+    return runs
 
 
 def breakdown(run: Dict) -> List[str]:
@@ -121,16 +135,22 @@ def main(argv=None) -> float:
     baseline_seeds = args.seeds[-1:] if args.baseline_seeds is None else args.baseline_seeds
     baseline = Path(args.baseline) if Path(args.baseline).is_dir() else extract(args.baseline, out / 'baseline_code')
     print(f'{load_text()}; {os.cpu_count()} cpus; baseline {args.baseline}; seeds {args.seeds} (baseline: '
-          f'{baseline_seeds}); extra args {args.train_args or "none"}', flush=True)
+          f'{baseline_seeds}); threads {args.threads or "default"}; '
+          f'{"baseline and new together" if args.together else "one run at a time"}; '
+          f'extra args {args.train_args or "none"}', flush=True)
     runs: Dict[str, List[Dict]] = {'baseline': [], 'new': []}
     for i, seed in enumerate(dict.fromkeys([*args.seeds, *baseline_seeds])):
         kinds = [kind for kind, seeds in (('baseline', baseline_seeds), ('new', args.seeds)) if seed in seeds]
-        for kind in kinds if i % 2 == 0 else kinds[::-1]:  # alternate which goes first
-            run = run_train(ROOT if kind == 'new' else baseline, out / f'{kind}-seed{seed}', seed, args.train_args)
-            runs[kind].append(run)
-            print(row(kind, seed, run), flush=True)
-            if kind == 'new':
-                print('\n'.join(breakdown(run)), flush=True)
+        order = kinds if i % 2 == 0 else kinds[::-1]  # alternate which goes first
+        batches = [order] if args.together else [[kind] for kind in order]
+        for batch in batches:
+            done = run_trains([(ROOT if kind == 'new' else baseline, out / f'{kind}-seed{seed}', seed)
+                               for kind in batch], args.train_args, args.threads)
+            for kind, run in zip(batch, done):
+                runs[kind].append(run)
+                print(row(kind, seed, run), flush=True)
+                if kind == 'new':
+                    print('\n'.join(breakdown(run)), flush=True)
     new_wall = statistics.median(r['wall'] for r in runs['new'])
     for kind in ('baseline', 'new'):
         if runs[kind]:
