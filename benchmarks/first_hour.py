@@ -4,8 +4,10 @@ Measured: the embedded default (generated concepts dataset, dense training, stat
 export, explanation report, concept recovery) as a user runs it, each run a fresh ``train.py`` process timed from
 start to exit. The baseline is the same command at an earlier commit (default ``81effd9``), extracted with
 ``git archive`` into a temporary folder and run from there with its own package and config. Runs alternate in the
-same session (baseline first on even rounds, last on odd ones) so that a drift in machine load hits both; seeds
-listed in ``--baseline-seeds`` are run with both, the others with the new code only.
+same session (baseline first on even rounds, last on odd ones) so that a drift in machine load hits both, or, with
+``--together``, the baseline and the new run of a seed start at the same time and share the machine (on a machine
+that other jobs keep busy; with ``--threads 1`` on 2 cores, as two OpenMP threads per run mostly wait for each
+other there); seeds listed in ``--baseline-seeds`` are run with both, the others with the new code only.
 
 Prints one row per run (wall and CPU seconds, top-1, concept recovery, load average), the stage breakdown of every
 new run (from the ``timings`` its ``results.json`` records, ``qpm_timm/timing.py``; "start" is the process start,
@@ -15,9 +17,11 @@ imports and argument parsing: the wall time the run's own clock does not see), t
     wall: W s (new, median; target <= 150 s), max M s
     quality: top-1 min T % (target >= 99), recovery min C (target >= 0.97)
 
-Arguments after ``--`` go to both commands (a smaller run for a test). Example (CPU, 2 cores; about 12 minutes):
+Arguments after ``--`` go to both commands (a smaller run for a test). Example (CPU, 2 idle cores; about 12
+minutes), and the form for a busy shared machine:
 
     python benchmarks/first_hour.py --seeds 0 1 42 --baseline-seeds 42
+    python benchmarks/first_hour.py --seeds 42 --baseline-seeds 42 --together --threads 1
 """
 import argparse
 import json
