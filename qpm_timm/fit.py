@@ -22,6 +22,7 @@ import torch.distributed as dist
 from .models import QPMModel
 from .solver import QPMProblem, QPMSolution, solve_qpm
 from .stats import QPMStatistics, collect_statistics
+from .timing import timed
 
 __all__ = ['QPMFit', 'fit_qpm', 'problem_from_statistics', 'apply_solution']
 
@@ -84,7 +85,8 @@ def _solve(statistics: QPMStatistics, n_features: int, n_per_class: int, path: O
     problem, channels = problem_from_statistics(statistics, n_features, n_per_class, locality)
     if path is not None and path.is_file():  # a finished solve of these statistics (checked by its input hash)
         return QPMSolution.load(path, problem), channels
-    solution = solve_qpm(problem, **solver_kwargs)
+    with timed('solve'):
+        solution = solve_qpm(problem, **solver_kwargs)
     if path is not None:
         solution.save(path)
     (_logger.warning if solution.cut_by_wall_clock else _logger.info)('solved: ' + solution.summary())

@@ -45,6 +45,14 @@ def _run(args):
      [r'^round 0  report\s+[\d.]+ s', r'^round 0  no-report\s+[\d.]+ s',
       r'^report files \(\d+\) in .*: .*classes/c0\.png.*global\.png, index\.html',
       r'^ratio: \d+\.\d\d \(target <= 1\.15\)$', r'^cpu ratio: \d+\.\d\d$']),
+    ('first_hour.py', ['--seeds', '3', '--baseline-seeds', '3', '--together', '--threads', '1', '--', *TINY_TRAIN],
+     [r'^baseline\s+seed\s+3\s+wall\s+[\d.]+ s\s+cpu\s+[\d.]+ s\s+top-1\s+[\d.]+\s+recovery [\d.]+',
+      r'^new\s+seed\s+3\s+wall\s+[\d.]+ s', r'^  start \(process, imports, arguments\)\s+[\d.]+ s',
+      r'^  data generation\s+[\d.]+ s', r'^  augmentation/loading \(train \+ val\)\s+[\d.]+ s',
+      r'^  forward/backward \+ val \(dense\)\s+[\d.]+ s', r'^  solve\s+[\d.]+ s', r'^  report\s+[\d.]+ s',
+      r'^ratio: \d+\.\d\d \(new/baseline median wall; target <= 150 s wall\)$',
+      r'^wall: [\d.]+ s \(new, median; target <= 150 s\), max [\d.]+ s$',
+      r'^quality: top-1 min [\d.]+ % \(target >= 99\), recovery min [\d.]+ \(target >= 0\.97\)$']),
 ])
 def test_benchmark_script_runs_at_tiny_size_and_prints_its_ratio(script, args, expected):
     out = _run([sys.executable, str(ROOT / 'benchmarks' / script), *args])

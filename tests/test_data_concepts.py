@@ -13,6 +13,7 @@ from qpm_timm.data import CONCEPT_VOCABULARY, ConceptsDataset, create_qpm_transf
 from qpm_timm.data.concepts import generate_concept_images
 
 SMALL = dict(num_concepts=5, num_classes=6, concepts_per_class=2, img_size=32, images_per_class=3)
+PINNED_SMALL_MD5 = '5782d5a2faf03456572848a53f7fd1e0'  # train split of SMALL, seed 5, as first rendered
 
 
 def test_same_seed_gives_identical_pixels_and_another_seed_differs():
@@ -152,3 +153,43 @@ def test_linear_model_on_pixels_is_far_below_a_small_cnn(one_torch_thread):
     assert linear_acc <= 0.35, linear_acc
     assert cnn_acc >= 0.8, cnn_acc
     assert cnn_acc - linear_acc >= 0.5, (cnn_acc, linear_acc)
+
+
+def test_batched_reading_gives_what_the_per_image_transforms_give():
+    """``__getitems__`` (the DataLoader's batched read) equals ``__getitem__``: bit for bit for the eval transform,
+    and for the training shift + flip at every offset and both flips (given the same offsets and flips)."""
+    from torchvision.transforms import functional as TF
+    from qpm_timm.data.transforms import ShiftFlip, batched_transform
+    ds = ConceptsDataset('val', transform=create_qpm_transform('concepts', is_training=False, img_size=32),
+                         target_transform=lambda t: t + 100, **SMALL)
+    batch = ds.__getitems__([4, 0, 17])
+    assert all(torch.equal(x, ds[i][0]) and y == ds[i][1] for (x, y), i in zip(batch, [4, 0, 17]))
+    train = create_qpm_transform('concepts', is_training=True, img_size=32)
+    assert isinstance(train, ShiftFlip) and batched_transform(train, (32, 32)) is not None
+    images = ConceptsDataset('train', **SMALL).images[:4]
+    for top in range(2 * train.padding + 1):
+        for left in range(2 * train.padding + 1):
+            for flip in (False, True):
+                out = train.batch(torch.from_numpy(images.copy()), torch.tensor([[top, left]] * 4),
+                                  torch.tensor([flip] * 4))
+                for x, image in zip(out, images):
+                    ref = TF.crop(TF.pad(Image.fromarray(image), train.padding, padding_mode='reflect'), top, left,
+                                  32, 32)
+                    ref = train.transforms[-1](TF.to_tensor(TF.hflip(ref) if flip else ref))
+                    assert torch.equal(x, ref), (top, left, flip)
+    torch.manual_seed(0)
+    drawn = train.batch(torch.from_numpy(np.repeat(images[:1], 400, 0)))
+    assert len({x.numpy().tobytes() for x in drawn}) == 2 * (2 * train.padding + 1) ** 2  # every offset and flip
+    # a size the batched path does not cover (resize to another side) falls back to the per-image transform
+    other = ConceptsDataset('val', transform=create_qpm_transform('concepts', is_training=False, img_size=24), **SMALL)
+    assert batched_transform(other.transform, (32, 32)) is None
+    assert other.__getitems__([1])[0][0].shape == (3, 24, 24)
+
+
+def test_masks_are_rendered_once_per_shape_and_size_and_pixels_stay_fixed():
+    """The renderer's pixels are pinned (a checksum of a few images); the masks it reuses are read-only."""
+    import hashlib
+    from qpm_timm.data.concepts import _mask
+    ds = ConceptsDataset('train', seed=5, **SMALL)
+    assert hashlib.md5(ds.images.tobytes()).hexdigest() == PINNED_SMALL_MD5
+    assert not _mask('disk', 9).flags.writeable and _mask('disk', 9) is _mask('disk', 9)

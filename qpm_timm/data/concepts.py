@@ -25,9 +25,11 @@ from math import comb
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..timing import timed
 from .splits import is_train_split
 
 __all__ = ['ConceptsDataset', 'CONCEPT_VOCABULARY', 'CONCEPTS_MEAN', 'CONCEPTS_STD', 'CONCEPTS_NUM_CLASSES',
@@ -148,6 +150,15 @@ def _place_boxes(rng: np.random.Generator, n: int, img_size: int, min_frac: floa
                      f'use a larger img_size or fewer concepts_per_class.')
 
 
+@lru_cache(maxsize=None)
+def _mask(name: str, size: int) -> np.ndarray:
+    """The ``size x size`` bool mask of concept ``name`` (computed once per shape and size, read-only)."""
+    coords = (np.arange(size) + 0.5) / size - 0.5
+    mask = _SHAPES[name](coords[:, None], coords[None, :])
+    mask.flags.writeable = False
+    return mask
+
+
 def render_concepts(
         concept_names: List[str],
         img_size: int,
@@ -165,8 +176,7 @@ def render_concepts(
     img *= noise_std
     img += background.astype(np.float32)
     for name, (top, left, size) in zip(concept_names, _place_boxes(rng, len(concept_names), img_size, *scale)):
-        coords = (np.arange(size) + 0.5) / size - 0.5
-        mask = _SHAPES[name](coords[:, None], coords[None, :])
+        mask = _mask(name, size)
         colour = background + rng.choice((-1.0, 1.0), 3) * rng.uniform(0.2, 0.3, 3)
         img[top:top + size, left:left + size][mask] += (colour - background).astype(np.float32)
     np.clip(img, 0.0, 1.0, out=img)
@@ -192,10 +202,11 @@ def generate_concept_images(
     """
     class_concepts = np.frombuffer(class_concepts_bytes, dtype=bool).reshape(-1, num_concepts)
     images = np.empty((len(class_concepts) * images_per_class, img_size, img_size, 3), dtype=np.uint8)
-    for index in range(len(images)):
-        rng = np.random.default_rng([seed, split_id, index])
-        names = [CONCEPT_VOCABULARY[k] for k in np.flatnonzero(class_concepts[index // images_per_class])]
-        images[index] = render_concepts([names[j] for j in rng.permutation(len(names))], img_size, rng)
+    with timed('data_generation'):
+        for index in range(len(images)):
+            rng = np.random.default_rng([seed, split_id, index])
+            names = [CONCEPT_VOCABULARY[k] for k in np.flatnonzero(class_concepts[index // images_per_class])]
+            images[index] = render_concepts([names[j] for j in rng.permutation(len(names))], img_size, rng)
     images.flags.writeable = False
     return images
 
@@ -262,6 +273,21 @@ class ConceptsDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def __getitems__(self, indices: List[int]) -> list:
+        """A batch of samples at once (torch's DataLoader calls this instead of ``__getitem__`` per image): the
+        images go through the transform together where it has a batched equivalent that gives the same tensors
+        (:func:`~qpm_timm.data.transforms.batched_transform`: the training shift + flip and the eval
+        normalisation at the rendering size), else one by one."""
+        from .transforms import batched_transform  # here: transforms.py imports this module's constants
+        batch = batched_transform(self.transform, self.images.shape[1:3])
+        if batch is None:
+            return [self[i] for i in indices]
+        images = batch(torch.from_numpy(self.images[np.asarray(indices, dtype=np.int64)]))
+        targets = [self.targets[i] for i in indices]
+        if self.target_transform is not None:
+            targets = [self.target_transform(t) for t in targets]
+        return list(zip(images.unbind(0), targets))
 
     def __getitem__(self, index: int):
         img = Image.fromarray(self.images[index])

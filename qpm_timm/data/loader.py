@@ -5,10 +5,30 @@ timm's ``create_loader`` installs timm's own transform pipeline on the dataset; 
 this package, so the scripts build plain ``DataLoader``s around datasets that carry that transform.
 """
 
+import time
+
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from ..timing import add_loading_time
+
 __all__ = ['create_qpm_loader']
+
+
+class _TimedLoader(DataLoader):
+    """A DataLoader that reports the seconds it spends producing batches (:mod:`qpm_timm.timing`)."""
+
+    def __iter__(self):
+        it = super().__iter__()
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            finally:
+                add_loading_time(time.perf_counter() - start)
+            yield batch
 
 
 def create_qpm_loader(
@@ -35,7 +55,7 @@ def create_qpm_loader(
     elif shard and torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         dataset = Subset(dataset, range(rank, len(dataset), world))
-    return DataLoader(
+    return _TimedLoader(
         dataset, batch_size=batch_size, shuffle=is_training and sampler is None, sampler=sampler,
         num_workers=num_workers, drop_last=is_training and len(dataset) > batch_size, pin_memory=pin_memory,
         persistent_workers=False)

@@ -17,14 +17,17 @@ The concepts dataset is only flipped and shifted: TrivialAugment's rotations and
 turn one concept into another (horizontal into vertical stripes, a square into a diamond).
 """
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data.transforms import MaybeToTensor
 from torchvision import transforms as T
 
 from .concepts import CONCEPTS_IMG_SIZE, CONCEPTS_MEAN, CONCEPTS_NUM_CLASSES, CONCEPTS_STD
 
-__all__ = ['QPMDataConfig', 'resolve_qpm_data_config', 'qpm_data_config', 'create_qpm_transform']
+__all__ = ['QPMDataConfig', 'resolve_qpm_data_config', 'qpm_data_config', 'create_qpm_transform', 'ShiftFlip',
+           'batched_transform']
 
 
 @dataclass(frozen=True)
@@ -112,9 +115,7 @@ def create_qpm_transform(
     size = cfg['input_size'][-1]
     normalize = T.Normalize(mean=list(cfg['mean']), std=list(cfg['std']))
     if key == 'concepts':
-        ops = [T.Resize((size, size)), T.RandomCrop(size, padding=size // 16, padding_mode='reflect')]
-        ops += [T.RandomHorizontalFlip()] if hflip else []
-        return T.Compose(ops + [T.ToTensor(), normalize])
+        return ShiftFlip(size, hflip, normalize)
     if key == 'imagenet':
         return create_transform(size, is_training=True, hflip=0.5 if hflip else 0.0, color_jitter=jitter,
                                 mean=tuple(cfg['mean']), std=tuple(cfg['std']))
@@ -124,3 +125,86 @@ def create_qpm_transform(
     ops += [T.ColorJitter(jitter, jitter, jitter)] if jitter else []
     ops += [T.TrivialAugmentWide()] if trivial_augment else []
     return T.Compose(ops + [T.ToTensor(), normalize])
+
+
+def _normalize(images: torch.Tensor, normalize: T.Normalize) -> torch.Tensor:
+    """``(N, H, W, 3)`` uint8 -> ``(N, 3, H, W)`` float, the same arithmetic as ``ToTensor`` then ``Normalize``."""
+    x = images.permute(0, 3, 1, 2).float().div(255)
+    mean = torch.as_tensor(normalize.mean, dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.as_tensor(normalize.std, dtype=x.dtype).view(1, -1, 1, 1)
+    return x.sub(mean).div(std)
+
+
+def _reflect(index: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices outside ``[0, n)`` mirrored without repeating the edge (``np.pad``'s and torch's ``'reflect'``)."""
+    index = index.abs()
+    return torch.where(index >= n, 2 * (n - 1) - index, index)
+
+
+class ShiftFlip(T.Compose):
+    """The concepts dataset's training augmentation: a random shift (reflect-pad ``size // 16`` px, random
+    ``size`` crop), a horizontal flip with probability 0.5, normalisation.
+
+    Called on a PIL image it is the torchvision pipeline ``Resize((size, size))``, ``RandomCrop(size, padding,
+    padding_mode='reflect')``, ``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize``. :meth:`batch` does the
+    same to a whole batch of ``size x size`` uint8 images at once, with the offsets and flips drawn from torch's
+    global RNG as torchvision draws them (so a seeded epoch draws the same batches); for given offsets and flips
+    both give the same tensor (``tests/test_data_concepts.py``).
+    """
+
+    def __init__(self, size: int, hflip: bool, normalize: T.Normalize):
+        self.size, self.padding, self.hflip, self.normalize = size, size // 16, hflip, normalize
+        ops = [T.Resize((size, size)), T.RandomCrop(size, padding=self.padding, padding_mode='reflect')]
+        ops += [T.RandomHorizontalFlip()] if hflip else []
+        super().__init__(ops + [T.ToTensor(), normalize])
+
+    def batch(self, images: torch.Tensor, offsets: Optional[torch.Tensor] = None,
+              flips: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(N, size, size, 3)`` uint8 -> ``(N, 3, size, size)`` float: image ``i`` is the crop at ``offsets[i]``
+        = (top, left) of its padded version (``0 .. 2 * padding``), mirrored where ``flips[i]``; both are drawn
+        when not given."""
+        n, h, w = images.shape[:3]
+        if (h, w) != (self.size, self.size):
+            raise ValueError(f'ShiftFlip.batch takes {self.size} x {self.size} images, got {h} x {w}.')
+        if offsets is None:
+            offsets = torch.randint(0, 2 * self.padding + 1, (n, 2))
+        if flips is None:
+            flips = torch.rand(n) < 0.5 if self.hflip else torch.zeros(n, dtype=torch.bool)
+        ramp = torch.arange(self.size)
+        rows = _reflect(offsets[:, :1] - self.padding + ramp, h)  # (N, size)
+        cols = offsets[:, 1:] - self.padding + torch.where(flips[:, None], ramp.flip(0), ramp)
+        cols = _reflect(cols, w)
+        picked = images[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+        return _normalize(picked, self.normalize)
+
+
+def _side(size) -> Optional[Tuple[int, int]]:
+    if isinstance(size, int):
+        return None  # a short-side resize: the identity only for square images, checked by the caller
+    return tuple(size) if len(size) == 2 else (size[0], size[0])
+
+
+def batched_transform(transform: Optional[Callable], image_size: Sequence[int]) -> Optional[Callable]:
+    """A function doing to a ``(N, H, W, 3)`` uint8 batch what ``transform`` does to each ``H x W`` PIL image,
+    or None where no batched equivalent is known (then read the images one by one).
+
+    Known: :class:`ShiftFlip` at its own size, and timm's eval transform (resize, center crop, to-tensor,
+    normalise) whose resize and crop keep a square ``H x W`` image as it is (the concepts dataset at its
+    rendering size), which is then normalisation alone.
+    """
+    h, w = image_size
+    if isinstance(transform, ShiftFlip):
+        return transform.batch if (h, w) == (transform.size, transform.size) else None
+    ops = getattr(transform, 'transforms', None)
+    if type(transform) is not T.Compose or ops is None or len(ops) != 4 or h != w:
+        return None
+    resize, crop, to_tensor, normalize = ops
+    if not (type(resize) is T.Resize and type(crop) is T.CenterCrop and type(to_tensor) in (T.ToTensor, MaybeToTensor)
+            and type(normalize) is T.Normalize):
+        return None
+    resize_side = _side(resize.size)
+    if not ((resize_side is None and resize.size == h) or resize_side == (h, w)) or resize.max_size is not None:
+        return None
+    if _side(crop.size) != (h, w):
+        return None
+    return lambda images: _normalize(images, normalize)

@@ -81,7 +81,7 @@ def add_device_args(parser: argparse.ArgumentParser, batch_size: int) -> argpars
     group = parser.add_argument_group('Device and precision')
     group.add_argument('-b', '--batch-size', type=int, default=batch_size, metavar='N')
     group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    group.add_argument('--amp', action='store_true', default=False,
+    group.add_argument('--amp', action=argparse.BooleanOptionalAction, default=False,
                        help='bfloat16 autocast in every pass: training, statistics, cache, validation, report')
     group.add_argument('--channels-last', action='store_true', default=False, help='channels-last images')
     group.add_argument('--no-progress', action='store_true', default=False, help='no progress bars')

@@ -27,6 +27,7 @@ from ..fit import QPMFit, fit_qpm
 from ..losses import ActivationL1, FeatureDiversityLoss
 from ..models.head import check_qpm_sizes
 from ..precision import autocast, to_device
+from ..timing import stage_seconds, timed
 from .cli import UsageError
 from .data import build_train_data, eval_data_config, resolve_dataset
 from .evaluate import Evaluation, evaluate, recovery_of
@@ -169,18 +170,19 @@ def train_and_fit(args, model, loaders, stats_data, exp: Path, device, image_siz
         optimizer = create_optimizer_v2(groups, **optimizer_kwargs(cfg=args))
         scheduler, _ = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loaders[0]))
         start = resume_epoch(model, optimizer, exp / DENSE)
-        run_stage(DENSE, model, loaders, args, device, args.epochs, optimizer, scheduler, exp / DENSE, start)
+        with timed(DENSE):
+            run_stage(DENSE, model, loaders, args, device, args.epochs, optimizer, scheduler, exp / DENSE, start)
 
     # stages 2-3: statistics of the dense model on the un-augmented training set (the explanations' feature
     # gallery rides along), solve (rank 0), QPM head
     collector = GalleryCollector(image_size=image_size if model.input_is_backbone_maps else None)
     stats_loader = create_qpm_loader(stats_data, args.validation_batch_size or args.batch_size, num_workers=args.workers,
                                      shard=True)
-    fit = fit_qpm(model, stats_loader,
-                  statistics_path=exp / STATISTICS, solution_path=exp / SOLUTION, device=device,
-                  amp=args.amp, progress=not args.no_progress and args.rank == 0,
-                  observers=[collector] if args.report else (), effort=args.solver_effort,
-                  time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log, locality=args.locality)
+    with timed('statistics_and_solve'):
+        fit = fit_qpm(model, stats_loader, statistics_path=exp / STATISTICS, solution_path=exp / SOLUTION,
+                      device=device, amp=args.amp, progress=not args.no_progress and args.rank == 0,
+                      observers=[collector] if args.report else (), effort=args.solver_effort,
+                      time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log, locality=args.locality)
     if collector.seen:  # the pass ran in this process (not read back after a resume)
         gallery = collector.gather(all_ranks=True)
         if args.rank == 0:
@@ -195,8 +197,9 @@ def train_and_fit(args, model, loaders, stats_data, exp: Path, device, image_siz
         scheduler, _ = create_scheduler_v2(optimizer, sched='step', num_epochs=args.finetune_epochs,
                                            decay_epochs=args.finetune_decay_epochs, decay_rate=args.decay_rate)
         start = resume_epoch(model, optimizer, exp / FINETUNE)
-        metrics = run_stage(FINETUNE, model, loaders, args, device, args.finetune_epochs, optimizer, scheduler,
-                            exp / FINETUNE, start)
+        with timed(FINETUNE):
+            metrics = run_stage(FINETUNE, model, loaders, args, device, args.finetune_epochs, optimizer, scheduler,
+                                exp / FINETUNE, start)
     if not metrics:
         metrics = _validate(model, loaders[1], device, args).metrics()
     return fit, metrics
@@ -214,21 +217,24 @@ def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_c
                    solver_cut_by_wall_clock=solution.cut_by_wall_clock)
     report = None
     if args.report:
-        report = write_report(model.eval(), exp / REPORT,
-                              FeatureGallery.load(exp / GALLERY) if (exp / GALLERY).is_file() else None,
-                              train_eval_set, val_set, class_names, device=device, amp=args.amp, batch_size=vb,
-                              num_workers=args.workers, progress=not args.no_progress)
+        with timed(REPORT):
+            report = write_report(model.eval(), exp / REPORT,
+                                  FeatureGallery.load(exp / GALLERY) if (exp / GALLERY).is_file() else None,
+                                  train_eval_set, val_set, class_names, device=device, amp=args.amp, batch_size=vb,
+                                  num_workers=args.workers, progress=not args.no_progress)
     names = report.names.labels if report else None
     recovery = None
     if hasattr(val_set, 'class_concepts'):
-        loader = create_qpm_loader(val_set, vb, num_workers=args.workers)
-        evaluation = evaluate(model, loader, device, args.amp, args.channels_last, keep_features=True)
-        recovery = recovery_of(model, evaluation, val_set)
+        with timed('recovery'):
+            loader = create_qpm_loader(val_set, vb, num_workers=args.workers)
+            evaluation = evaluate(model, loader, device, args.amp, args.channels_last, keep_features=True)
+            recovery = recovery_of(model, evaluation, val_set)
         results['concept_recovery'] = recovery.score
     card = {k: v for k, v in results.items() if isinstance(v, float) and not isinstance(v, bool)}
-    hub.save_pretrained(model.eval(), exp / EXPORT, label_names=class_names, data_config=data_config,
-                        feature_names=names, report_dir=report.folder if report else None,
-                        results=[hub.RunResults('train.py', card, dataset=args.dataset, split=args.val_split)])
+    with timed(EXPORT):
+        hub.save_pretrained(model.eval(), exp / EXPORT, label_names=class_names, data_config=data_config,
+                            feature_names=names, report_dir=report.folder if report else None,
+                            results=[hub.RunResults('train.py', card, dataset=args.dataset, split=args.val_split)])
     print(model_feature_table(model, class_names, max_rows=50, names=names))
     if recovery is not None:
         print(recovery.format(getattr(val_set, 'concept_names', None)))
@@ -281,6 +287,7 @@ def train(args, args_text: str) -> Dict[str, Any]:
         results = export_and_report(args, model, fit, metrics, exp, (train_eval_set, val_set, class_names),
                                     data_config, device)
         results['wall_time_s'] = round(time.time() - started, 1)
+        results['timings'] = stage_seconds()  # where the time went (measured, never read back)
         with atomic_write(exp / RESULTS, 'w') as fh:
             json.dump(results, fh, indent=2)
         print(f'validation top-1 {results["top1"]:.2f} %' + (
