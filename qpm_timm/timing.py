@@ -11,7 +11,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from typing import Dict, Iterator, List
 
-__all__ = ['timed', 'add_time', 'add_loading_time', 'stage_seconds', 'reset_timings']
+__all__ = ['timed', 'add_loading_time', 'stage_seconds']
 
 _SECONDS: Dict[str, float] = defaultdict(float)
 _STACK: List[str] = []
@@ -29,10 +29,6 @@ def timed(stage: str) -> Iterator[None]:
         _STACK.pop()
 
 
-def add_time(stage: str, seconds: float) -> None:
-    _SECONDS[stage] += seconds
-
-
 def add_loading_time(seconds: float) -> None:
     """Seconds a loader spent producing batches, charged to the innermost running stage."""
     _SECONDS[f'{_STACK[-1]}.loading' if _STACK else 'loading'] += seconds
@@ -42,6 +38,3 @@ def stage_seconds() -> Dict[str, float]:
     """Seconds per stage so far, rounded to 10 ms."""
     return {k: round(v, 2) for k, v in _SECONDS.items()}
 
-
-def reset_timings() -> None:
-    _SECONDS.clear()
