@@ -11,7 +11,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from typing import Dict, Iterator, List
 
-__all__ = ['timed', 'add_loading_time', 'stage_seconds']
+__all__ = ['timed', 'add_loading_time', 'stage_seconds', 'reset_timings']
 
 _SECONDS: Dict[str, float] = defaultdict(float)
 _STACK: List[str] = []
@@ -38,3 +38,7 @@ def stage_seconds() -> Dict[str, float]:
     """Seconds per stage so far, rounded to 10 ms."""
     return {k: round(v, 2) for k, v in _SECONDS.items()}
 
+
+def reset_timings() -> None:
+    """Start counting anew (a run started in a process that ran one before)."""
+    _SECONDS.clear()

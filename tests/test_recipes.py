@@ -5,10 +5,7 @@ only what makes the run short is cut on the command line (epochs, image size, so
 pretrained weights come from a local file instead of the Hub.
 """
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,9 +15,9 @@ import yaml
 from safetensors.torch import save_file
 
 from folder_tree import make_folder_tree
+from scripts import ROOT, run_script
 from test_data_cub import make_cub_tree
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / 'qpm_timm' / 'configs'
 RECIPES = sorted(p.stem for p in CONFIGS.glob('*.yaml') if p.stem != 'concepts')  # concepts: tests/test_readme.py
 
@@ -70,10 +67,8 @@ def test_recipe_runs_every_stage_with_its_own_values(tmp_path, data, recipe):
              '--solver-time-limit', '30', '--workers', '0', '--no-progress', '--no-report',
              '--pretrained-path', str(data / (f'vit_{"small" if "small" in recipe else "base"}.safetensors' if vit else
                                               'resnet50.safetensors'))]
-    proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), '-c', str(CONFIGS / f'{recipe}.yaml'), *short,
-                           *_data_args(recipe, data), '--output', str(tmp_path)], capture_output=True, text=True,
-                          env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT)), timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert run_script('train.py', ['-c', CONFIGS / f'{recipe}.yaml', *short, *_data_args(recipe, data),
+                                   '--output', tmp_path]) == 0
     exp = tmp_path / config['experiment']
     recorded = yaml.safe_load((exp / 'args.yaml').read_text())
     for key in ('model', 'lr', 'batch_size', 'reduced_strides', 'finetune_lr', 'skip_dense', 'dataset_args',

@@ -27,7 +27,7 @@ from ..fit import QPMFit, fit_qpm
 from ..losses import ActivationL1, FeatureDiversityLoss
 from ..models.head import check_qpm_sizes
 from ..precision import autocast, to_device
-from ..timing import stage_seconds, timed
+from ..timing import reset_timings, stage_seconds, timed
 from .cli import UsageError
 from .data import build_train_data, eval_data_config, resolve_dataset
 from .evaluate import Evaluation, evaluate, recovery_of
@@ -250,6 +250,7 @@ def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_c
 def train(args, args_text: str) -> Dict[str, Any]:
     """The whole run of ``train.py`` on parsed arguments (``args_text``: their YAML, kept as ``args.yaml``)."""
     started = time.time()
+    reset_timings()
     check_train_args(args)
     device = init_distributed_device(args)
     resolve_dataset(args)
