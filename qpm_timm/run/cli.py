@@ -1,8 +1,9 @@
 """How the scripts end: bad input is a message on stderr and exit code 2, a code bug keeps its traceback."""
 import sys
-from typing import Callable, Optional, Sequence, Tuple, Type
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, Sequence, Tuple, Type
 
-__all__ = ['UsageError', 'BAD_INPUT', 'exit_code']
+__all__ = ['UsageError', 'BAD_INPUT', 'exit_code', 'unexpected_keywords']
 
 
 class UsageError(ValueError):
@@ -23,3 +24,15 @@ def exit_code(main: Callable, argv: Optional[Sequence[str]] = None) -> int:
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0
+
+
+@contextmanager
+def unexpected_keywords(message: Callable[[TypeError], str]) -> Iterator[None]:
+    """Inside the block, a TypeError for an unexpected keyword argument (a flag's keywords that a dataset or model
+    does not take) is bad input: ``UsageError(message(error))``; any other TypeError is a bug and propagates."""
+    try:
+        yield
+    except TypeError as e:
+        if 'unexpected keyword argument' not in str(e):
+            raise
+        raise UsageError(message(e)) from e

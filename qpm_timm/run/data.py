@@ -5,7 +5,7 @@ from timm.data import resolve_data_config
 from torch.utils.data import Dataset
 
 from ..data import create_qpm_split, get_class_names, qpm_data_config, with_transform
-from .cli import UsageError
+from .cli import UsageError, unexpected_keywords
 
 __all__ = ['resolve_dataset', 'eval_data_config', 'build_train_data', 'build_eval_dataset', 'class_names_of']
 
@@ -43,12 +43,9 @@ def class_names_of(dataset: Dataset) -> List[str]:
 
 def _split(args, split: str, **kwargs) -> Dataset:
     """``create_qpm_split`` with ``--dataset-args``; an argument the dataset does not take is bad input."""
-    try:
+    with unexpected_keywords(lambda e: f'--dataset-args {args.dataset_args} do not fit the {args.dataset} dataset '
+                                       f'({e}).'):
         return create_qpm_split(args.dataset, args.data_dir, split, **kwargs, **(args.dataset_args or {}))
-    except TypeError as e:
-        if 'unexpected keyword argument' not in str(e):
-            raise
-        raise UsageError(f'--dataset-args {args.dataset_args} do not fit the {args.dataset} dataset ({e}).') from e
 
 
 def build_train_data(args, data_config: Dict[str, Any]) -> Tuple[Dataset, Dataset, Dataset, List[str]]:

@@ -14,7 +14,7 @@ from ..explain import (
 from ..stats import forward_pass
 from .cli import UsageError
 from .data import build_eval_dataset, class_names_of, resolve_dataset
-from .model import check_eval_model, create_eval_model, read_checkpoint
+from .model import check_eval_args, check_eval_model, create_eval_model, read_checkpoint
 from .validation import model_data_config
 
 __all__ = ['default_report_folder', 'explain']
@@ -30,10 +30,9 @@ def default_report_folder(model_name: str) -> Path:
 
 def explain(args) -> Path:
     """Write the report of ``--model``; returns its folder. Every input is checked before the first pass."""
-    if args.batch_size < 1 or args.top_k < 1:
-        raise UsageError(f'-b/--batch-size and --top-k must be >= 1, got {args.batch_size} and {args.top_k}.')
-    if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise UsageError(f'--checkpoint {args.checkpoint} does not exist.')
+    check_eval_args(args)
+    if args.top_k < 1:
+        raise UsageError(f'--top-k must be >= 1, got {args.top_k}.')
     output = Path(args.output) if args.output else default_report_folder(args.model)
     check_report_folder(output)
     load_images(args.image)  # an unreadable image fails here, before any pass

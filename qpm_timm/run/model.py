@@ -1,4 +1,5 @@
 """The model of a run: the dense model a training run starts from, or a trained model to evaluate or explain."""
+import os
 from typing import Any, Dict, Optional
 
 import timm
@@ -7,10 +8,10 @@ from torch import nn
 
 from .. import hub
 from ..models import QPMModel, VARIANT_ARGS, load_weights
-from .cli import UsageError
+from .cli import UsageError, unexpected_keywords
 
-__all__ = ['create_train_model', 'check_trainable', 'create_eval_model', 'check_eval_model', 'qpm_sizes_from_state_dict',
-           'read_checkpoint']
+__all__ = ['create_train_model', 'check_trainable', 'check_eval_args', 'create_eval_model', 'check_eval_model',
+           'qpm_sizes_from_state_dict', 'read_checkpoint']
 
 NOT_QPM = 'is not a QPM (solve and fine-tune it with train.py first)'
 
@@ -18,13 +19,11 @@ NOT_QPM = 'is not a QPM (solve and fine-tune it with train.py first)'
 def _timm_model(name: str, **kwargs) -> nn.Module:
     """``timm.create_model``; an unknown name or backbone keyword is bad input, named with the flag to fix."""
     try:
-        return timm.create_model(name, **kwargs)
+        with unexpected_keywords(lambda e: f'--model {name} does not take these arguments ({e}); check '
+                                           f'--model-kwargs.'):
+            return timm.create_model(name, **kwargs)
     except RuntimeError as e:  # timm: unknown model, no pretrained weights, ...
         raise UsageError(f'cannot create --model {name}: {e}') from e
-    except TypeError as e:
-        if 'unexpected keyword argument' not in str(e):
-            raise
-        raise UsageError(f'--model {name} does not take these arguments ({e}); check --model-kwargs.') from e
 
 
 # --- training --------------------------------------------------------------------------------------------------
@@ -103,6 +102,14 @@ def qpm_sizes_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, 
     if weight is not None and weight.dim() == 2 and weight.shape[0]:
         sizes['n_per_class'] = int(weight[0].sum().round())
     return sizes
+
+
+def check_eval_args(args) -> None:
+    """The flags of a trained model's evaluation (``validate.py``, ``explain.py``), refused before any work."""
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise UsageError(f'--checkpoint {args.checkpoint} does not exist.')
+    if args.batch_size < 1:
+        raise UsageError(f'-b/--batch-size must be >= 1, got {args.batch_size}.')
 
 
 def read_checkpoint(args) -> Optional[Dict[str, torch.Tensor]]:

@@ -19,7 +19,7 @@ from ..metrics import class_independence, contrastiveness, feature_correlation, 
 from .cli import UsageError
 from .data import build_eval_dataset, class_names_of, eval_data_config, resolve_dataset
 from .evaluate import Evaluation, evaluate, recovery_of
-from .model import check_eval_model, create_eval_model, read_checkpoint
+from .model import check_eval_args, check_eval_model, create_eval_model, read_checkpoint
 
 __all__ = ['check_results_file', 'write_results', 'model_data_config', 'interpretability', 'validate']
 
@@ -88,10 +88,7 @@ def validate(args) -> Dict[str, Any]:
     written only after every metric succeeded."""
     if args.results_file:
         check_results_file(args.results_file)
-    if args.checkpoint and not os.path.isfile(args.checkpoint):
-        raise UsageError(f'--checkpoint {args.checkpoint} does not exist.')
-    if args.batch_size < 1:
-        raise UsageError(f'-b/--batch-size must be >= 1, got {args.batch_size}.')
+    check_eval_args(args)
     device = torch.device(args.device)
     resolve_dataset(args)
     eval_set = build_eval_dataset(args, args.split)
