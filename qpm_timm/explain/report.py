@@ -25,7 +25,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -355,14 +355,14 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
                 [('class', c) for c in range(model.num_classes)] + \
                 [('pair', (p, examples, evidence[p])) for p in drawable]
         with_model = [('local', item) for item in local_images]
-        pages: Dict[str, Dict] = dict(global_={}, feature={}, cls={}, pair={}, local=[])
+        pages: Dict[str, Any] = dict(feature={}, cls={}, pair={}, local=[])
         stems: set = set()
         bar = tqdm(total=len(plain) + len(with_model), desc='explanations: pictures', disable=not progress)
         drawn = _draw_plain_pictures(pictures, root, plain, options)
         try:
             for kind, item in with_model if drawn is not None else plain + with_model:
-                if kind in _PAGE:
-                    pages[_PAGE[kind]][_page_key(kind, item)] = _plain_picture(pictures, root, kind, item, options)
+                if kind != 'local':
+                    _store(pages, kind, item, _plain_picture(pictures, root, kind, item, options))
                 else:
                     path, img = item
                     tensor = val_set.transform(img)
@@ -371,13 +371,12 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
                 bar.update()
             if drawn is not None:
                 for (kind, item), picture in zip(plain, drawn.get()):
-                    pages[_PAGE[kind]][_page_key(kind, item)] = picture
+                    _store(pages, kind, item, picture)
                     bar.update()
         finally:
             if drawn is not None:
                 drawn.stop()
             bar.close()
-        pages['global'] = pages.pop('global_')[None]
         summary = dict(
             title=options['title'] or _model_title(model), num_classes=model.num_classes, n_features=n,
             n_per_class=model.n_per_class, selection=selection, gallery_source=gallery_source,
@@ -394,12 +393,16 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
     return Report(folder, folder / 'index.html', names, files)
 
 
-_PAGE = {'global': 'global_', 'feature': 'feature', 'class': 'cls', 'pair': 'pair'}
 _DRAWING: Optional[Tuple] = None  # what the worker processes of _draw_plain_pictures draw from (inherited by fork)
+_PAGE = {'feature': 'feature', 'class': 'cls', 'pair': 'pair'}  # job kind -> its pages in the summary
 
 
-def _page_key(kind: str, item):
-    return item[0] if kind == 'pair' else item  # a pair's job carries (pair, examples, evidence)
+def _store(pages: Dict[str, Any], kind: str, item, picture: Tuple[str, str]) -> None:
+    """File the picture of a job under its page: the global picture, or by feature, class or pair."""
+    if kind == 'global':
+        pages['global'] = picture
+    else:  # a pair's job carries (pair, examples, evidence)
+        pages[_PAGE[kind]][item[0] if kind == 'pair' else item] = picture
 
 
 def _plain_picture(pictures: _Pictures, root: Path, kind: str, item, options: Dict) -> Tuple[str, str]:
