@@ -1,17 +1,13 @@
 """What the README shows runs and says what the README claims.
 
-* The main command (first line of the set-up block) trains the embedded default; its validation top-1 and concept
+* The main command (first line of the set-up block) trains the embedded default (the ``embedded_default``
+  fixture, tests/embedded.py); its validation top-1 and concept
   recovery must stay at the README's claims (top-1 >= 99 %, recovery >= 0.9), so no refactor of train.py can
   silently lose them. It takes a few minutes on 2 CPU cores: the slowest test of the suite, run by CI as well.
 * The section "Make a QPM from your own timm model" is executed as written.
 * The Models table is the one generated from the variant table.
 """
-import json
-import os
 import re
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import timm
@@ -32,18 +28,10 @@ def test_models_table_has_not_drifted_from_the_variant_table():
         "the README's Models table drifted: run python -m qpm_timm.hub write-models-table README.md"
 
 
-def test_readme_main_command_reaches_the_claimed_accuracy_and_concept_recovery(tmp_path):
-    first_line = README.split('```bash\n', 1)[1].splitlines()[0]
-    command = first_line.split('&&', 1)[1].split('#', 1)[0]
-    assert command.split()[:2] == ['python', 'train.py']
-    proc = subprocess.run([sys.executable, *shlex.split(command)[1:], '--output', str(tmp_path), '--no-progress'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1800,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (results,) = tmp_path.glob('*/results.json')
-    results = json.loads(results.read_text())
+def test_readme_main_command_reaches_the_claimed_accuracy_and_concept_recovery(embedded_default):
+    results = embedded_default.results
     assert results['top1'] >= 99.0 and results['concept_recovery'] >= 0.9, results
-    assert 'concept recovery' in proc.stdout.splitlines()[-1]
+    assert 'concept recovery' in embedded_default.stdout.splitlines()[-1]
 
 
 def test_readme_make_a_qpm_from_your_own_timm_model_runs_as_written(tmp_path, monkeypatch):
