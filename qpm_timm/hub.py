@@ -99,18 +99,29 @@ def _card_fields(config: Dict[str, Any]) -> List[Tuple[str, Any]]:
     return fields
 
 
+# Hub model-index entries of a result: the QPM's accuracy, and the dense model's it came from (train.py's results)
+_INDEX_ENTRIES = (
+    (('top1', 'Top-1 accuracy'), ('top5', 'Top-5 accuracy')),
+    (('dense_top1', 'Top-1 accuracy of the dense model before the QPM (last epoch)'),
+     ('dense_best_top1', 'Top-1 accuracy of the dense model before the QPM (best epoch)')),
+)
+
+
 def _model_index(name: str, results: Sequence[RunResults]) -> List[Dict[str, Any]]:
-    """Hub ``model-index`` metadata: the accuracy of every result whose dataset is known."""
+    """Hub ``model-index`` metadata: the accuracy of every result whose dataset is known, the dense model's (train.py's
+    ``dense_*``) as an entry of its own."""
     entries = []
     for r in results:
-        metrics = [dict(type='accuracy', value=r.metrics[k], name=label)
-                   for k, label in (('top1', 'Top-1 accuracy'), ('top5', 'Top-5 accuracy')) if k in r.metrics]
-        if r.dataset and metrics:
-            dataset = dict(name=DATASET_NAMES.get(r.dataset, r.dataset), type=r.dataset)
-            if r.split:
-                dataset['split'] = r.split
-            entries.append(dict(task=dict(type='image-classification', name='Image Classification'),
-                                dataset=dataset, metrics=metrics))
+        if not r.dataset:
+            continue
+        dataset = dict(name=DATASET_NAMES.get(r.dataset, r.dataset), type=r.dataset)
+        if r.split:
+            dataset['split'] = r.split
+        for keys in _INDEX_ENTRIES:
+            metrics = [dict(type='accuracy', value=r.metrics[k], name=label) for k, label in keys if k in r.metrics]
+            if metrics:
+                entries.append(dict(task=dict(type='image-classification', name='Image Classification'),
+                                    dataset=dataset, metrics=metrics))
     return [dict(name=name, results=entries)] if entries else []
 
 
@@ -165,7 +176,13 @@ def model_card(
         *[f'| {k} | `{json.dumps(v)}` |' for k, v in _card_fields(config)], '',
     ]
     if results:
-        lines += ['## Results', '', '| metric | value | source |', '|---|---|---|']
+        lines += ['## Results', '']
+        for r in results:
+            if {'top1', 'dense_top1', 'dense_best_top1'} <= set(r.metrics):
+                lines += [f'Validation top-1: {r.metrics["top1"]:.2f} % for the QPM, {r.metrics["dense_top1"]:.2f} % '
+                          f'for the dense model it was made from (last dense epoch; best '
+                          f'{r.metrics["dense_best_top1"]:.2f} %).', '']
+        lines += ['| metric | value | source |', '|---|---|---|']
         for r in results:
             where_from = r.source + (f', {r.dataset}' if r.dataset else '') + (f' {r.split} split' if r.split else '')
             lines += [f'| {k} | {v} | {where_from} |' for k, v in r.metrics.items()]

@@ -26,7 +26,7 @@ from qpm_timm.metrics import concept_recovery
 from qpm_timm.solver import QPMProblem, solve_qpm
 from qpm_timm.stats import collect_statistics
 
-from scripts import ROOT, run_script
+from scripts import ROOT, refused, run_script
 
 IMG, CLASSES, FEATURES, PER_CLASS = 64, 6, 6, 2
 DATA_ARGS = dict(num_classes=CLASSES, num_concepts=6, images_per_class=8)
@@ -233,3 +233,34 @@ def test_script_refuses_a_dense_model_with_exit_code_2(run, script_report):
                            '--pretrained', *SCRIPT_DATA, '--output', str(script_report)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 2 and 'needs a QPM' in proc.stderr
+
+
+def test_script_explains_an_image_with_the_export_alone_names_from_the_export_transform_from_its_config(run,
+                                                                                                      tmp_path):
+    out = tmp_path / 'alone'
+    code = run_script('explain.py', ['--model', f'local-dir:{run.root / "export"}', '--pretrained', '--image',
+                                     run.image, '--pair', run.val.classes[0], '1', '--output', out, '--workers', '0',
+                                     '--no-progress'])
+    assert code == 0
+    files = {str(p.relative_to(out)) for p in _check_report_folder(out)}
+    assert files == {'index.html', 'report.json', 'global.png', 'global.json', 'local/some_image.png',
+                     'local/some_image.json', 'pairs/c0_vs_c1.png', 'pairs/c0_vs_c1.json'}  # no gallery, no card
+    summary = json.loads((out / 'report.json').read_text(encoding='utf-8'))
+    assert summary['class_names'] == run.val.classes and not summary['dataset_given']
+    assert summary['validation_accuracy'] is None and summary['gallery_source'] is None
+    assert 'No dataset was given' in (out / 'index.html').read_text(encoding='utf-8')
+    # the export's data config is the dataset's eval transform: the same prediction and contributions
+    alone, with_data = (json.loads((folder / 'local/some_image.json').read_text(encoding='utf-8'))['classes']
+                        for folder in (out, run.report.folder))
+    for got, expected in zip(alone, with_data):
+        assert got['class_index'] == expected['class_index'] and got['logit'] == pytest.approx(expected['logit'])
+        assert [f['contribution'] for f in got['features']] == pytest.approx(
+            [f['contribution'] for f in expected['features']])
+    pair = json.loads((out / 'pairs/c0_vs_c1.json').read_text(encoding='utf-8'))
+    with Image.open(run.image) as img, torch.no_grad():
+        logits = run.model(run.val.transform(img.convert('RGB'))[None])[0]
+    assert pair['images'] == [run.image.name]  # the pair drawn on the image: its logits of A and B
+    assert pair['logits_a_b'][0] == pytest.approx(logits[[0, 1]].tolist(), abs=1e-5)
+    code, err = refused('explain.py', ['--model', f'local-dir:{run.root / "export"}', '--pretrained', '--gallery',
+                                       run.root / 'gallery.npz', '--output', out])
+    assert code == 2 and '--gallery indexes the training images of a dataset' in err

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BACKBONE = 'test_resnet.r160_in1k'  # a tiny timm ResNet with a pretrained tag
 REPO = f'timm/{BACKBONE}'  # where timm looks for its weights
 DATA_ARGS = {'num_classes': 6, 'num_concepts': 6, 'images_per_class': 8}
-TINY = ['--model', 'qpm', '--img-size', '32', '--n-features', '6', '--n-per-class', '2', '--solver-time-limit', '30',
+TINY = ['--model', 'qpm', '--img-size', '40', '--n-features', '6', '--n-per-class', '2', '--solver-time-limit', '30',
         '--workers', '0', '-b', '16', '--no-progress', '--dataset-args', json.dumps(DATA_ARGS)]
 
 
@@ -142,7 +142,7 @@ def test_fit_qpm_gives_the_solution_of_train_py_stages_for_the_same_seed(tmp_pat
     expected = json.loads((tmp_path / 'run' / 'solution.json').read_text())
 
     dense = qpm_timm.from_timm_classifier(classifier, n_features=6, n_per_class=2)
-    images = create_qpm_split('concepts', split='train', transform_size=32, **DATA_ARGS)
+    images = create_qpm_split('concepts', split='train', transform_size=40, **DATA_ARGS)
     fit = qpm_timm.fit_qpm(dense, create_qpm_loader(images, 16), time_limit=30, seed=3)
     assert fit.model is dense and dense.is_qpm
     assert fit.solution.selected.tolist() == expected['selected']

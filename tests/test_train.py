@@ -1,5 +1,7 @@
 """train.py end to end on a tiny concepts dataset: stages, resume after a kill, torchrun, bad input."""
+import csv
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -8,11 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+import qpm_timm
+from folder_tree import make_folder_tree
+from qpm_timm.run.model import check_input_size
 from scripts import read_results, refused, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ['--model', 'qpm', '--backbone', 'test_resnet', '--img-size', '32', '--n-features', '6', '--n-per-class', '2',
+TINY = ['--model', 'qpm', '--backbone', 'test_resnet', '--img-size', '40', '--n-features', '6', '--n-per-class', '2',
         '--epochs', '3', '--finetune-epochs', '1', '--solver-time-limit', '30', '--workers', '0', '-b', '16',
         '--lr', '0.05', '--no-progress', '--dataset-args', '{num_classes: 6, num_concepts: 6, images_per_class: 8}']
 
@@ -21,11 +27,13 @@ def _env():
     return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
 
 
-def _train(*args):
-    """``python train.py TINY args`` in a new process (a run whose seeding, threads and kill points are its own)."""
+def _train(*args) -> str:
+    """``python train.py TINY args`` in a new process (a run whose seeding, threads and kill points are its own);
+    returns what it printed."""
     proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), *TINY, *args], capture_output=True, text=True,
                           env=_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
 
 
 def _solution(exp: Path):
@@ -48,7 +56,7 @@ def _kill_when(args, exists: Path):
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp('ref')
-    _train('--output', str(out), '--experiment', 'ref')
+    (out / 'stdout.txt').write_text(_train('--output', str(out), '--experiment', 'ref'))
     return out / 'ref'
 
 
@@ -70,9 +78,30 @@ def test_every_stage_leaves_its_result_and_the_export_validates_to_the_runs_numb
     assert 'report/global.png' in card and f"| solver_gap | {results['solver_gap']} |" in card
     assert (reference / 'dense/summary.csv').read_text().count('\n') == 4  # header + 3 epochs
     code = ('import timm, torch, qpm_timm; m = timm.create_model("local-dir:%s", pretrained=True).eval();'
-            'print(m.is_qpm, tuple(m(torch.randn(1, 3, 32, 32)).shape))' % (reference / 'export'))
+            'print(m.is_qpm, tuple(m(torch.randn(1, 3, 40, 40)).shape))' % (reference / 'export'))
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=_env())
     assert out.stdout.strip() == 'True (1, 6)', out.stderr[-2000:]
+
+
+def test_the_dense_models_own_validation_accuracy_is_in_the_results_summary_card_and_report(reference):
+    with open(reference / 'dense/summary.csv', newline='') as f:
+        top1 = [float(row['eval_top1']) for row in csv.DictReader(f)]
+    results = json.loads((reference / 'results.json').read_text())
+    best = max(range(len(top1)), key=top1.__getitem__)
+    assert (results['dense_top1'], results['dense_best_top1'], results['dense_best_epoch']) == (top1[-1], top1[best],
+                                                                                                best)
+    printed = (reference.parent / 'stdout.txt').read_text()
+    assert (f'validation top-1 {results["top1"]:.2f} % (dense model before the QPM: {top1[-1]:.2f} % at its last '
+            f'epoch, best {top1[best]:.2f} % at epoch {best})') in printed
+    card = (reference / 'export' / 'README.md').read_text()
+    assert (f'Validation top-1: {results["top1"]:.2f} % for the QPM, {top1[-1]:.2f} % for the dense model it was '
+            f'made from (last dense epoch; best {top1[best]:.2f} %).') in card
+    assert f'| dense_top1 | {top1[-1]} |' in card
+    qpm, dense = yaml.safe_load(card.split('---')[1])['model-index'][0]['results']  # an entry of its own
+    assert [m['value'] for m in qpm['metrics']] == [results['top1'], results['top5']]
+    assert [m['value'] for m in dense['metrics']] == [top1[-1], top1[best]] and 'dense model' in dense['metrics'][0]['name']
+    report = (reference / 'report' / 'index.html').read_text()
+    assert f'of the dense model it was made from: {top1[-1]:.2f} % (last dense epoch; best {top1[best]:.2f} %' in report
 
 
 def test_a_run_killed_mid_epoch_and_before_the_solve_resumes_to_the_same_assignment(reference, tmp_path):
@@ -85,6 +114,8 @@ def test_a_run_killed_mid_epoch_and_before_the_solve_resumes_to_the_same_assignm
     assert _solution(exp) == _solution(reference)
     ref, got = (json.loads((e / 'results.json').read_text()) for e in (reference, exp))
     assert got['top1'] == ref['top1'] and got['objective'] == ref['objective']
+    # the dense accuracy of a resumed run comes from its dense stage's summary, epochs before the kill included
+    assert (got['dense_top1'], got['dense_best_top1']) == (ref['dense_top1'], ref['dense_best_top1'])
 
 
 def test_torchrun_with_two_processes_gives_the_assignment_of_one_process(reference, tmp_path):
@@ -141,3 +172,23 @@ def test_a_schedule_stepped_per_update_and_another_clip_mode_train_like_timm(tmp
     lrs = [float(row.split(',')[-1]) for row in rows]
     # cosine over 3 epochs of updates from lr 0.05: after epoch e the last update set 0.025 (1 + cos(pi (e+1) / 3))
     assert lrs[:2] == pytest.approx([0.0375, 0.0125], rel=1e-6)
+
+
+def test_an_input_size_with_maps_below_2x2_is_refused_before_anything_is_written(tmp_path):
+    tree = make_folder_tree(tmp_path / 'digits', classes=4, per_class=1)
+    out = tmp_path / 'out'
+    out.mkdir()
+    code, err = refused('train.py', ['--model', 'qpm', '--backbone', 'test_resnet', '--data-dir', tree, '--img-size',
+                                     '4', '--n-features', '4', '--n-per-class', '2', '--workers', '0', '--output', out])
+    assert code == 2 and 'feature maps would be 1 x 1' in err and 'smallest size that works is --img-size 33' in err
+    assert not any(out.iterdir())
+
+
+def test_a_size_far_below_the_pretrained_one_warns_and_the_smallest_working_size_passes(caplog):
+    model = qpm_timm.create_qpm('test_resnet', num_classes=4, n_features=4, n_per_class=2, head='dense')
+    with caplog.at_level(logging.WARNING, logger='train'):
+        assert check_input_size(model, (33, 33), pretrained=False) == (2, 2)
+        assert check_input_size(model, (96, 96), pretrained=True) == (3, 3)
+        assert not caplog.records
+        check_input_size(model, (40, 40), pretrained=True)  # test_resnet's weights are trained at 160 px
+    assert 'far below the 160 px' in caplog.text

@@ -19,12 +19,15 @@ from matplotlib.patches import Rectangle
 from .heatmap import overlay, text_colour
 
 __all__ = ['assignment_order', 'global_figure', 'feature_gallery_figure', 'class_card_figure',
-           'contrastive_figure', 'local_figure', 'image_caption', 'save_figure', 'HEAT_NOTE', 'DPI']
+           'contrastive_figure', 'local_figure', 'image_caption', 'save_figure', 'HEAT_NOTE', 'HEAT_NOTE_PER_MAP',
+           'DPI']
 
 DPI = 90
 CELL = 1.7  # inches per image panel
 HEAT_NOTE = ('colour strength = where the feature fired (map / its maximum) x how strongly '
              '(pooled activation / its typical active value, at most 1)')
+HEAT_NOTE_PER_MAP = ('colour strength = where the feature fired (map / its maximum); no dataset was given, so no '
+                     'typical active value scales it: a weak feature is drawn as strongly as a strong one')
 
 
 def save_figure(fig: Figure, numbers: Dict, root: Path, stem: str) -> Tuple[str, str]:
@@ -214,20 +217,23 @@ def _contribution_bars(ax, labels: Sequence[str], values: Sequence[float], colou
 def contrastive_figure(class_names: Tuple[str, str], images: Sequence[np.ndarray], heats: np.ndarray,
                        columns: Sequence[int], kinds: Sequence[str], feature_labels: Sequence[str],
                        colours: np.ndarray, contributions: np.ndarray, differences: np.ndarray,
-                       logits: np.ndarray) -> Figure:
-    """Two classes A and B that differ in one feature each: a row per class's example image, its heatmaps for
-    every feature of both classes (``kinds``: 'only A', 'shared', 'only B'; the differing ones framed thick), and
-    each feature's contribution to ``logit_A - logit_B`` on that image."""
-    n = len(columns)
-    fig = Figure(figsize=(CELL * (n + 1) + 3.4, 2 * CELL + 2.0), layout='constrained')
-    axes = np.asarray(fig.subplots(2, n + 2, squeeze=False, width_ratios=[1] * (n + 1) + [1.9]))
+                       logits: np.ndarray, row_titles: Optional[Sequence[str]] = None,
+                       heat_note: str = HEAT_NOTE) -> Figure:
+    """Two classes A and B that differ in one feature each: a row per image (by default the example images of A
+    and B; ``row_titles`` name other images), its heatmaps for every feature of both classes (``kinds``: 'only A',
+    'shared', 'only B'; the differing ones framed thick), and each feature's contribution to ``logit_A - logit_B``
+    on that image."""
+    n, rows = len(columns), len(images)
+    titles = row_titles or [f'example of {"AB"[row]}: {class_names[row]}' for row in range(rows)]
+    fig = Figure(figsize=(CELL * (n + 1) + 3.4, rows * CELL + 2.0), layout='constrained')
+    axes = np.asarray(fig.subplots(rows, n + 2, squeeze=False, width_ratios=[1] * (n + 1) + [1.9]))
     shared = kinds.count('shared')
     fig.suptitle(f'A = {class_names[0]}   vs   B = {class_names[1]}\nthey share {shared} of their '
                  f'{shared + kinds.count("only A")} features; the differing ones are framed thick', fontsize=11)
-    for row in range(2):
+    for row in range(rows):
         ax = axes[row, 0]
         ax.imshow(images[row])
-        ax.set_title(_wrap(f'example of {"AB"[row]}: {class_names[row]}', 24), fontsize=8, fontweight='bold')
+        ax.set_title(_wrap(titles[row], 24), fontsize=8, fontweight='bold')
         ax.set_xlabel(f'logit A {logits[row, 0]:.2f}, logit B {logits[row, 1]:.2f}', fontsize=7)
         _bare(ax)
         for col, f in enumerate(columns):
@@ -238,12 +244,12 @@ def contrastive_figure(class_names: Tuple[str, str], images: Sequence[np.ndarray
                            [differences[row, c] for c in differing], [colours[columns[c]] for c in differing],
                            f'contribution to logit A - logit B = {logits[row, 0] - logits[row, 1]:+.2f} '
                            f'(shared features cancel)')
-    fig.supxlabel(HEAT_NOTE, fontsize=6, color='0.35')
+    fig.supxlabel(heat_note, fontsize=6, color='0.35')
     return fig
 
 
 def local_figure(title: str, image: np.ndarray, rows: Sequence[Dict], colours: np.ndarray,
-                 feature_labels: Sequence[str]) -> Figure:
+                 feature_labels: Sequence[str], heat_note: str = HEAT_NOTE) -> Figure:
     """An image's prediction and runner-up (a row each): every feature of the class with its heatmap and its
     contribution (normalised activation) to the logit, as bars."""
     n = max(len(r['features']) for r in rows)
@@ -266,7 +272,7 @@ def local_figure(title: str, image: np.ndarray, rows: Sequence[Dict], colours: n
         _contribution_bars(axes[i, -1], [feature_labels[f] for f in row['features']], row['contributions'],
                            [colours[f] for f in row['features']],
                            f'contributions to the logit of {row["class_name"]} (sum {row["logit"]:.2f})')
-    fig.supxlabel(HEAT_NOTE, fontsize=6, color='0.35')
+    fig.supxlabel(heat_note, fontsize=6, color='0.35')
     return fig
 
 

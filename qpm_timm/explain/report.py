@@ -25,6 +25,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -35,8 +36,8 @@ from tqdm import tqdm
 from ..atomic import atomic_folder
 from .contrastive import contrastive_pairs, difference_contributions, pair_features, resolve_class, spread_pairs
 from .figures import (
-    HEAT_NOTE, class_card_figure, contrastive_figure, feature_gallery_figure, global_figure, image_caption,
-    local_figure, save_figure,
+    HEAT_NOTE, HEAT_NOTE_PER_MAP, class_card_figure, contrastive_figure, feature_gallery_figure, global_figure,
+    image_caption, local_figure, save_figure,
 )
 from .gallery import FeatureGallery, PATCH_FRACTION
 from .heatmap import active_values, data_normalization, denormalize, feature_colours, heatmaps, text_colour
@@ -118,23 +119,29 @@ def _forward(model, images: torch.Tensor, device):
 
 
 class _Pictures:
-    """Renders the report's pictures from the scan, gallery and names of one model."""
+    """Renders the report's pictures from the scan, gallery and names of one model (without a dataset: no scan and no
+    gallery, heatmaps scaled per map)."""
 
-    def __init__(self, model, class_names, names: FeatureNames, gallery: FeatureGallery, gallery_set, val_set,
-                 scan: DatasetScan, normalization, device):
+    def __init__(self, model, class_names, names: FeatureNames, gallery: Optional[FeatureGallery], gallery_set,
+                 val_set, scan: Optional[DatasetScan], normalization, device):
         self.model, self.class_names, self.names = model, list(class_names), names
         self.gallery, self.gallery_set, self.val_set, self.scan = gallery, gallery_set, val_set, scan
         self.normalization, self.device = normalization, device
         self.assignment = model.class_weights.detach().cpu() > 0
         self.features = class_features(self.assignment)
         self.colours = feature_colours(len(names.labels))
-        self.active = active_values(scan.pooled)
+        self.active = active_values(scan.pooled) if scan is not None else None
+        self.heat_note = HEAT_NOTE if scan is not None else HEAT_NOTE_PER_MAP
         self._images: Dict[int, np.ndarray] = {}
 
     def colour_hex(self, j: int, text: bool = False) -> str:
         """Feature ``j``'s colour as ``#rrggbb`` (darkened for text with ``text``)."""
         colour = text_colour(self.colours[j]) if text else self.colours[j]
         return '#%02x%02x%02x' % tuple(int(round(255 * v)) for v in colour)
+
+    def active_of(self, features) -> Optional[np.ndarray]:
+        """The typical active values of ``features`` (None without a dataset: heatmaps scaled per map)."""
+        return None if self.active is None else self.active[features]
 
     def gallery_image(self, index: int) -> np.ndarray:
         if index not in self._images:
@@ -156,10 +163,10 @@ class _Pictures:
         return entries
 
     def feature_info(self, j: int) -> Dict:
-        return dict(feature=j, channel=int(self.gallery.channels[j]), label=self.names.labels[j],
+        return dict(feature=j, channel=int(self.model.head.selection[j]), label=self.names.labels[j],
                     annotation=self.names.annotation[j], correlation=self.names.correlation[j],
                     top_annotations=[dict(name=a, r=r) for a, r in self.names.top[j]],
-                    colour=self.colour_hex(j), typical_active_value=float(self.active[j]),
+                    colour=self.colour_hex(j), typical_active_value=None if self.active is None else float(self.active[j]),
                     classes=[c for c in range(len(self.class_names)) if self.assignment[c, j]])
 
     def global_picture(self, root: Path) -> Tuple[str, str]:
@@ -200,30 +207,41 @@ class _Pictures:
         size = tuple(tensors.shape[-2:])
         return out, size, denormalize(tensors, *self.normalization)
 
-    def pair_evidence(self, a: int, b: int, examples: Sequence[Optional[int]]) -> Tuple:
-        """The model's pass over the example images of classes ``a`` and ``b`` that their picture shows."""
-        tensors = torch.stack([self.val_set[examples[c]][0] for c in (a, b)])
+    def image_evidence(self, tensors: torch.Tensor) -> Tuple:
+        """The model's pass over normalised images, with their normalised activations ``z``."""
         out, size, images = self._evidence(tensors)
         z = self.model.head.normalize(out.pooled.to(self.model.head.mean.device)).cpu()
         return out, size, images, z
 
-    def pair_picture(self, root: Path, a: int, b: int, examples: Sequence[Optional[int]],
-                     evidence: Optional[Tuple] = None) -> Tuple[str, str]:
-        """The contrastive picture of classes ``a`` and ``b`` (``evidence``: their :meth:`pair_evidence`)."""
+    def pair_evidence(self, a: int, b: int, examples: Sequence[Optional[int]]) -> Tuple:
+        """The model's pass over the example images of classes ``a`` and ``b`` that their picture shows."""
+        return self.image_evidence(torch.stack([self.val_set[examples[c]][0] for c in (a, b)]))
+
+    def pair_picture(self, root: Path, a: int, b: int, examples: Optional[Sequence[Optional[int]]],
+                     evidence: Optional[Tuple] = None, image_names: Optional[Sequence[str]] = None) -> Tuple[str, str]:
+        """The contrastive picture of classes ``a`` and ``b`` on their example images (``evidence``: their
+        :meth:`pair_evidence`) or, with ``image_names``, on those image files (``evidence``: their
+        :meth:`image_evidence`)."""
         only_a, shared, only_b = pair_features(self.assignment, a, b)
         columns = only_a + shared + only_b
         kinds = ['only A'] * len(only_a) + ['shared'] * len(shared) + ['only B'] * len(only_b)
         out, size, images, z = evidence if evidence is not None else self.pair_evidence(a, b, examples)
-        heats = np.stack([heatmaps(out.feature_maps[i, columns], size, out.pooled[i, columns], self.active[columns])
-                          for i in range(2)])
-        differences = np.stack([difference_contributions(z[i], self.assignment, a, b)[columns] for i in range(2)])
+        rows = range(len(images))
+        heats = np.stack([heatmaps(out.feature_maps[i, columns], size, out.pooled[i, columns],
+                                   self.active_of(columns)) for i in rows])
+        differences = np.stack([difference_contributions(z[i], self.assignment, a, b)[columns] for i in rows])
         contributions = z[:, columns].numpy()
         logits = out.logits[:, [a, b]].numpy()
         fig = contrastive_figure((self.class_names[a], self.class_names[b]), images, heats, columns, kinds,
-                                 self.names.labels, self.colours, contributions, differences, logits)
+                                 self.names.labels, self.colours, contributions, differences, logits,
+                                 row_titles=image_names, heat_note=self.heat_note)
+        if image_names is None:
+            classes = [dict(class_index=c, class_name=self.class_names[c], example_dataset_index=examples[c],
+                            predicted=int(self.scan.predictions[examples[c]])) for c in (a, b)]
+        else:
+            classes = [dict(class_index=c, class_name=self.class_names[c]) for c in (a, b)]
         numbers = dict(
-            classes=[dict(class_index=c, class_name=self.class_names[c], example_dataset_index=examples[c],
-                          predicted=int(self.scan.predictions[examples[c]])) for c in (a, b)],
+            classes=classes, images=image_names,
             features=[dict(feature=j, label=self.names.labels[j], kind=kind) for j, kind in zip(columns, kinds)],
             normalised_activation=contributions.tolist(), logits_a_b=logits.tolist(),
             contribution_to_logit_a_minus_b=differences.tolist())
@@ -235,13 +253,13 @@ class _Pictures:
         rows, numbers = [], dict(image=title, classes=[])
         for role, c in zip(('prediction', 'runner-up'), ranked):
             e = class_evidence(self.model, out, 0, c)
-            heats = heatmaps(e.maps, size, out.pooled[0, e.features], self.active[e.features])
+            heats = heatmaps(e.maps, size, out.pooled[0, e.features], self.active_of(e.features))
             rows.append(dict(role=role, class_name=self.class_names[c], logit=e.logit, features=e.features,
                              contributions=e.contributions, heats=heats))
             numbers['classes'].append(dict(role=role, class_index=c, class_name=self.class_names[c], logit=e.logit,
                                            features=[dict(feature=j, label=self.names.labels[j], contribution=v)
                                                      for j, v in zip(e.features, e.contributions)]))
-        fig = local_figure(title, images[0], rows, self.colours, self.names.labels)
+        fig = local_figure(title, images[0], rows, self.colours, self.names.labels, heat_note=self.heat_note)
         return save_figure(fig, numbers, root, f'local/{stem}')
 
 
@@ -274,6 +292,8 @@ def write_report(
         gallery_images: int = 8,
         card_patches: int = 3,
         title: Optional[str] = None,
+        transform=None,
+        dense_accuracy: Optional[Dict[str, float]] = None,
 ) -> Report:
     """Write the explanation report of QPM ``model`` into ``folder`` (module docstring).
 
@@ -284,12 +304,19 @@ def write_report(
             all dense channels, the QPM's selected ones are used), or None: the validation set's gallery.
         train_set: the dataset ``gallery`` indexes, with the eval transform (images are re-read by index).
         val_set: the validation set with the eval transform: one pass gives the feature names (its
-            annotations), the heatmap scale and the contrastive examples.
+            annotations), the heatmap scale and the contrastive examples. None (with ``train_set`` and ``gallery``
+            None): the model alone, docs/EXPLANATIONS.md "The model alone": the global picture, the classes'
+            feature lists, the local pictures and the given pairs drawn on ``images``; no galleries, names,
+            cards or accuracy.
         class_names: one name per class.
         pairs: contrastive pairs as (class, class), indices or names; default: pairs sharing ``n_wc - 1``
-            features, all of them with ``all_pairs``, else up to ``max_pairs`` covering many classes.
-        images: image files or folders to explain locally (read through ``val_set.transform``).
+            features, all of them with ``all_pairs``, else up to ``max_pairs`` covering many classes (none
+            without ``val_set``).
+        images: image files or folders to explain locally (read through ``transform``).
         gallery_images, card_patches: images shown per feature page and patches per feature on a class card.
+        transform: the eval transform of ``images`` (default ``val_set.transform``).
+        dense_accuracy: train.py's ``dense_top1``, ``dense_best_top1``, ``dense_best_epoch`` of the dense model the
+            QPM was made from, stated next to the QPM's accuracy.
     """
     require_qpm(model, 'write_report()')
     folder = Path(folder)
@@ -297,10 +324,15 @@ def write_report(
     if len(class_names) != model.num_classes:
         raise ValueError(f'{len(class_names)} class names for a model with {model.num_classes} classes.')
     assignment = model.class_weights.detach().cpu() > 0
-    pair_list = _resolve_pairs(pairs, assignment, class_names, all_pairs, max_pairs)
+    pair_list = _resolve_pairs(pairs, assignment, class_names, all_pairs, max_pairs if val_set is not None else 0)
     local_images = load_images(images)
-    if local_images and getattr(val_set, 'transform', None) is None:
-        raise ValueError('local explanations read image files through val_set.transform; the dataset has none.')
+    transform = transform if transform is not None else getattr(val_set, 'transform', None)
+    if local_images and transform is None:
+        raise ValueError('local explanations read image files through the eval transform; give transform= or a '
+                         'val_set with one.')
+    if val_set is None and (gallery is not None or train_set is not None):
+        raise ValueError('a gallery and a training set come with the validation set (val_set); without it the model '
+                         'is explained alone.')
     selection = model.head.selection.cpu().tolist()
     if gallery is not None:
         gallery = gallery.select(selection)
@@ -313,7 +345,7 @@ def write_report(
         return _write_checked(model, folder, gallery, train_set, val_set, class_names, pair_list, local_images,
                               dict(device=device, amp=amp, batch_size=batch_size, num_workers=num_workers,
                                    progress=progress, gallery_images=gallery_images, card_patches=card_patches,
-                                   title=title))
+                                   title=title, transform=transform, dense_accuracy=dense_accuracy))
 
 
 @contextmanager
@@ -332,42 +364,56 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
     """:func:`write_report` after its input checks."""
     device, progress = options['device'], options['progress']
     selection = model.head.selection.cpu().tolist()
-    normalization = data_normalization(val_set, model)
-    scan = scan_dataset(model, val_set, options['batch_size'], options['num_workers'], device, options['amp'],
-                        progress)
-    annotations = dataset_annotations(val_set)
+    transform = options['transform']
+    normalization = data_normalization(val_set if val_set is not None else SimpleNamespace(transform=transform), model)
+    scan, annotations, examples = None, None, None
+    if val_set is not None:
+        scan = scan_dataset(model, val_set, options['batch_size'], options['num_workers'], device, options['amp'],
+                            progress)
+        annotations = dataset_annotations(val_set)
+        examples = class_examples(scan, model.num_classes)
     names = name_features(selection, scan.pooled, *annotations) if annotations else name_features(selection)
     gallery_set, gallery_source = (train_set, 'training set') if gallery is not None else (val_set, 'validation set')
-    pictures = _Pictures(model, class_names, names, gallery if gallery is not None else scan.gallery, gallery_set,
-                         val_set, scan, normalization, device)
-    examples = class_examples(scan, model.num_classes)
-    drawable = [(a, b) for a, b in pair_list if examples[a] is not None and examples[b] is not None]
-    skipped = [dict(classes=[a, b], reason='a class has no validation image') for a, b in pair_list
-               if (a, b) not in drawable]
+    if gallery is None and scan is not None:
+        gallery = scan.gallery
+    pictures = _Pictures(model, class_names, names, gallery, gallery_set, val_set, scan, normalization, device)
+    if scan is not None:
+        drawable = [(a, b) for a, b in pair_list if examples[a] is not None and examples[b] is not None]
+        why = 'a class has no validation image'
+    else:  # the model alone: the pairs are drawn on the image files
+        drawable, why = (pair_list if local_images else []), 'no dataset and no image to draw it on'
+    skipped = [dict(classes=[a, b], reason=why) for a, b in pair_list if (a, b) not in drawable]
+    local_tensors = [transform(img) for _, img in local_images]
     files: List[str] = []
 
     def write(root: Path) -> None:
         n = len(selection)
         # pictures that need no model pass (the pairs' passes run first, here), drawn by worker processes where
         # possible, and the local explanations, drawn here meanwhile
-        evidence = {p: pictures.pair_evidence(*p, examples) for p in drawable}
-        plain = [('global', None)] + [('feature', j) for j in range(n)] + \
-                [('class', c) for c in range(model.num_classes)] + \
-                [('pair', (p, examples, evidence[p])) for p in drawable]
-        with_model = [('local', item) for item in local_images]
+        evidence = {p: pictures.pair_evidence(*p, examples) for p in drawable} if scan is not None else {}
+        plain = [('global', None)]
+        if pictures.gallery is not None:
+            plain += [('feature', j) for j in range(n)] + [('class', c) for c in range(model.num_classes)]
+        plain += [('pair', (p, examples, evidence[p])) for p in evidence]
+        with_model = [('local', (path, tensor)) for (path, _), tensor in zip(local_images, local_tensors)]
+        if scan is None:
+            with_model += [('pair_on_images', p) for p in drawable]
         pages: Dict[str, Any] = dict(feature={}, cls={}, pair={}, local=[])
         stems: set = set()
         bar = tqdm(total=len(plain) + len(with_model), desc='explanations: pictures', disable=not progress)
         drawn = _draw_plain_pictures(pictures, root, plain, options)
         try:
             for kind, item in with_model if drawn is not None else plain + with_model:
-                if kind != 'local':
-                    _store(pages, kind, item, _plain_picture(pictures, root, kind, item, options))
-                else:
-                    path, img = item
-                    tensor = val_set.transform(img)
+                if kind == 'local':
+                    path, tensor = item
                     pages['local'].append((path.name, pictures.local_picture(root, _stem(path, stems), path.name,
                                                                              tensor)))
+                elif kind == 'pair_on_images':
+                    pages['pair'][item] = pictures.pair_picture(
+                        root, *item, None, pictures.image_evidence(torch.stack(local_tensors)),
+                        image_names=[path.name for path, _ in local_images])
+                else:
+                    _store(pages, kind, item, _plain_picture(pictures, root, kind, item, options))
                 bar.update()
             if drawn is not None:
                 for (kind, item), picture in zip(plain, drawn.get()):
@@ -379,12 +425,14 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
             bar.close()
         summary = dict(
             title=options['title'] or _model_title(model), num_classes=model.num_classes, n_features=n,
-            n_per_class=model.n_per_class, selection=selection, gallery_source=gallery_source,
-            gallery_images_seen=pictures.gallery.num_images, annotations=names.source or None,
-            heatmap_normalisation=HEAT_NOTE, class_names=class_names,
+            n_per_class=model.n_per_class, selection=selection, dataset_given=scan is not None,
+            gallery_source=gallery_source if pictures.gallery is not None else None,
+            gallery_images_seen=pictures.gallery.num_images if pictures.gallery is not None else 0,
+            annotations=names.source or None, heatmap_normalisation=pictures.heat_note, class_names=class_names,
             features=[pictures.feature_info(j) for j in range(n)],
             class_features=pictures.features, pairs=[list(p) for p in drawable], skipped_pairs=skipped,
-            validation_accuracy=float((scan.predictions == scan.targets).mean() * 100))
+            validation_accuracy=float((scan.predictions == scan.targets).mean() * 100) if scan is not None else None,
+            dense_validation_accuracy=options['dense_accuracy'] or None)
         (root / 'report.json').write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding='utf-8')
         (root / 'index.html').write_text(_index_html(summary, pages, pictures), encoding='utf-8')
         files.extend(sorted(str(p.relative_to(root)) for p in root.rglob('*') if p.is_file()))
@@ -480,6 +528,23 @@ details{margin:.3em 0}summary{cursor:pointer}nav a{margin-right:1em}
 '''
 
 
+def _data_sentence(summary: Dict) -> str:
+    """The first paragraph's account of the data behind the report: accuracy (the dense model's beside it when known),
+    galleries and names; or, for the model alone, what is missing and how to get it."""
+    esc = html.escape
+    dense = summary['dense_validation_accuracy']
+    dense_text = (f'; of the dense model it was made from: {dense["dense_top1"]:.2f} % (last dense epoch; best '
+                  f'{dense["dense_best_top1"]:.2f} % at epoch {dense["dense_best_epoch"]})' if dense else '')
+    if not summary['dataset_given']:
+        return ('No dataset was given: the model alone explains the images given to it. Without a dataset there are '
+                'no feature galleries, no class cards, no feature names (features are named by their backbone '
+                'channel), no validation accuracy and no example images for contrastive pairs, and heatmaps are '
+                'scaled per map; give the dataset (explain.py --dataset / --data-dir) for them.')
+    return (f'Validation top-1 of this model: {summary["validation_accuracy"]:.2f} %{dense_text}. Feature galleries: '
+            f'top images of the {esc(summary["gallery_source"])} ({summary["gallery_images_seen"]} images seen). '
+            f'Feature names: {esc(summary["annotations"] or "none (no annotations): backbone channel")}.')
+
+
 def _feature_tag(pictures: _Pictures, j: int) -> str:
     return (f'<a class="feat" href="#f{j}" style="color:{pictures.colour_hex(j, text=True)}"><span class="swatch" '
             f'style="background:{pictures.colour_hex(j)}"></span>{html.escape(pictures.names.labels[j])}</a>')
@@ -493,10 +558,7 @@ def _index_html(summary: Dict, pages: Dict, pictures: _Pictures) -> str:
            f'<h1>QPM explanations: {esc(summary["title"])}</h1>',
            f'<p>{summary["num_classes"]} classes share {summary["n_features"]} features; every class uses exactly '
            f'{summary["n_per_class"]} of them (a binary class &times; feature assignment), so its logit is the sum '
-           f'of its features\' normalised activations. Validation top-1 of this model: '
-           f'{summary["validation_accuracy"]:.2f} %. Feature galleries: top images of the '
-           f'{esc(summary["gallery_source"])} ({summary["gallery_images_seen"]} images seen). Feature names: '
-           f'{esc(summary["annotations"] or "none (no annotations): backbone channel")}.</p>',
+           f'of its features\' normalised activations. {_data_sentence(summary)}</p>',
            '<nav><a href="#global">global picture</a><a href="#features">features</a><a href="#classes">classes</a>'
            '<a href="#pairs">contrastive pairs</a>' + ('<a href="#local">local explanations</a>' if pages['local']
                                                       else '') + '<a href="report.json">report.json</a></nav>',
@@ -504,34 +566,45 @@ def _index_html(summary: Dict, pages: Dict, pictures: _Pictures) -> str:
            '(column). Rows are grouped so that classes sharing features sit together; columns are ordered by how '
            'many classes use the feature (bars above). Numbers: <a href="global.json">global.json</a>.</p>',
            f'<a href="{pages["global"][0]}"><img src="{pages["global"][0]}" alt="class x feature assignment"></a>',
-           '<h2 id="features">Features</h2><p class="small">Each feature\'s name is the annotation its activation '
-           'correlates with best (Pearson r over the validation images). Gallery: its most activating images, the '
-           'frame marks the patch around the maximum of its feature map; below, the patches.</p>']
+           '<h2 id="features">Features</h2><p class="small">' + (
+               'Each feature\'s name is the annotation its activation correlates with best (Pearson r over the '
+               'validation images). Gallery: its most activating images, the frame marks the patch around the '
+               'maximum of its feature map; below, the patches.' if summary['dataset_given'] else
+               'Every feature\'s backbone channel and the classes that use it (no dataset: no names, no '
+               'galleries).') + '</p>']
     for info in summary['features']:
         j = info['feature']
-        png, data = pages['feature'][j]
         tops = ', '.join(f'{esc(t["name"])} ({t["r"]:.2f})' for t in info['top_annotations']) or '&ndash;'
         users = ', '.join(f'<a href="#c{c}">{esc(names[c])}</a>' for c in info['classes'])
+        gallery = 'no gallery (no dataset given)'
+        if j in pages['feature']:
+            png, data = pages['feature'][j]
+            gallery = (f'<a href="{png}"><img loading="lazy" src="{png}" alt="gallery of f{j}"></a><br><a '
+                       f'class="small" href="{data}">{data}</a>')
         out.append(f'<div id="f{j}"><h3>{_feature_tag(pictures, j)}</h3><p class="small">backbone channel '
-                   f'{info["channel"]}; most correlated annotations: {tops}<br>used by: {users}</p><a href="{png}">'
-                   f'<img loading="lazy" src="{png}" alt="gallery of f{j}"></a><br><a class="small" href="{data}">'
-                   f'{data}</a></div>')
+                   f'{info["channel"]}; most correlated annotations: {tops}<br>used by: {users}</p>{gallery}</div>')
     out.append('<h2 id="classes">Classes</h2><p class="small">Open a class for its card: its features with '
                'their best gallery patches.</p>')
     for c, name in enumerate(names):
-        png, data = pages['cls'][c]
         feats = ' '.join(_feature_tag(pictures, j) for j in summary['class_features'][c])
+        if c not in pages['cls']:  # the model alone: no gallery patches for a card
+            out.append(f'<p id="c{c}"><b>{esc(name)}</b> &mdash; {feats}</p>')
+            continue
+        png, data = pages['cls'][c]
         out.append(f'<details id="c{c}"><summary><b>{esc(name)}</b> &mdash; {feats}</summary><a href="{png}"><img '
                    f'loading="lazy" src="{png}" alt="card of {esc(name)}"></a><br><a class="small" href="{data}">'
                    f'{data}</a></details>')
+    shown = ('an example image of each (correctly classified, where the class\'s features fire strongly and in '
+             'different places)' if summary['dataset_given'] else 'the image files given, a row each')
     out.append('<h2 id="pairs">Contrastive pairs</h2><p class="small">Two classes that share all features but one: '
-               'an example image of each (correctly classified, where the class\'s features fire strongly and in '
-               'different places), the heatmaps of every feature of both classes on both images (the differing '
+               f'{shown}, the heatmaps of every feature of both classes on those images (the differing '
                'features framed thick) and how much each contributes to the logit difference. '
-               f'{esc(HEAT_NOTE)}.</p>')
+               f'{esc(summary["heatmap_normalisation"])}.</p>')
     if not pages['pair']:
         out.append('<p>No pair drawn (no class pair shares all features but one, or their classes have no '
-                   'validation images).</p>')
+                   'validation images).</p>' if summary['dataset_given'] else
+                   '<p>No pair drawn: without a dataset there are no example images; the pairs given with --pair '
+                   'are drawn on the --image files.</p>')
     for (a, b), (png, data) in pages['pair'].items():
         out.append(f'<h3>{esc(names[a])} vs {esc(names[b])}</h3><a href="{png}"><img loading="lazy" src="{png}" '
                    f'alt="{esc(names[a])} vs {esc(names[b])}"></a><br><a class="small" href="{data}">{data}</a>')

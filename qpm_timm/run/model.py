@@ -1,6 +1,7 @@
 """The model of a run: the dense model a training run starts from, or a trained model to evaluate or explain."""
+import logging
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import timm
 import torch
@@ -10,10 +11,15 @@ from .. import hub
 from ..models import QPMModel, VARIANT_ARGS, load_weights
 from .cli import UsageError, unexpected_keywords
 
-__all__ = ['create_train_model', 'check_trainable', 'check_eval_args', 'create_eval_model', 'check_eval_model',
-           'qpm_sizes_from_state_dict', 'read_checkpoint']
+__all__ = ['create_train_model', 'check_trainable', 'check_input_size', 'feature_map_size', 'smallest_input_size',
+           'check_eval_args', 'create_eval_model', 'check_eval_model', 'qpm_sizes_from_state_dict', 'checkpoint_classes',
+           'read_checkpoint']
 
 NOT_QPM = 'is not a QPM (solve and fine-tune it with train.py first)'
+MIN_MAP = 2  # the smallest feature map side a QPM is trained on (docs/METHOD.md, "Input size")
+FAR_BELOW = 0.5  # a pretrained backbone fed less than this fraction of its pretrained input side gets a warning
+
+_logger = logging.getLogger('train')
 
 
 def _timm_model(name: str, **kwargs) -> nn.Module:
@@ -84,6 +90,60 @@ def check_trainable(model: QPMModel, args) -> None:
                          'every step, so they cannot be cached.')
 
 
+def feature_map_size(model: QPMModel, size: Tuple[int, int]) -> Tuple[int, int]:
+    """``H x W`` of the backbone's map on a ``size`` input: one probe in eval mode; ``(0, 0)`` when the input is
+    smaller than a kernel or a patch (no map at all)."""
+    p = next(model.parameters())
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval().forward_backbone(torch.zeros(1, model.in_chans, *size, device=p.device, dtype=p.dtype))
+    except RuntimeError:  # "Kernel size can't be greater than actual input size", an empty patch grid
+        return 0, 0
+    finally:
+        model.train(was_training)
+    return int(out.shape[-2]), int(out.shape[-1])
+
+
+def smallest_input_size(model: QPMModel) -> int:
+    """The smallest square input whose maps are at least ``MIN_MAP x MIN_MAP``: a token backbone's ``MIN_MAP`` patches;
+    for a CNN a bisection by probes from its reduction (its maps only grow with the input)."""
+    reduction = int(model.feature_info[-1]['reduction'])
+    if model.token_backbone:
+        return MIN_MAP * reduction
+
+    def fits(side: int) -> bool:
+        return min(feature_map_size(model, (side, side))) >= MIN_MAP
+
+    low, high = 1, MIN_MAP * reduction
+    while not fits(high):
+        low, high = high, 2 * high
+    while high - low > 1:  # fits(high), not fits(low) (or low = 1)
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high
+
+
+def check_input_size(model: QPMModel, size: Tuple[int, int], pretrained: bool) -> Tuple[int, int]:
+    """Refuse an input size whose backbone maps are smaller than ``MIN_MAP x MIN_MAP`` (docs/METHOD.md, "Input size"),
+    naming the smallest size that works; warn when a pretrained backbone gets less than half its pretrained input
+    side. Returns the map size."""
+    h, w = feature_map_size(model, size)
+    if min(h, w) < MIN_MAP:
+        smallest = smallest_input_size(model)
+        given = f'--img-size {size[0]}' if size[0] == size[1] else f'the input size {size[0]} x {size[1]}'
+        raise UsageError(f'{given} is too small for the {model.backbone_name} backbone: its feature maps would be '
+                         f'{h} x {w}, fewer than {MIN_MAP} x {MIN_MAP} cells (no locality, '
+                         f'no heatmaps, no Feature Diversity Loss). The smallest size that works is --img-size '
+                         f'{smallest}.')
+    native = model.backbone.pretrained_cfg.get('input_size', (0, 0, 0))[-1]
+    if pretrained and min(size) < FAR_BELOW * native:
+        _logger.warning(f'WARNING: --img-size {min(size)} is far below the {native} px the pretrained '
+                        f'{model.backbone_name} weights were trained at (maps of {h} x {w}); objects appear at a '
+                        f'fraction of the scale its features learned, which usually costs accuracy.')
+    return h, w
+
+
 # --- evaluation and explanations -------------------------------------------------------------------------------
 def _is_file_model(name: str) -> bool:
     return name.startswith(('local-dir:', 'hf-hub:', 'hf_hub:'))
@@ -110,6 +170,12 @@ def check_eval_args(args) -> None:
         raise UsageError(f'--checkpoint {args.checkpoint} does not exist.')
     if args.batch_size < 1:
         raise UsageError(f'-b/--batch-size must be >= 1, got {args.batch_size}.')
+
+
+def checkpoint_classes(state_dict: Optional[Dict[str, torch.Tensor]]) -> Optional[int]:
+    """The number of classes of a QPM checkpoint's head (None without one)."""
+    weight = state_dict.get('head.fc.weight') if state_dict is not None else None
+    return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
 
 
 def read_checkpoint(args) -> Optional[Dict[str, torch.Tensor]]:
@@ -140,7 +206,8 @@ def create_eval_model(args, num_classes: int, state_dict: Optional[Dict[str, tor
         kwargs['n_features'] = args.n_features or sizes.get('n_features')
         kwargs['n_per_class'] = args.n_per_class or sizes.get('n_per_class')
         kwargs['reduced_strides'] = args.reduced_strides
-        kwargs['num_classes'] = num_classes  # sizes are checked by the model (check_qpm_sizes: ValueError)
+        if num_classes:  # else the variant's own (sizes are checked by the model: check_qpm_sizes, ValueError)
+            kwargs['num_classes'] = num_classes
     else:
         extra = [f'--{k.replace("_", "-")}' for k in ('n_features', 'n_per_class', 'reduced_strides')
                  if getattr(args, k) is not None]

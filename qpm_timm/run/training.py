@@ -1,5 +1,6 @@
 """The training pipeline of ``train.py`` (docs/METHOD.md, "Pipeline"): dense training -> statistics -> solve ->
 fine-tune -> export and report, each stage leaving its result in the experiment folder (:mod:`.experiment`)."""
+import csv
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ from .experiment import (
     DENSE, EXPORT, FEATURE_CACHE, FINETUNE, GALLERY, REPORT, RESULTS, SOLUTION, STATISTICS, experiment_folder,
     restore_args, resume_epoch, start_experiment,
 )
-from .model import create_train_model
+from .model import check_input_size, create_train_model
 
 __all__ = ['check_train_args', 'train']
 
@@ -206,12 +207,38 @@ def train_and_fit(args, model, loaders, stats_data, exp: Path, device, image_siz
 
 
 # --- stage 5 ---------------------------------------------------------------------------------------------------
+def dense_accuracy(folder: Path) -> Dict[str, float]:
+    """The dense model's own validation, read from its stage's ``summary.csv`` (so a resumed run reports it too):
+    top-1/top-5 of its last epoch and its best top-1 with that epoch; {} without a dense stage (--skip-dense)."""
+    rows: Dict[int, Dict[str, str]] = {}
+    if (folder / 'summary.csv').is_file():
+        with open(folder / 'summary.csv', newline='') as f:
+            for row in csv.DictReader(f):
+                rows[int(row['epoch'])] = row  # an epoch rerun after a kill replaces its first row
+    if not rows:
+        return {}
+    last = rows[max(rows)]
+    best = max(rows.values(), key=lambda row: float(row['eval_top1']))  # the first of equal epochs
+    return dict(dense_top1=float(last['eval_top1']), dense_top5=float(last['eval_top5']),
+                dense_best_top1=float(best['eval_top1']), dense_best_epoch=int(best['epoch']))
+
+
+def accuracy_line(results: Dict[str, Any]) -> str:
+    """The final summary's accuracy: the QPM's validation top-1 next to the dense model's it came from."""
+    line = f'validation top-1 {results["top1"]:.2f} %'
+    if 'dense_top1' in results:
+        line += (f' (dense model before the QPM: {results["dense_top1"]:.2f} % at its last epoch, best '
+                 f'{results["dense_best_top1"]:.2f} % at epoch {results["dense_best_epoch"]})')
+    return line
+
+
 def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_config, device) -> Dict[str, Any]:
     """Rank 0: the explanation report, concept recovery, the export and the results; returns the results."""
     train_eval_set, val_set, class_names = data
     solution = fit.solution
     vb = args.validation_batch_size or args.batch_size
-    results = dict(top1=metrics['top1'], top5=metrics['top5'], objective=solution.objective,
+    dense = dense_accuracy(exp / DENSE)
+    results = dict(top1=metrics['top1'], top5=metrics['top5'], **dense, objective=solution.objective,
                    solver_status=solution.status, solver_bound=solution.bound, solver_gap=solution.gap,
                    solver_effort=solution.effort, solver_effort_used=solution.effort_used,
                    solver_cut_by_wall_clock=solution.cut_by_wall_clock)
@@ -221,7 +248,7 @@ def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_c
             report = write_report(model.eval(), exp / REPORT,
                                   FeatureGallery.load(exp / GALLERY) if (exp / GALLERY).is_file() else None,
                                   train_eval_set, val_set, class_names, device=device, amp=args.amp, batch_size=vb,
-                                  num_workers=args.workers, progress=not args.no_progress)
+                                  num_workers=args.workers, progress=not args.no_progress, dense_accuracy=dense)
     names = report.names.labels if report else None
     recovery = None
     if hasattr(val_set, 'class_concepts'):
@@ -268,6 +295,7 @@ def train(args, args_text: str) -> Dict[str, Any]:
         raise UsageError(str(e)) from e
     random_seed(args.seed, 0)  # the same initial weights on every rank and in every run
     model = create_train_model(args, num_classes, data_config['input_size'][-1])
+    check_input_size(model, tuple(data_config['input_size'][-2:]), bool(args.pretrained or args.pretrained_path))
     start_experiment(exp, args, args_text)  # inputs are valid: from here on the run writes its results
     model.to(device)
     if args.channels_last:
@@ -291,7 +319,7 @@ def train(args, args_text: str) -> Dict[str, Any]:
         results['timings'] = stage_seconds()  # where the time went (measured, never read back)
         with atomic_write(exp / RESULTS, 'w') as fh:
             json.dump(results, fh, indent=2)
-        print(f'validation top-1 {results["top1"]:.2f} %' + (
+        print(accuracy_line(results) + (
             f', concept recovery {results["concept_recovery"]:.3f}' if 'concept_recovery' in results else '') +
               f'; exported to {exp / EXPORT}')
     if args.distributed:
