@@ -5,9 +5,13 @@ Writes a self-contained folder (``index.html`` + PNGs + JSON, relative links; do
 feature assignment, every feature's gallery of most activating training images with its name, a card per
 class, contrastive pictures of classes that differ in one feature, and local explanations of image files.
 
-    python explain.py --model local-dir:output/train/qpm_resnet10t-concepts/export --pretrained
+    python explain.py --model local-dir:output/train/qpm_resnet10t-concepts/export --pretrained --dataset concepts
     python explain.py --model local-dir:EXPORT --pretrained --image photo.jpg --pair 3 17 --output report/
     python explain.py --model qpm --backbone resnet18 --checkpoint model.safetensors --dataset cub --data-dir CUB
+
+Without a dataset flag (``--dataset``, ``--data-dir``, ``--dataset-args``) the model is explained alone: class
+names and transform from the export, the local pictures of ``--image`` and the ``--pair`` pictures drawn on them;
+galleries, class cards and feature names need the dataset (docs/EXPLANATIONS.md, "The model alone").
 
 Passes over data (each with a progress bar): the gallery pass over ``--gallery-split`` (skipped with
 ``--gallery``, e.g. the ``gallery.npz`` a training run collected on its statistics pass) and one pass over
@@ -37,9 +41,10 @@ group.add_argument('--output', default='', metavar='DIR',
 group.add_argument('--gallery', default='', metavar='FILE',
                    help='a gallery .npz (e.g. <experiment>/gallery.npz of train.py): no gallery pass')
 group.add_argument('--top-k', type=int, default=16, metavar='K', help='gallery images kept per feature')
-group.add_argument('--image', nargs='+', default=[], metavar='PATH', help='image files or folders to explain')
+group.add_argument('--image', nargs='+', default=[], metavar='PATH', help='image files or folders to explain (all a model alone needs)')
 group.add_argument('--pair', nargs=2, action='append', default=None, metavar=('A', 'B'),
-                   help='a contrastive pair (class indices or names); repeatable')
+                   help='a contrastive pair (class indices or names); repeatable; without a dataset drawn on the --image '
+                        'files')
 group.add_argument('--all-pairs', action='store_true', default=False,
                    help='draw every pair of classes that share n_wc - 1 features (default: a few)')
 group.add_argument('--max-pairs', type=int, default=6, metavar='N', help='pairs drawn without --all-pairs')
