@@ -41,10 +41,11 @@ group.add_argument('--output', default='', metavar='DIR',
 group.add_argument('--gallery', default='', metavar='FILE',
                    help='a gallery .npz (e.g. <experiment>/gallery.npz of train.py): no gallery pass')
 group.add_argument('--top-k', type=int, default=16, metavar='K', help='gallery images kept per feature')
-group.add_argument('--image', nargs='+', default=[], metavar='PATH', help='image files or folders to explain (all a model alone needs)')
+group.add_argument('--image', nargs='+', default=[], metavar='PATH',
+                   help='image files or folders to explain (all the model alone needs)')
 group.add_argument('--pair', nargs=2, action='append', default=None, metavar=('A', 'B'),
-                   help='a contrastive pair (class indices or names); repeatable; without a dataset drawn on the --image '
-                        'files')
+                   help='a contrastive pair (class indices or names); repeatable; without a dataset drawn on the '
+                        '--image files')
 group.add_argument('--all-pairs', action='store_true', default=False,
                    help='draw every pair of classes that share n_wc - 1 features (default: a few)')
 group.add_argument('--max-pairs', type=int, default=6, metavar='N', help='pairs drawn without --all-pairs')

@@ -166,7 +166,8 @@ class _Pictures:
         return dict(feature=j, channel=int(self.model.head.selection[j]), label=self.names.labels[j],
                     annotation=self.names.annotation[j], correlation=self.names.correlation[j],
                     top_annotations=[dict(name=a, r=r) for a, r in self.names.top[j]],
-                    colour=self.colour_hex(j), typical_active_value=None if self.active is None else float(self.active[j]),
+                    colour=self.colour_hex(j),
+                    typical_active_value=None if self.active is None else float(self.active[j]),
                     classes=[c for c in range(len(self.class_names)) if self.assignment[c, j]])
 
     def global_picture(self, root: Path) -> Tuple[str, str]:
@@ -218,7 +219,8 @@ class _Pictures:
         return self.image_evidence(torch.stack([self.val_set[examples[c]][0] for c in (a, b)]))
 
     def pair_picture(self, root: Path, a: int, b: int, examples: Optional[Sequence[Optional[int]]],
-                     evidence: Optional[Tuple] = None, image_names: Optional[Sequence[str]] = None) -> Tuple[str, str]:
+                     evidence: Optional[Tuple] = None,
+                     image_names: Optional[Sequence[str]] = None) -> Tuple[str, str]:
         """The contrastive picture of classes ``a`` and ``b`` on their example images (``evidence``: their
         :meth:`pair_evidence`) or, with ``image_names``, on those image files (``evidence``: their
         :meth:`image_evidence`)."""
@@ -365,7 +367,7 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
     device, progress = options['device'], options['progress']
     selection = model.head.selection.cpu().tolist()
     transform = options['transform']
-    normalization = data_normalization(val_set if val_set is not None else SimpleNamespace(transform=transform), model)
+    normalization = data_normalization(SimpleNamespace(transform=transform) if val_set is None else val_set, model)
     scan, annotations, examples = None, None, None
     if val_set is not None:
         scan = scan_dataset(model, val_set, options['batch_size'], options['num_workers'], device, options['amp'],
@@ -396,7 +398,9 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
             plain += [('feature', j) for j in range(n)] + [('class', c) for c in range(model.num_classes)]
         plain += [('pair', (p, examples, evidence[p])) for p in evidence]
         with_model = [('local', (path, tensor)) for (path, _), tensor in zip(local_images, local_tensors)]
-        if scan is None:
+        on_images = None
+        if scan is None and drawable:  # the model alone: one pass over the image files for all its pairs
+            on_images = pictures.image_evidence(torch.stack(local_tensors))
             with_model += [('pair_on_images', p) for p in drawable]
         pages: Dict[str, Any] = dict(feature={}, cls={}, pair={}, local=[])
         stems: set = set()
@@ -409,9 +413,8 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
                     pages['local'].append((path.name, pictures.local_picture(root, _stem(path, stems), path.name,
                                                                              tensor)))
                 elif kind == 'pair_on_images':
-                    pages['pair'][item] = pictures.pair_picture(
-                        root, *item, None, pictures.image_evidence(torch.stack(local_tensors)),
-                        image_names=[path.name for path, _ in local_images])
+                    pages['pair'][item] = pictures.pair_picture(root, *item, None, on_images,
+                                                                [path.name for path, _ in local_images])
                 else:
                     _store(pages, kind, item, _plain_picture(pictures, root, kind, item, options))
                 bar.update()
@@ -431,7 +434,7 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
             annotations=names.source or None, heatmap_normalisation=pictures.heat_note, class_names=class_names,
             features=[pictures.feature_info(j) for j in range(n)],
             class_features=pictures.features, pairs=[list(p) for p in drawable], skipped_pairs=skipped,
-            validation_accuracy=float((scan.predictions == scan.targets).mean() * 100) if scan is not None else None,
+            validation_accuracy=None if scan is None else float((scan.predictions == scan.targets).mean() * 100),
             dense_validation_accuracy=options['dense_accuracy'] or None)
         (root / 'report.json').write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding='utf-8')
         (root / 'index.html').write_text(_index_html(summary, pages, pictures), encoding='utf-8')

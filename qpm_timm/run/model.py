@@ -12,8 +12,8 @@ from ..models import QPMModel, VARIANT_ARGS, load_weights
 from .cli import UsageError, unexpected_keywords
 
 __all__ = ['create_train_model', 'check_trainable', 'check_input_size', 'feature_map_size', 'smallest_input_size',
-           'check_eval_args', 'create_eval_model', 'check_eval_model', 'qpm_sizes_from_state_dict', 'checkpoint_classes',
-           'read_checkpoint']
+           'check_eval_args', 'create_eval_model', 'check_eval_model', 'qpm_sizes_from_state_dict',
+           'checkpoint_classes', 'read_checkpoint']
 
 NOT_QPM = 'is not a QPM (solve and fine-tune it with train.py first)'
 MIN_MAP = 2  # the smallest feature map side a QPM is trained on (docs/METHOD.md, "Input size")
