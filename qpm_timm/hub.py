@@ -121,7 +121,7 @@ def _model_index(name: str, results: Sequence[RunResults]) -> List[Dict[str, Any
             metrics = [dict(type='accuracy', value=r.metrics[k], name=label) for k, label in keys if k in r.metrics]
             if metrics:
                 entries.append(dict(task=dict(type='image-classification', name='Image Classification'),
-                                    dataset=dataset, metrics=metrics))
+                                    dataset=dict(dataset), metrics=metrics))  # a copy: no YAML alias in the card
     return [dict(name=name, results=entries)] if entries else []
 
 

@@ -98,6 +98,7 @@ def test_the_dense_models_own_validation_accuracy_is_in_the_results_summary_card
             f'made from (last dense epoch; best {top1[best]:.2f} %).') in card
     assert f'| dense_top1 | {top1[-1]} |' in card
     qpm, dense = yaml.safe_load(card.split('---')[1])['model-index'][0]['results']  # an entry of its own
+    assert '*id' not in card  # each entry spells its dataset out (no YAML alias)
     assert [m['value'] for m in qpm['metrics']] == [results['top1'], results['top5']]
     assert [m['value'] for m in dense['metrics']] == [top1[-1], top1[best]]
     assert 'dense model' in dense['metrics'][0]['name']
