@@ -10,7 +10,7 @@ closed-form deltas of the no-uniqueness objective and accepting a swap only if t
 import heapq
 import math
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -230,16 +230,18 @@ def local_search(problem: QPMProblem, S: np.ndarray, deadline: float = math.inf,
     return S, Z, W, scans
 
 
-def best_start(problem: QPMProblem, deadline: float = math.inf, say: Callable[[str], None] = lambda msg: None
-               ) -> Tuple[np.ndarray, float, np.ndarray]:
-    """Phase 1 of ``solve_qpm``: the tau-clique (when tau was derived) and the greedy selection, each
-    descended by :func:`local_search`; returns the best (S, Z, W), the earlier start on ties.
+def best_start(problem: QPMProblem, deadline: float = math.inf, say: Callable[[str], None] = lambda msg: None,
+               start: Optional[np.ndarray] = None) -> Tuple[np.ndarray, float, np.ndarray]:
+    """Phase 1 of ``solve_qpm``: the given ``start`` selection, the tau-clique (when tau was derived) and the
+    greedy selection, each descended by :func:`local_search`; returns the best (S, Z, W), the earlier start on ties.
 
     Raises ValueError when ``deadline`` passes before the greedy start is built.
     """
     starts = [("greedy", greedy_selection(problem))]
     if problem.clique is not None:
         starts.insert(0, ("tau-clique", problem.clique))
+    if start is not None:
+        starts.insert(0, ("given", np.asarray(start, dtype=np.int64)))
     if time.perf_counter() > deadline:
         raise ValueError("the time limit expired before a feasible solution was found "
                          "(the greedy start alone took longer); raise time_limit")

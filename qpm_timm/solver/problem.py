@@ -145,6 +145,19 @@ class QPMProblem:
         h.update(repr((float(self.tau), self.n_features, self.n_per_class)).encode())
         return h.hexdigest()
 
+    def restricted(self, features, A=None) -> "QPMProblem":
+        """The same problem over a sorted subset of its features, with the same R-tilde, penalties and tau, so that
+        a selection inside the subset has the same Z_R and Z_B here as in ``self``; ``A`` ((len(features), C))
+        replaces the subset's correlations (an edit's shifted values, docs/METHOD.md, "Editing")."""
+        f = np.asarray(features, dtype=np.int64)
+        if f.ndim != 1 or np.any(np.diff(f) <= 0) or (f.size and (f[0] < 0 or f[-1] >= self.num_all_features)):
+            raise ValueError(f"features must be sorted distinct indices in [0, {self.num_all_features})")
+        sub = QPMProblem(self.A[f] if A is None else A, B=self.B[f], R=self.R[np.ix_(f, f)],
+                         n_features=self.n_features, n_per_class=self.n_per_class, r_threshold=self.tau)
+        sub.R_tilde = self.R_tilde[np.ix_(f, f)]
+        sub.penalty = self.penalty[np.ix_(f, f)]
+        return sub
+
     def z_r(self, selected) -> float:
         """Z_R = -sum over penalised pairs f<g in S of R-tilde[f, g]."""
         s = np.asarray(selected, dtype=np.int64)

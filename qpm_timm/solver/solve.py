@@ -126,12 +126,14 @@ def _ranked_outside(problem: QPMProblem, S: np.ndarray) -> np.ndarray:
 
 
 def solve_qpm(problem: QPMProblem, *, effort: float = DEFAULT_EFFORT, time_limit: float = DEFAULT_TIME_LIMIT,
-              seed: int = 0, workers: Optional[int] = None, log: bool = False) -> QPMSolution:
+              seed: int = 0, workers: Optional[int] = None, log: bool = False,
+              start: Optional[np.ndarray] = None) -> QPMSolution:
     """Solve the QPM problem (docs/METHOD.md, "The optimisation problem"); returns a checked QPMSolution.
 
     ``effort``: deterministic work budget of the search (phases 2-3 of the module docstring; the
     start and the bound are fixed work). ``time_limit``: wall-clock safety cap in seconds.
-    ``workers``: CP-SAT threads (None: the CPU count, at most 4). Raises ValueError for a
+    ``workers``: CP-SAT threads (None: the CPU count, at most 4). ``start``: one more starting selection
+    (``n_features`` indices, e.g. the solution an edit changes), tried first in phase 1. Raises ValueError for a
     non-positive or non-finite effort or time limit, and if the time limit expires before any
     feasible solution exists.
     """
@@ -142,17 +144,17 @@ def solve_qpm(problem: QPMProblem, *, effort: float = DEFAULT_EFFORT, time_limit
     t0 = time.perf_counter()
     workers = _default_workers(workers)
     with threadpool_limits(limits=1, user_api="blas"):
-        return _solve(problem, _Budget(effort, time_limit, t0), seed, workers, _Log(log, t0), t0)
+        return _solve(problem, _Budget(effort, time_limit, t0), seed, workers, _Log(log, t0), t0, start)
 
 
-def _solve(problem: QPMProblem, budget: _Budget, seed: int, workers: int, say: _Log, t0: float
-           ) -> QPMSolution:
+def _solve(problem: QPMProblem, budget: _Budget, seed: int, workers: int, say: _Log, t0: float,
+           start: Optional[np.ndarray] = None) -> QPMSolution:
     rng = np.random.default_rng(seed)
     say(f"F={problem.num_all_features} C={problem.num_classes} n_f*={problem.n_features} "
         f"n_wc={problem.n_per_class} tau={problem.tau:.6g} (tau procedure {problem.tau_time:.2f}s) "
         f"workers={workers} effort={budget.effort:g} time limit={budget.time_limit:g}s")
 
-    S, Z, W = best_start(problem, budget.deadline, say)
+    S, Z, W = best_start(problem, budget.deadline, say, start)
     budget.late()
     status = "feasible"
     sat_bound = math.inf

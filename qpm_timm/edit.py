@@ -1,0 +1,347 @@
+""" Editing a trained QPM: forbid or require features and re-solve the assignment on the run's statistics
+(docs/METHOD.md, "Editing").
+
+A QPM's decision is the binary class -> feature table the solver found, so "never use feature 7" or "class 3 must
+not rely on feature 2" is one more constraint and a re-solve on the statistics the run saved: no pass over the
+data. Every QPM constraint stays (``n_f*`` kept features, ``n_wc`` per class, all classes different).
+
+Python API (stable)::
+
+    from qpm_timm.edit import Edit, edit_from_features, edit_model
+    edit = edit_from_features(model, forbid_features=[2], forbid=[(3, 1)], require=[(5, 7)])  # the model's f<j>
+    edit = Edit(forbid_channels=(57,), forbid_pairs=((3, 12),), require_pairs=((5, 40),))     # or backbone channels
+    result = edit_model(model, statistics, edit, *, effort=EDIT_EFFORT, seed=0, locality=True)  # -> EditResult
+    result.model                 # a new QPMModel with the edited head (``model`` itself is unchanged)
+    result.selection             # (n_f*,) kept channels, the new head's feature order
+    result.assignment            # (C, n_f*) bool W of the new head
+    result.objective, result.bound, result.gap, result.status   # Z, its proven bound and gap, of the re-solve
+    result.before_objective      # Z of the model's own assignment on the same statistics
+    result.changes               # EditChanges: .classes [(class, channels before, channels after)], .dropped, .added
+    result.table(class_names, names)   # markdown: the changed classes before -> after, channels dropped/added
+
+``edit_model`` raises :class:`EditImpossible` (a ValueError) naming the reason when no QPM satisfies the edit
+(contradictory constraints, too few features left, two classes forced to the same set) or when the re-solve found
+none within its effort. The command line (exit code 2 on bad input, nothing written)::
+
+    python -m qpm_timm.edit <experiment-or-export> --forbid-feature F ... --forbid CLASS:FEATURE ...
+        --require CLASS:FEATURE ... --output <folder> [--finetune-epochs N] [--with-statistics] [--effort E] [--seed S]
+
+Classes by index or label name; features by index ``j`` (or ``f<j>``) of the model's kept features, by their name
+(the report's label or its annotation), or by backbone channel ``ch<k>``.
+"""
+import argparse
+import copy
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .fit import apply_solution, problem_from_statistics
+from .models import QPMModel
+from .solver import DEFAULT_TIME_LIMIT, QPMProblem, QPMSolution, check_solution, solve_qpm
+from .stats import QPMStatistics
+
+__all__ = ['Edit', 'EditChanges', 'EditResult', 'EditImpossible', 'EDIT_EFFORT', 'edit_from_features', 'edit_model',
+           'solve_edit', 'main']
+
+EDIT_EFFORT = 5.0  # deterministic units (qpm_timm.solver.solve): the re-solve starts from the model's own solution
+
+
+class EditImpossible(ValueError):
+    """No QPM satisfies the edit (or the re-solve found none within its effort); the message says why."""
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Constraints on the class -> feature table, in backbone channels (docs/METHOD.md, "Editing").
+
+    ``forbid_channels``: no class may use these channels (they leave the selection); ``forbid_pairs``:
+    ``(class, channel)``, that class may not use that channel; ``require_pairs``: ``(class, channel)``, the channel
+    is kept and that class uses it."""
+    forbid_channels: Tuple[int, ...] = ()
+    forbid_pairs: Tuple[Tuple[int, int], ...] = ()
+    require_pairs: Tuple[Tuple[int, int], ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, 'forbid_channels', tuple(sorted({int(c) for c in self.forbid_channels})))
+        for name in ('forbid_pairs', 'require_pairs'):
+            object.__setattr__(self, name, tuple(sorted({(int(c), int(f)) for c, f in getattr(self, name)})))
+
+    @property
+    def empty(self) -> bool:
+        return not (self.forbid_channels or self.forbid_pairs or self.require_pairs)
+
+    def describe(self, class_names: Optional[Sequence[str]] = None) -> List[str]:
+        """One line per constraint, e.g. ``class 3 must not use ch 12``."""
+        cls = (lambda c: class_names[c]) if class_names else (lambda c: f'class {c}')
+        return ([f'no class uses ch {f}' for f in self.forbid_channels]
+                + [f'{cls(c)} must not use ch {f}' for c, f in self.forbid_pairs]
+                + [f'{cls(c)} uses ch {f}' for c, f in self.require_pairs])
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(forbid_channels=list(self.forbid_channels), forbid_pairs=[list(p) for p in self.forbid_pairs],
+                    require_pairs=[list(p) for p in self.require_pairs])
+
+
+def edit_from_features(model: QPMModel, forbid_features: Sequence[int] = (),
+                       forbid: Sequence[Tuple[int, int]] = (), require: Sequence[Tuple[int, int]] = ()) -> Edit:
+    """An :class:`Edit` from the model's own feature numbering (``f<j>``: the j-th kept feature) and class indices."""
+    selection = model.head.selection.tolist()
+    n = len(selection)
+
+    def channel(j: int) -> int:
+        if not 0 <= int(j) < n:
+            raise ValueError(f'feature {j} does not exist: the model keeps {n} features (0..{n - 1}).')
+        return int(selection[int(j)])
+    return Edit(tuple(channel(j) for j in forbid_features), tuple((c, channel(j)) for c, j in forbid),
+                tuple((c, channel(j)) for c, j in require))
+
+
+@dataclass
+class EditChanges:
+    """What an edit changed: every class whose channel set changed (before, after), channels dropped and added."""
+    classes: List[Tuple[int, List[int], List[int]]]
+    dropped: List[int]
+    added: List[int]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(classes=[dict(index=c, before=b, after=a) for c, b, a in self.classes], dropped=self.dropped,
+                    added=self.added)
+
+
+@dataclass
+class EditResult:
+    """What :func:`edit_model` returns (module docstring)."""
+    model: QPMModel
+    edit: Edit
+    solution: QPMSolution  # over the features of the statistics' problem (``channels[solution.selected]``)
+    channels: np.ndarray
+    before_objective: float
+    changes: EditChanges
+    before_selection: List[int] = field(default_factory=list)
+
+    @property
+    def selection(self) -> np.ndarray:
+        return self.channels[self.solution.selected]
+
+    @property
+    def assignment(self) -> np.ndarray:
+        return np.asarray(self.solution.assignment, dtype=bool)
+
+    @property
+    def objective(self) -> float:
+        return self.solution.objective
+
+    @property
+    def bound(self) -> Optional[float]:
+        return self.solution.bound
+
+    @property
+    def gap(self) -> Optional[float]:
+        return self.solution.gap
+
+    @property
+    def status(self) -> str:
+        return self.solution.status
+
+    def table(self, class_names: Optional[Sequence[str]] = None, names: Optional[Dict[int, str]] = None) -> str:
+        """Markdown table of the classes whose features changed (before -> after), then the channels dropped and
+        added; ``names``: a label per channel (default ``ch <k>``)."""
+        label = (lambda ch: (names or {}).get(ch, f'ch {ch}'))
+        cls = (lambda c: class_names[c]) if class_names else (lambda c: f'class {c}')
+        lines = ['| class | before | after |', '|---|---|---|']
+        lines += [f'| {cls(c)} | {", ".join(map(label, b))} | {", ".join(map(label, a))} |'
+                  for c, b, a in self.changes.classes]
+        if not self.changes.classes:
+            lines.append('| (none) | | |')
+        lines += ['', 'features dropped: ' + (', '.join(map(label, self.changes.dropped)) or 'none'),
+                  'features added: ' + (', '.join(map(label, self.changes.added)) or 'none')]
+        return '\n'.join(lines)
+
+    def summary(self) -> str:
+        return (f'Z before {self.before_objective:.4f}, after: {self.solution.summary()}; '
+                f'{len(self.changes.classes)} classes changed, {len(self.changes.dropped)} features dropped, '
+                f'{len(self.changes.added)} added')
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(edit=self.edit.to_dict(), before_objective=self.before_objective, objective=self.objective,
+                    bound=self.bound, gap=self.gap, status=self.status, selection=self.selection.tolist(),
+                    before_selection=self.before_selection, changes=self.changes.to_dict(),
+                    solver=self.solution.to_dict())
+
+
+# --- the constrained re-solve ---------------------------------------------------------------------------------
+def _violation_margin(problem: QPMProblem) -> float:
+    """More than any two QPM solutions' Z can differ by (in Z units): ``Z_A`` spans at most ``2 * 1000`` (A is
+    normalised, ``z_a_factor * 2 * n_wc * C = 2000``), ``Z_R`` at most the number of kept pairs, ``Z_B`` at most
+    ``2 n_f* max|B|``."""
+    n = problem.n_features
+    return 2000.0 + n * (n - 1) / 2 + 2 * n * float(np.abs(problem.B).max(initial=0.0)) + 1.0
+
+
+def _check_feasible(problem: QPMProblem, allowed: np.ndarray, forbid: Sequence[Tuple[int, int]],
+                    require: Sequence[Tuple[int, int]], label: Callable[[int], str]) -> None:
+    """Refuse edits no QPM satisfies, naming why (``allowed``: features not forbidden; pairs over problem indices;
+    ``label(f)`` names a feature)."""
+    def name(c: int, f: int) -> str:
+        return f'class {c} : {label(f)}'
+
+    n, k, C = problem.n_features, problem.n_per_class, problem.num_classes
+    both = sorted(set(forbid) & set(require))
+    if both:
+        raise EditImpossible(f'contradictory edit: {name(*both[0])} is both forbidden and required.')
+    for c, f in require:
+        if not allowed[f]:
+            raise EditImpossible(f'contradictory edit: {name(c, f)} is required but its feature is forbidden.')
+    if allowed.sum() < n:
+        raise EditImpossible(f'only {int(allowed.sum())} features remain after the forbidden ones, but a QPM keeps '
+                             f'n_f* = {n}; forbid fewer features.')
+    per_class: Dict[int, set] = {}
+    for c, f in require:
+        per_class.setdefault(c, set()).add(f)
+    for c, fs in per_class.items():
+        if len(fs) > k:
+            raise EditImpossible(f'class {c} is required to use {len(fs)} features, but every class uses exactly '
+                                 f'n_wc = {k}.')
+    required = {f for _, f in require}
+    if len(required) > n:
+        raise EditImpossible(f'{len(required)} different features are required, but a QPM keeps n_f* = {n}.')
+    full = {}
+    for c, fs in per_class.items():
+        if len(fs) == k:
+            other = full.setdefault(frozenset(fs), c)
+            if other != c:
+                raise EditImpossible(f'classes {other} and {c} are both required to use the same {k} features, but '
+                                     f'no two classes may share their set.')
+    forbidden_for = np.tile(allowed, (C, 1))
+    for c, f in forbid:
+        forbidden_for[c, f] = False
+    short = np.flatnonzero(forbidden_for.sum(axis=1) < k)
+    if short.size:
+        raise EditImpossible(f'class {int(short[0])} has fewer than n_wc = {k} features left that it may use.')
+
+
+def _start_selection(problem: QPMProblem, current: np.ndarray, required: np.ndarray) -> np.ndarray:
+    """The model's own selection, repaired: required features in, then the best of the current ones, then the best
+    others by summed A (the problem is already restricted to the allowed features)."""
+    n = problem.n_features
+    score = problem.A.clip(min=0).sum(axis=1) + problem.B
+    keep = list(dict.fromkeys(int(f) for f in required))
+    for group in (current, np.arange(problem.num_all_features)):
+        for f in sorted((int(f) for f in group), key=lambda f: (-score[f], f)):
+            if len(keep) == n:
+                break
+            if f not in keep:
+                keep.append(f)
+    return np.sort(np.asarray(keep[:n], dtype=np.int64))
+
+
+def solve_edit(problem: QPMProblem, current: np.ndarray, forbid_features: Sequence[int] = (),
+               forbid: Sequence[Tuple[int, int]] = (), require: Sequence[Tuple[int, int]] = (), *,
+               effort: float = EDIT_EFFORT, seed: int = 0, time_limit: float = DEFAULT_TIME_LIMIT,
+               workers: Optional[int] = None, log: bool = False,
+               label: Callable[[int], str] = lambda f: f'feature {f}') -> QPMSolution:
+    """The QPM problem with an edit's constraints (docs/METHOD.md, "Editing"), indices into ``problem``'s features:
+    ``forbid_features`` leave the problem; a forbidden ``(class, feature)`` pair has its ``A`` lowered and a
+    required one raised by ``M`` (:func:`_violation_margin` over ``z_a_factor``), so every solution that keeps
+    the edit beats every one that breaks it and, among those that keep it, the order by ``Z`` is unchanged. The
+    search starts from ``current`` (the model's own selection). Returns a solution of ``problem`` (Z recomputed, the
+    bound shifted back, so still a proven bound of the edited problem), checked against every constraint; ``label``
+    names a feature in the refusals."""
+    allowed = np.ones(problem.num_all_features, dtype=bool)
+    allowed[list(forbid_features)] = False
+    forbid, require = sorted(set(forbid)), sorted(set(require))
+    _check_feasible(problem, allowed, forbid, require, label)
+    keep = np.flatnonzero(allowed)
+    position = -np.ones(problem.num_all_features, dtype=np.int64)
+    position[keep] = np.arange(keep.size)
+    margin = _violation_margin(problem) / problem.z_a_factor
+    A = problem.A[keep].copy()
+    for c, f in forbid:
+        if allowed[f]:
+            A[position[f], c] -= margin
+    for c, f in require:
+        A[position[f], c] += margin
+    sub = problem.restricted(keep, A)
+    start = _start_selection(sub, position[np.intersect1d(current, keep)], position[[f for _, f in require]])
+    found = solve_qpm(sub, effort=effort, time_limit=time_limit, seed=seed, workers=workers, log=log, start=start)
+    S = keep[found.selected]
+    W = np.asarray(found.assignment, dtype=bool)
+    uses = {(c, int(S[j])) for c, j in zip(*np.nonzero(W))}
+    broken = [p for p in require if p not in uses] + [p for p in forbid if p in uses]
+    if broken:
+        raise EditImpossible(f'the re-solve found no QPM that keeps the edit within effort {effort:g} (e.g. class '
+                             f'{broken[0][0]} : {label(broken[0][1])}); the edit may be impossible: forbid less, '
+                             f'or raise the effort.')
+    shift = problem.z_a_factor * margin * len(require)
+    bound = None if found.bound is None else float(found.bound) - shift
+    Z = problem.objective(S, W)
+    status = 'optimal' if bound is not None and bound <= Z + 1e-9 * max(1.0, abs(Z)) else 'feasible'
+    solution = QPMSolution(
+        selected=S, assignment=W, objective=float(Z), bound=None if bound is None else max(bound, float(Z)),
+        status=status, wall_time=found.wall_time, settings={**found.settings, 'edit': True},
+        input_hash=problem.input_hash(), effort=found.effort, effort_used=found.effort_used,
+        time_limit=found.time_limit, cut_by_wall_clock=found.cut_by_wall_clock)
+    check_solution(problem, solution)
+    return solution
+
+
+def _changes(before_sel: Sequence[int], before_W: np.ndarray, after_sel: Sequence[int],
+             after_W: np.ndarray) -> EditChanges:
+    before = [sorted(int(before_sel[j]) for j in np.flatnonzero(row)) for row in before_W]
+    after = [sorted(int(after_sel[j]) for j in np.flatnonzero(row)) for row in after_W]
+    classes = [(c, b, a) for c, (b, a) in enumerate(zip(before, after)) if b != a]
+    return EditChanges(classes, sorted(set(map(int, before_sel)) - set(map(int, after_sel))),
+                       sorted(set(map(int, after_sel)) - set(map(int, before_sel))))
+
+
+def edit_model(model: QPMModel, statistics: QPMStatistics, edit: Edit, *, effort: float = EDIT_EFFORT, seed: int = 0,
+               locality: bool = True, time_limit: float = DEFAULT_TIME_LIMIT, workers: Optional[int] = None,
+               log: bool = False) -> EditResult:
+    """Re-solve the assignment of the QPM ``model`` on the ``statistics`` of its dense model (``statistics.npz``
+    of its run) with the constraints of ``edit`` (docs/METHOD.md, "Editing"); returns an :class:`EditResult` whose
+    ``model`` is a copy of ``model`` with the edited head. ``locality``: as the run solved (False for DINO-QPM's
+    solve); ``effort``, ``seed``: decide the answer (``time_limit`` only caps the wall clock)."""
+    if not isinstance(model, QPMModel) or not model.is_qpm or not model.num_classes:
+        raise ValueError('edit_model needs a QPM with its binary head and classes (a dense model has no assignment '
+                         'to edit: solve it first with qpm_timm.fit_qpm or train.py).')
+    if statistics.num_classes != model.num_classes or statistics.num_features != model.num_features:
+        raise ValueError(f'the statistics ({statistics.num_features} features x {statistics.num_classes} classes) '
+                         f'are not of this model ({model.num_features} x {model.num_classes}); pass the '
+                         f'statistics.npz of the run that made it.')
+    problem, channels = problem_from_statistics(statistics, model.n_features, model.n_per_class, locality)
+    index = {int(ch): i for i, ch in enumerate(channels)}
+    selection = model.head.selection.tolist()
+    W0 = model.class_weights.detach().cpu().numpy() > 0
+    missing = [ch for ch in selection if ch not in index]
+    if missing:
+        raise ValueError(f'the model keeps channel {missing[0]}, constant in these statistics: they are not the '
+                         f'statistics of its run.')
+    order = np.argsort([index[ch] for ch in selection], kind='stable')
+    current = np.asarray([index[ch] for ch in selection], dtype=np.int64)[order]
+    before_Z = problem.objective(current, W0[:, order])
+
+    C = model.num_classes
+    for c, ch in edit.forbid_pairs + edit.require_pairs:
+        if not 0 <= c < C:
+            raise ValueError(f'class {c} does not exist: the model has {C} classes (0..{C - 1}).')
+        if not 0 <= ch < model.num_features:
+            raise ValueError(f'channel {ch} does not exist: the model has {model.num_features} (0..'
+                             f'{model.num_features - 1}).')
+    for c, ch in edit.require_pairs:
+        if ch not in index:
+            raise EditImpossible(f'class {c} cannot be required to use ch {ch}: that channel is constant in the '
+                                 f'statistics, so the QPM head cannot normalise it.')
+    solution = solve_edit(
+        problem, current, [index[ch] for ch in edit.forbid_channels if ch in index],
+        [(c, index[ch]) for c, ch in edit.forbid_pairs if ch in index],
+        [(c, index[ch]) for c, ch in edit.require_pairs], effort=effort, seed=seed, time_limit=time_limit,
+        workers=workers, log=log, label=lambda f: f'ch {channels[f]}')
+    edited = apply_solution(copy.deepcopy(model), statistics, solution, channels)
+    changes = _changes(selection, W0, channels[solution.selected].tolist(), solution.assignment)
+    return EditResult(edited, edit, solution, channels, float(before_Z), changes, [int(s) for s in selection])
