@@ -87,6 +87,16 @@ class Edit:
         return dict(forbid_channels=list(self.forbid_channels), forbid_pairs=[list(p) for p in self.forbid_pairs],
                     require_pairs=[list(p) for p in self.require_pairs])
 
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> 'Edit':
+        return cls(tuple(d.get('forbid_channels', ())), tuple(map(tuple, d.get('forbid_pairs', ()))),
+                   tuple(map(tuple, d.get('require_pairs', ()))))
+
+    def __add__(self, other: 'Edit') -> 'Edit':
+        """Both edits' constraints (an edit of an edited model keeps the earlier constraints)."""
+        return Edit(self.forbid_channels + other.forbid_channels, self.forbid_pairs + other.forbid_pairs,
+                    self.require_pairs + other.require_pairs)
+
 
 def edit_from_features(model: QPMModel, forbid_features: Sequence[int] = (),
                        forbid: Sequence[Tuple[int, int]] = (), require: Sequence[Tuple[int, int]] = ()) -> Edit:
@@ -345,3 +355,226 @@ def edit_model(model: QPMModel, statistics: QPMStatistics, edit: Edit, *, effort
     edited = apply_solution(copy.deepcopy(model), statistics, solution, channels)
     changes = _changes(selection, W0, channels[solution.selected].tolist(), solution.assignment)
     return EditResult(edited, edit, solution, channels, float(before_Z), changes, [int(s) for s in selection])
+
+
+# --- the command line -----------------------------------------------------------------------------------------
+EDIT_RECORD, STATISTICS = 'edit.json', 'statistics.npz'
+
+
+@dataclass
+class EditSource:
+    """What editing reads from an experiment folder (``statistics.npz`` + ``export/``) or from an export that carries
+    its statistics (``--with-statistics``): the export, the statistics, how the run solved, the feature names."""
+    export: Path
+    statistics: Path
+    locality: bool
+    run: Optional[Path]  # the experiment folder (its args.yaml), None for an export
+    labels: List[str]  # per kept feature j, the report's label (else 'f<j> (ch c)')
+    annotations: List[Optional[str]]
+    earlier: Edit  # the constraints of the edit that made this export (kept by a new edit)
+
+
+def _feature_labels(export: Path, selection: Sequence[int]) -> Tuple[List[str], List[Optional[str]]]:
+    """The names of the kept features: the export's report (report/report.json) or an earlier edit's record."""
+    from .explain import feature_names
+    for path, key in ((export / 'report' / 'report.json', 'features'), (export / EDIT_RECORD, 'features')):
+        if path.is_file():
+            features = json.loads(path.read_text()).get(key) or []
+            if len(features) == len(selection):
+                return [f['label'] for f in features], [f.get('annotation') for f in features]
+    return feature_names(selection), [None] * len(selection)
+
+
+def read_source(folder: str, selection_of) -> EditSource:
+    """Locate the export and the statistics in ``folder`` (module docstring); ``selection_of(export)`` gives the
+    kept channels of its model (for the names)."""
+    import yaml
+    from .run.cli import UsageError
+    root = Path(folder)
+    if (root / STATISTICS).is_file() and (root / 'export' / 'config.json').is_file():
+        args = yaml.safe_load((root / 'args.yaml').read_text()) if (root / 'args.yaml').is_file() else {}
+        export, run, locality = root / 'export', root, bool((args or {}).get('locality', True))
+        earlier = Edit()
+    elif (root / STATISTICS).is_file() and (root / 'config.json').is_file():
+        record = json.loads((root / EDIT_RECORD).read_text()) if (root / EDIT_RECORD).is_file() else {}
+        export, run, locality = root, None, bool(record.get('locality', True))
+        earlier = Edit.from_dict(record.get('edit', {}))
+    else:
+        raise UsageError(f'{folder} holds no model with its statistics: give a train.py experiment folder '
+                         f'(statistics.npz and export/) or an export written with --with-statistics.')
+    labels, annotations = _feature_labels(export, selection_of(export))
+    return EditSource(export, root / STATISTICS, locality, run, labels, annotations, earlier)
+
+
+def resolve_feature(spec: str, selection: Sequence[int], labels: Sequence[str],
+                    annotations: Sequence[Optional[str]], num_channels: int) -> int:
+    """A backbone channel from a feature spec: ``j`` or ``f<j>`` (the j-th kept feature), ``ch<k>`` (channel k), or a
+    feature's name (its label or its annotation, case-insensitive)."""
+    text = str(spec).strip()
+    low = text.lower()
+    n = len(selection)
+    if low.startswith('ch') and low[2:].strip().isdigit():
+        k = int(low[2:])
+        if not 0 <= k < num_channels:
+            raise ValueError(f'channel {k} does not exist: the backbone has {num_channels} (ch0..ch{num_channels - 1}).')
+        return k
+    digits = low[1:] if low.startswith('f') else low
+    if digits.isdigit():
+        if not 0 <= int(digits) < n:
+            raise ValueError(f'feature {text} does not exist: the model keeps {n} features (0..{n - 1}).')
+        return int(selection[int(digits)])
+    hits = [j for j in range(n) if labels[j].lower() == low or (annotations[j] or '').lower() == low]
+    if len(hits) == 1:
+        return int(selection[hits[0]])
+    what = 'names several features' if hits else 'is no feature'
+    raise ValueError(f'{text!r} {what}; give an index 0..{n - 1}, f<j>, ch<k> or a name such as '
+                     f'{", ".join(repr(x) for x in labels[:3])}.')
+
+
+def parse_edit(forbid_features: Sequence[str], forbid: Sequence[str], require: Sequence[str], class_names,
+               feature) -> Edit:
+    """An :class:`Edit` from the command line's specs (``feature(spec)`` resolves a feature to its channel)."""
+    from .explain.contrastive import resolve_class
+
+    def pair(spec: str) -> Tuple[int, int]:
+        if ':' not in spec:
+            raise ValueError(f'{spec!r} is not CLASS:FEATURE (e.g. 3:f2 or "{class_names[0]}:ch17").')
+        cls, feat = spec.rsplit(':', 1)
+        return resolve_class(cls, class_names), feature(feat)
+    return Edit(tuple(feature(f) for f in forbid_features), tuple(pair(p) for p in forbid),
+                tuple(pair(p) for p in require))
+
+
+def _names(result: EditResult, source: EditSource) -> Tuple[Dict[int, str], List[Dict[str, Any]]]:
+    """Labels of every channel before and after (the old label for a kept channel, ``ch <k> (new)`` for an added
+    one) and the new features' records (label, annotation) for the export."""
+    old = {int(ch): (label, ann) for ch, label, ann in zip(result.before_selection, source.labels, source.annotations)}
+    labels = {ch: label for ch, (label, _) in old.items()}
+    labels.update({int(ch): f'ch {ch} (new)' for ch in result.changes.added})
+    features = []
+    for j, ch in enumerate(result.selection.tolist()):
+        ann = old.get(ch, (None, None))[1]
+        features.append(dict(channel=ch, annotation=ann,
+                             label=f'f{j} ≈ {ann} (ch {ch})' if ann else f'f{j} (ch {ch})'))
+    return labels, features
+
+
+def _card_section(result: EditResult, class_names, labels: Dict[int, str], source: EditSource,
+                  statistics_size: Optional[int]) -> str:
+    lines = ['## Edit', '', f'This model is an edit of `{source.export}`: its class -> feature assignment was re-solved '
+             'on the run\'s statistics (no new pass over the data) with these constraints:', '']
+    lines += [f'- {line}' for line in result.edit.describe(class_names)]
+    lines += ['', f'Solver: {result.solution.summary()}; Z of the model before the edit: '
+                  f'{result.before_objective:.4f}.', '', result.table(class_names, labels), '']
+    if statistics_size is not None:
+        lines += [f'`statistics.npz` ({statistics_size / 1e6:.2f} MB) rides along, so this export can be edited '
+                  f'again: `python -m qpm_timm.edit <this folder> ...`.', '']
+    return '\n'.join(lines)
+
+
+def export_edit(result: EditResult, source: EditSource, output: Path, class_names, with_statistics: bool,
+                extra: Dict[str, Any]) -> Optional[int]:
+    """Write the edited model as an export (:func:`qpm_timm.hub.save_pretrained`) whose card and ``edit.json``
+    record the edit; ``with_statistics`` copies ``statistics.npz`` in. Returns the statistics' size in bytes."""
+    from . import hub
+    labels, features = _names(result, source)
+    size = source.statistics.stat().st_size if with_statistics else None
+    config = json.loads((source.export / 'config.json').read_text())
+    record = dict(result.to_dict(), source=str(source.export), locality=source.locality, features=features,
+                  statistics_bytes=size, **extra)
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        record_path = Path(tmp) / EDIT_RECORD
+        record_path.write_text(json.dumps(record, indent=1, ensure_ascii=False))
+        files = {EDIT_RECORD: record_path, **({STATISTICS: source.statistics} if with_statistics else {})}
+        hub.save_pretrained(result.model.eval(), str(output), label_names=config.get('label_names'),
+                            feature_names=[f['label'] for f in features],
+                            card_sections=[_card_section(result, class_names, labels, source, size)],
+                            extra_files=files)
+    return size
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='python -m qpm_timm.edit', description=__doc__.split('\n\n')[0])
+    p.add_argument('experiment', help='a train.py experiment folder, or an export written with --with-statistics')
+    p.add_argument('--forbid-feature', nargs='+', action='extend', default=[], metavar='F',
+                   help='no class may use feature F (index j, f<j>, ch<k> or its name)')
+    p.add_argument('--forbid', nargs='+', action='extend', default=[], metavar='CLASS:FEATURE',
+                   help='this class may not use this feature')
+    p.add_argument('--require', nargs='+', action='extend', default=[], metavar='CLASS:FEATURE',
+                   help='this class must use this feature')
+    p.add_argument('--output', required=True, metavar='FOLDER', help='the edited export (a new folder)')
+    p.add_argument('--with-statistics', action='store_true', help='copy statistics.npz into the export')
+    p.add_argument('--finetune-epochs', type=int, default=0, metavar='N',
+                   help='fine-tune the edited model N epochs with the run\'s recipe (needs the experiment folder)')
+    p.add_argument('--effort', type=float, default=EDIT_EFFORT, help='solver effort (deterministic units)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--time-limit', type=float, default=DEFAULT_TIME_LIMIT, help='wall-clock cap of the re-solve (s)')
+    p.add_argument('--device', default='cpu', help='device of the fine-tune')
+    return p
+
+
+def run(argv: Optional[Sequence[str]] = None) -> EditResult:
+    """``python -m qpm_timm.edit``: refuses bad input before writing anything (:class:`~qpm_timm.run.cli.UsageError`,
+    :class:`EditImpossible`)."""
+    import time
+    import timm
+    from .run.cli import UsageError
+    args = _parser().parse_args(argv)
+    output = Path(args.output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise UsageError(f'--output {output} already exists; choose a new folder (an edit never overwrites).')
+    if not (math.isfinite(args.effort) and args.effort > 0):
+        raise UsageError(f'--effort must be a positive number, got {args.effort}.')
+    if args.finetune_epochs < 0:
+        raise UsageError(f'--finetune-epochs must be >= 0, got {args.finetune_epochs}.')
+    models: Dict[Path, QPMModel] = {}
+
+    def load(export: Path) -> QPMModel:
+        models[export] = timm.create_model(f'local-dir:{export}', pretrained=True).eval()
+        return models[export]
+    source = read_source(args.experiment, lambda export: load(export).head.selection.tolist())
+    if args.finetune_epochs and source.run is None:
+        raise UsageError('--finetune-epochs needs the experiment folder (its args.yaml names the data and recipe).')
+    model = models[source.export]
+    config = json.loads((source.export / 'config.json').read_text())
+    class_names = config.get('label_names') or [f'class {c}' for c in range(model.num_classes)]
+    selection = model.head.selection.tolist()
+    edit = parse_edit(args.forbid_feature, args.forbid, args.require, class_names,
+                      lambda spec: resolve_feature(spec, selection, source.labels, source.annotations,
+                                                   model.num_features))
+    if edit.empty:
+        raise UsageError('nothing to edit: give --forbid-feature, --forbid or --require.')
+    if not source.earlier.empty:
+        print(f'keeping the constraints of the edit that made {source.export}: '
+              + '; '.join(source.earlier.describe(class_names)))
+        edit = source.earlier + edit
+    statistics = QPMStatistics.load(source.statistics)
+    started = time.perf_counter()
+    result = edit_model(model, statistics, edit, effort=args.effort, seed=args.seed, locality=source.locality,
+                        time_limit=args.time_limit)
+    solve_seconds = time.perf_counter() - started
+    extra: Dict[str, Any] = dict(seed=args.seed, effort=args.effort, solve_seconds=round(solve_seconds, 2))
+    if args.finetune_epochs:
+        from .run.editing import finetune_edited
+        extra['finetune'] = finetune_edited(result.model, source.run, args.finetune_epochs, args.device)
+    size = export_edit(result, source, output, class_names, args.with_statistics, extra)
+    labels, _ = _names(result, source)
+    print(result.table(class_names, labels))
+    print(f'\nZ before the edit {result.before_objective:.4f}; re-solve: {result.solution.summary()} '
+          f'(solve {solve_seconds:.1f} s)')
+    if 'finetune' in extra:
+        print(f'fine-tuned {args.finetune_epochs} epochs: validation top-1 {extra["finetune"]["top1"]:.2f} %')
+    if size is not None:
+        print(f'statistics.npz ({size / 1e6:.2f} MB) carried in the export')
+    print(f'edited model exported to {output}')
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .run.cli import exit_code
+    return exit_code(run, argv)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -144,10 +144,12 @@ def model_card(
         trained: bool = True,
         feature_names: Optional[Sequence[str]] = None,
         report: Optional[str] = None,
+        sections: Sequence[str] = (),
 ) -> str:
     """Model card (README.md) of ``model`` rendered from its ``config`` (config.json): usage with the repository id
     (or ``local-dir:`` when none is known), the config's fields, the run's results (also as Hub ``model-index``)
-    and, for trained weights, every class's features."""
+    and, for trained weights, every class's features; ``sections``: more markdown sections (e.g. an edit's record)
+    before the class table."""
     cfg, args = config['pretrained_cfg'], config.get('model_args', {})
     name = repo_id.split('/')[-1] if repo_id else config['architecture']
     front = dict(tags=['image-classification', 'timm', 'qpm', 'interpretable'], library_name='timm',
@@ -187,6 +189,8 @@ def model_card(
             where_from = r.source + (f', {r.dataset}' if r.dataset else '') + (f' {r.split} split' if r.split else '')
             lines += [f'| {k} | {v} | {where_from} |' for k, v in r.metrics.items()]
         lines += ['']
+    for section in sections:
+        lines += [section.rstrip(), '']
     lines += ['## Classes and their features', '']
     if trained and model.is_qpm and model.num_classes:
         names = config.get('label_names') or [f'class {c}' for c in range(model.num_classes)]
@@ -219,11 +223,14 @@ def save_pretrained(
         results: Sequence[RunResults] = (),
         feature_names: Optional[Sequence[str]] = None,
         report_dir: Optional[str] = None,
+        card_sections: Sequence[str] = (),
+        extra_files: Optional[Dict[str, Union[str, os.PathLike]]] = None,
 ) -> Path:
     """Export ``model`` as a Hub repository folder: ``model.safetensors``, ``config.json``, ``README.md`` (rendered
     from that config.json, with ``repo_id`` in its usage line when given, else ``local-dir:<folder>``); with
     ``report_dir`` (:func:`qpm_timm.explain.write_report`) a copy of the report in ``report/``, which the model
-    card embeds, its features named by ``feature_names``."""
+    card embeds, its features named by ``feature_names``; ``card_sections``: more markdown sections of the card;
+    ``extra_files``: ``{name: source file}`` copied into the folder (e.g. an edit's ``statistics.npz``)."""
     if not isinstance(model, QPMModel):
         raise TypeError(f'save_pretrained exports QPMModel instances, got {type(model).__name__}.')
     if label_names is not None and len(label_names) != model.num_classes:
@@ -239,8 +246,11 @@ def save_pretrained(
         _drop_load_time_args(tmp / CONFIG_NAME)
         if report_dir is not None:
             shutil.copytree(report_dir, tmp / 'report')
+        for name, source in (extra_files or {}).items():
+            shutil.copy2(source, tmp / name)
         card = model_card(model, _read_json(tmp / CONFIG_NAME), repo_id, str(folder), results,
-                          feature_names=feature_names, report='report' if report_dir is not None else None)
+                          feature_names=feature_names, report='report' if report_dir is not None else None,
+                          sections=card_sections)
         (tmp / CARD_NAME).write_text(card, encoding='utf-8')
 
     atomic_folder(folder, write, keep_files=True)

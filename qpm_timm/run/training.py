@@ -38,7 +38,7 @@ from .experiment import (
 )
 from .model import check_input_size, create_train_model
 
-__all__ = ['check_train_args', 'train']
+__all__ = ['check_train_args', 'finetune', 'train']
 
 _logger = logging.getLogger('train')
 
@@ -146,6 +146,20 @@ def run_stage(name: str, model, loaders, args, device, epochs: int, optimizer, s
     return metrics
 
 
+def finetune(model, loaders, args, device, folder: Path) -> Dict[str, float]:
+    """Stage 4: fine-tune ``args.finetune_epochs`` epochs with the binary head frozen (only trainable parameters),
+    the recipe's optimiser and step schedule, resuming after the last epoch checkpointed in ``folder``."""
+    decay = args.weight_decay if args.finetune_weight_decay is None else args.finetune_weight_decay
+    optimizer = create_optimizer_v2([p for p in model.parameters() if p.requires_grad], opt=args.finetune_opt,
+                                    lr=args.finetune_lr, momentum=args.finetune_momentum, weight_decay=decay)
+    scheduler, _ = create_scheduler_v2(optimizer, sched='step', num_epochs=args.finetune_epochs,
+                                       decay_epochs=args.finetune_decay_epochs, decay_rate=args.decay_rate)
+    start = resume_epoch(model, optimizer, folder)
+    with timed(FINETUNE):
+        return run_stage(FINETUNE, model, loaders, args, device, args.finetune_epochs, optimizer, scheduler, folder,
+                         start)
+
+
 # --- stages 1-4 ------------------------------------------------------------------------------------------------
 def feature_caches(args, model, train_set, train_eval_set, val_set, folder: Path, device) -> tuple:
     """``--feature-cache``: the frozen backbone's maps of the training views, of the un-augmented training images (the
@@ -189,18 +203,8 @@ def train_and_fit(args, model, loaders, stats_data, exp: Path, device, image_siz
         if args.rank == 0:
             gallery.save(exp / GALLERY)
 
-    # stage 4: fine-tune with the binary head frozen (only trainable parameters)
-    metrics = {}
-    if args.finetune_epochs > 0:
-        decay = args.weight_decay if args.finetune_weight_decay is None else args.finetune_weight_decay
-        optimizer = create_optimizer_v2([p for p in model.parameters() if p.requires_grad], opt=args.finetune_opt,
-                                        lr=args.finetune_lr, momentum=args.finetune_momentum, weight_decay=decay)
-        scheduler, _ = create_scheduler_v2(optimizer, sched='step', num_epochs=args.finetune_epochs,
-                                           decay_epochs=args.finetune_decay_epochs, decay_rate=args.decay_rate)
-        start = resume_epoch(model, optimizer, exp / FINETUNE)
-        with timed(FINETUNE):
-            metrics = run_stage(FINETUNE, model, loaders, args, device, args.finetune_epochs, optimizer, scheduler,
-                                exp / FINETUNE, start)
+    # stage 4: fine-tune with the binary head frozen
+    metrics = finetune(model, loaders, args, device, exp / FINETUNE) if args.finetune_epochs > 0 else {}
     if not metrics:
         metrics = _validate(model, loaders[1], device, args).metrics()
     return fit, metrics
