@@ -17,7 +17,7 @@ Python API (stable)::
     result.objective, result.bound, result.gap, result.status   # Z, its proven bound and gap, of the re-solve
     result.before_objective      # Z of the model's own assignment on the same statistics
     result.changes               # EditChanges: .classes [(class, channels before, channels after)], .dropped, .added
-    result.table(class_names, names)   # markdown: the changed classes before -> after, channels dropped/added
+    result.table(class_names, names)   # markdown: changed classes before -> after, dropped/added ({channel: label})
 
 ``edit_model`` raises :class:`EditImpossible` (a ValueError) naming the reason when no QPM satisfies the edit
 (contradictory constraints, too few features left, two classes forced to the same set) or when the re-solve found
@@ -187,11 +187,14 @@ class EditResult:
 
 # --- the constrained re-solve ---------------------------------------------------------------------------------
 def _violation_margin(problem: QPMProblem) -> float:
-    """More than any two QPM solutions' Z can differ by (in Z units): ``Z_A`` spans at most ``2 * 1000`` (A is
-    normalised, ``z_a_factor * 2 * n_wc * C = 2000``), ``Z_R`` at most the number of kept pairs, ``Z_B`` at most
-    ``2 n_f* max|B|``."""
-    n = problem.n_features
-    return 2000.0 + n * (n - 1) / 2 + 2 * n * float(np.abs(problem.B).max(initial=0.0)) + 1.0
+    """More than any two QPM solutions' Z can differ by (in Z units): ``Z_A`` by at most ``z_a_factor * n_c * n_wc *
+    (max A - min A)`` (2000 for a normalised A), ``Z_R`` by the largest ``n_f*(n_f* - 1)/2`` penalties, ``Z_B`` by
+    ``n_f* (max B - min B)``."""
+    n, k, C = problem.n_features, problem.n_per_class, problem.num_classes
+    z_a = problem.z_a_factor * C * k * float(problem.A.max() - problem.A.min())
+    z_r = n * (n - 1) / 2 * float(problem.penalty.max(initial=0.0))
+    z_b = n * float(problem.B.max() - problem.B.min())
+    return z_a + z_r + z_b + 1.0
 
 
 def _check_feasible(problem: QPMProblem, allowed: np.ndarray, forbid: Sequence[Tuple[int, int]],
