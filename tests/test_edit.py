@@ -4,11 +4,13 @@ import contextlib
 import io
 import itertools
 import json
+import shutil
 
 import numpy as np
 import pytest
 import timm
 import torch
+import yaml
 
 from qpm_timm.edit import EditImpossible, edit_from_features, edit_model, main, solve_edit
 from qpm_timm.models.head import check_assignment
@@ -40,21 +42,21 @@ def test_forbidding_a_concepts_feature_drops_it_and_changes_only_the_classes_tha
     check_assignment(torch.as_tensor(result.assignment), model.num_classes, model.n_features, model.n_per_class)
     assert result.model.head.selection.tolist() == result.selection.tolist()
     assert np.array_equal(result.model.class_weights.numpy() > 0, result.assignment)
-    assert result.objective <= result.bound and result.solution.wall_time < 30  # seconds, not minutes
+    assert result.objective <= result.bound and not result.solution.cut_by_wall_clock
+    assert result.solution.wall_time < 60  # seconds, not the minutes of a fresh solve at CUB scale
     assert model.head.selection.tolist() == selection  # the input model is left as it was
 
 
-def test_cli_require_exports_a_fine_tuned_model_whose_card_and_files_record_the_edit(embedded_default, embedded,
-                                                                                    tmp_path, capsys):
+def test_cli_require_exports_a_model_whose_card_and_files_record_the_edit(embedded_default, embedded, tmp_path,
+                                                                         capsys):
     model, _, _ = embedded
     W = model.class_weights.numpy() > 0
     c, j = 0, int(np.flatnonzero(~W[0])[0])  # a feature class 0 does not use
     channel = model.head.selection.tolist()[j]
     out = tmp_path / 'edited'
     assert main([str(embedded_default.folder), '--require', f'{c}:f{j}', '--output', str(out), '--with-statistics',
-                 '--finetune-epochs', '1', '--effort', EFFORT]) == 0
-    printed = capsys.readouterr().out
-    assert '| class | before | after |' in printed and 'fine-tuned 1 epochs' in printed
+                 '--effort', EFFORT]) == 0
+    assert '| class | before | after |' in capsys.readouterr().out
     edited = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
     kept = edited.head.selection.tolist()
     assert channel in kept and edited.class_weights[c, kept.index(channel)] == 1
@@ -63,10 +65,10 @@ def test_cli_require_exports_a_fine_tuned_model_whose_card_and_files_record_the_
     assert '## Edit' in card and f'uses ch {channel}' in card and f'`statistics.npz` ({size / 1e6:.2f} MB)' in card
     assert (out / 'statistics.npz').read_bytes() == (embedded_default.folder / 'statistics.npz').read_bytes()
     record = json.loads((out / 'edit.json').read_text())
-    assert record['edit']['require_pairs'] == [[c, channel]] and record['finetune']['epochs'] == 1
+    assert record['edit']['require_pairs'] == [[c, channel]] and 'finetune' not in record
     assert record['statistics_bytes'] == size and record['bound'] >= record['objective']
-    stem = 'backbone.stem.0.weight'
-    assert not torch.equal(edited.state_dict()[stem], model.state_dict()[stem])  # the backbone was fine-tuned
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in edited.state_dict().items()
+               if k.startswith('backbone.'))  # not fine-tuned: the backbone is the run's
 
     # the export carries what editing needs: edited again, it keeps the earlier requirement
     again = tmp_path / 'again'
@@ -76,6 +78,26 @@ def test_cli_require_exports_a_fine_tuned_model_whose_card_and_files_record_the_
     assert 'keeping the constraints of the edit' in capsys.readouterr().out
     twice = json.loads((again / 'edit.json').read_text())['edit']
     assert [c, channel] in twice['require_pairs'] and len(twice['forbid_pairs']) == 1
+
+
+def test_finetune_epochs_trains_the_backbone_with_the_edited_head_frozen(embedded_default, embedded, tmp_path, capsys):
+    """The run's stage 4 on the edited model; the run's data shrunk to 2 images per class to keep the test short."""
+    model, _, _ = embedded
+    run = tmp_path / 'run'
+    run.mkdir()
+    shutil.copytree(embedded_default.export, run / 'export')
+    shutil.copy(embedded_default.folder / 'statistics.npz', run)
+    args = yaml.safe_load((embedded_default.folder / 'args.yaml').read_text())
+    (run / 'args.yaml').write_text(yaml.safe_dump(dict(args, dataset_args={'images_per_class': 2})))
+    out = tmp_path / 'tuned'
+    assert main([str(run), '--forbid-feature', '0', '--output', str(out), '--finetune-epochs', '1',
+                 '--effort', EFFORT]) == 0
+    assert 'fine-tuned 1 epochs: validation top-1' in capsys.readouterr().out
+    tuned = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    record = json.loads((out / 'edit.json').read_text())
+    assert record['finetune']['epochs'] == 1 and tuned.head.selection.tolist() == record['selection']
+    key = 'backbone.conv1.0.weight'
+    assert not torch.equal(tuned.state_dict()[key], model.state_dict()[key])
 
 
 @pytest.mark.parametrize('args, message', [
