@@ -173,3 +173,22 @@ def test_the_re_solve_finds_the_best_qpm_that_keeps_the_edit_under_a_valid_bound
     best = _best_keeping(problem, forbid, require)
     assert edited.objective == pytest.approx(best) and edited.bound >= best - 1e-9
     assert edited.objective < free.objective  # the edit costs Z: the free optimum broke it
+
+
+def test_restricted_problem_scores_selections_inside_it_as_the_full_problem_does():
+    rng = np.random.default_rng(2)
+    problem = QPMProblem(rng.uniform(-1, 1, (15, 6)), rng.uniform(-0.3, 0.3, 15), n_features=4, n_per_class=2,
+                         r_threshold=0.0)
+    R = np.where(problem.R > 0, problem.R, np.nan)
+    extremes = {np.unravel_index(np.nanargmax(R), R.shape)[0], np.unravel_index(np.nanargmin(R), R.shape)[0]}
+    keep = np.setdiff1d(np.arange(15), list(extremes))  # without them, R-tilde re-derived would be scaled otherwise
+    sub = problem.restricted(keep)
+    naive = QPMProblem(problem.A[keep], problem.B[keep], problem.R[np.ix_(keep, keep)], n_features=4, n_per_class=2,
+                       r_threshold=0.0)
+    W = np.zeros((6, 4), dtype=bool)
+    W[np.arange(6), np.arange(6) % 4] = W[np.arange(6), (np.arange(6) + 1 + np.arange(6) // 4) % 4] = True
+    for S in ([0, 1, 2, 3], [2, 3, 5, 6], [0, 4, 5, 9]):
+        assert sub.objective(np.array(S), W) == pytest.approx(problem.objective(keep[S], W))
+    assert naive.objective(np.array([0, 1, 2, 3]), W) != pytest.approx(sub.objective(np.array([0, 1, 2, 3]), W))
+    with pytest.raises(ValueError, match='sorted distinct'):
+        problem.restricted([3, 2])
