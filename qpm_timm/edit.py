@@ -34,15 +34,23 @@ import copy
 import json
 import math
 import sys
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
+import timm
+import yaml
 
+from . import hub
+from .explain import feature_names
+from .explain.contrastive import resolve_class
 from .fit import apply_solution, problem_from_statistics
 from .models import QPMModel
+from .run.cli import UsageError, exit_code
+from .run.editing import finetune_edited
 from .solver import DEFAULT_TIME_LIMIT, QPMProblem, QPMSolution, check_solution, solve_qpm
 from .stats import QPMStatistics
 
@@ -368,7 +376,8 @@ EDIT_RECORD, STATISTICS = 'edit.json', 'statistics.npz'
 @dataclass
 class EditSource:
     """What editing reads from an experiment folder (``statistics.npz`` + ``export/``) or from an export that carries
-    its statistics (``--with-statistics``): the export, the statistics, how the run solved, the feature names."""
+    its statistics (``--with-statistics``): the model, the statistics, how the run solved, the feature names."""
+    model: QPMModel
     export: Path
     statistics: Path
     locality: bool
@@ -380,20 +389,16 @@ class EditSource:
 
 def _feature_labels(export: Path, selection: Sequence[int]) -> Tuple[List[str], List[Optional[str]]]:
     """The names of the kept features: the export's report (report/report.json) or an earlier edit's record."""
-    from .explain import feature_names
-    for path, key in ((export / 'report' / 'report.json', 'features'), (export / EDIT_RECORD, 'features')):
+    for path in (export / 'report' / 'report.json', export / EDIT_RECORD):
         if path.is_file():
-            features = json.loads(path.read_text()).get(key) or []
+            features = json.loads(path.read_text()).get('features') or []
             if len(features) == len(selection):
                 return [f['label'] for f in features], [f.get('annotation') for f in features]
     return feature_names(selection), [None] * len(selection)
 
 
-def read_source(folder: str, selection_of) -> EditSource:
-    """Locate the export and the statistics in ``folder`` (module docstring); ``selection_of(export)`` gives the
-    kept channels of its model (for the names)."""
-    import yaml
-    from .run.cli import UsageError
+def read_source(folder: str) -> EditSource:
+    """Locate the export and the statistics in ``folder`` (module docstring) and load the model."""
     root = Path(folder)
     if (root / STATISTICS).is_file() and (root / 'export' / 'config.json').is_file():
         args = yaml.safe_load((root / 'args.yaml').read_text()) if (root / 'args.yaml').is_file() else {}
@@ -406,8 +411,9 @@ def read_source(folder: str, selection_of) -> EditSource:
     else:
         raise UsageError(f'{folder} holds no model with its statistics: give a train.py experiment folder '
                          f'(statistics.npz and export/) or an export written with --with-statistics.')
-    labels, annotations = _feature_labels(export, selection_of(export))
-    return EditSource(export, root / STATISTICS, locality, run, labels, annotations, earlier)
+    model = timm.create_model(f'local-dir:{export}', pretrained=True).eval()
+    labels, annotations = _feature_labels(export, model.head.selection.tolist())
+    return EditSource(model, export, root / STATISTICS, locality, run, labels, annotations, earlier)
 
 
 def resolve_feature(spec: str, selection: Sequence[int], labels: Sequence[str],
@@ -420,7 +426,8 @@ def resolve_feature(spec: str, selection: Sequence[int], labels: Sequence[str],
     if low.startswith('ch') and low[2:].strip().isdigit():
         k = int(low[2:])
         if not 0 <= k < num_channels:
-            raise ValueError(f'channel {k} does not exist: the backbone has {num_channels} (ch0..ch{num_channels - 1}).')
+            raise ValueError(f'channel {k} does not exist: the backbone has {num_channels} '
+                             f'(ch0..ch{num_channels - 1}).')
         return k
     digits = low[1:] if low.startswith('f') else low
     if digits.isdigit():
@@ -438,8 +445,6 @@ def resolve_feature(spec: str, selection: Sequence[int], labels: Sequence[str],
 def parse_edit(forbid_features: Sequence[str], forbid: Sequence[str], require: Sequence[str], class_names,
                feature) -> Edit:
     """An :class:`Edit` from the command line's specs (``feature(spec)`` resolves a feature to its channel)."""
-    from .explain.contrastive import resolve_class
-
     def pair(spec: str) -> Tuple[int, int]:
         if ':' not in spec:
             raise ValueError(f'{spec!r} is not CLASS:FEATURE (e.g. 3:f2 or "{class_names[0]}:ch17").')
@@ -465,8 +470,8 @@ def _names(result: EditResult, source: EditSource) -> Tuple[Dict[int, str], List
 
 def _card_section(result: EditResult, class_names, labels: Dict[int, str], source: EditSource,
                   statistics_size: Optional[int]) -> str:
-    lines = ['## Edit', '', f'This model is an edit of `{source.export}`: its class -> feature assignment was re-solved '
-             'on the run\'s statistics (no new pass over the data) with these constraints:', '']
+    lines = ['## Edit', '', f'This model is an edit of `{source.export}`: its class -> feature assignment was '
+             're-solved on the run\'s statistics (no new pass over the data) with these constraints:', '']
     lines += [f'- {line}' for line in result.edit.describe(class_names)]
     lines += ['', f'Solver: {result.solution.summary()}; Z of the model before the edit: '
                   f'{result.before_objective:.4f}.', '', result.table(class_names, labels), '']
@@ -480,13 +485,11 @@ def export_edit(result: EditResult, source: EditSource, output: Path, class_name
                 extra: Dict[str, Any]) -> Optional[int]:
     """Write the edited model as an export (:func:`qpm_timm.hub.save_pretrained`) whose card and ``edit.json``
     record the edit; ``with_statistics`` copies ``statistics.npz`` in. Returns the statistics' size in bytes."""
-    from . import hub
     labels, features = _names(result, source)
     size = source.statistics.stat().st_size if with_statistics else None
     config = json.loads((source.export / 'config.json').read_text())
     record = dict(result.to_dict(), source=str(source.export), locality=source.locality, features=features,
                   statistics_bytes=size, **extra)
-    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         record_path = Path(tmp) / EDIT_RECORD
         record_path.write_text(json.dumps(record, indent=1, ensure_ascii=False))
@@ -521,9 +524,6 @@ def _parser() -> argparse.ArgumentParser:
 def run(argv: Optional[Sequence[str]] = None) -> EditResult:
     """``python -m qpm_timm.edit``: refuses bad input before writing anything (:class:`~qpm_timm.run.cli.UsageError`,
     :class:`EditImpossible`)."""
-    import time
-    import timm
-    from .run.cli import UsageError
     args = _parser().parse_args(argv)
     output = Path(args.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
@@ -532,15 +532,10 @@ def run(argv: Optional[Sequence[str]] = None) -> EditResult:
         raise UsageError(f'--effort must be a positive number, got {args.effort}.')
     if args.finetune_epochs < 0:
         raise UsageError(f'--finetune-epochs must be >= 0, got {args.finetune_epochs}.')
-    models: Dict[Path, QPMModel] = {}
-
-    def load(export: Path) -> QPMModel:
-        models[export] = timm.create_model(f'local-dir:{export}', pretrained=True).eval()
-        return models[export]
-    source = read_source(args.experiment, lambda export: load(export).head.selection.tolist())
+    source = read_source(args.experiment)
     if args.finetune_epochs and source.run is None:
         raise UsageError('--finetune-epochs needs the experiment folder (its args.yaml names the data and recipe).')
-    model = models[source.export]
+    model = source.model
     config = json.loads((source.export / 'config.json').read_text())
     class_names = config.get('label_names') or [f'class {c}' for c in range(model.num_classes)]
     selection = model.head.selection.tolist()
@@ -560,7 +555,6 @@ def run(argv: Optional[Sequence[str]] = None) -> EditResult:
     solve_seconds = time.perf_counter() - started
     extra: Dict[str, Any] = dict(seed=args.seed, effort=args.effort, solve_seconds=round(solve_seconds, 2))
     if args.finetune_epochs:
-        from .run.editing import finetune_edited
         extra['finetune'] = finetune_edited(result.model, source.run, args.finetune_epochs, args.device)
     size = export_edit(result, source, output, class_names, args.with_statistics, extra)
     labels, _ = _names(result, source)
@@ -576,7 +570,6 @@ def run(argv: Optional[Sequence[str]] = None) -> EditResult:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .run.cli import exit_code
     return exit_code(run, argv)
 
 
