@@ -14,7 +14,8 @@ import torch
 from onnx import numpy_helper
 
 import qpm_timm
-from qpm_timm.export import ATOL, check_onnx, check_pt2, export_onnx, export_pt2, main, onnx_session
+from qpm_timm import hub
+from qpm_timm.export import ATOL, check_onnx, check_pt2, export_onnx, main, onnx_session
 from qpm_timm.models.head import placeholder_assignment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,8 +86,9 @@ def test_dense_state_exports_its_linear_head_and_all_maps_to_onnx_and_pt2(tmp_pa
     assert max(check_onnx(model, path, with_maps=True, img_size=32).values()) <= ATOL
     _, maps = onnx_session(path).run(None, {'images': np.zeros((2, 3, 32, 32), np.float32)})
     assert maps.shape[1] == model.num_features > model.n_features
-    pt2 = export_pt2(model, tmp_path / 'dense.pt2', img_size=32)
-    assert check_pt2(model, pt2, img_size=32, batches=(1, 5))['logits'] <= ATOL
+    hub.save_pretrained(model, tmp_path / 'export')  # the command line, from an export of the dense state
+    assert main(['pt2', f'local-dir:{tmp_path / "export"}', str(tmp_path / 'dense.pt2'), '--img-size', '32']) == 0
+    assert check_pt2(model, tmp_path / 'dense.pt2', img_size=32, batches=(1, 5))['logits'] <= ATOL
 
 
 def test_cli_exports_the_embedded_default_with_maps_and_prints_its_parity(embedded_default, tmp_path, capsys):
