@@ -11,7 +11,8 @@ each image's masks by its dataset index) and gathers, per batch:
   over the same images);
 * Faithfulness by deletion, on request, on a fixed random subset of the images (any dataset): per image, each
   feature's window around the maximum of its map (``cells x cells`` feature-map cells) is blanked in one copy and a
-  random window of the same size in another (one per image, shared by the features); the drops of the feature's
+  random window of the same size in another (one per image, shared by the features; a grid smaller than the
+  window is blanked whole, so both drops are equal there); the drops of the feature's
   pooled activation and of the predicted class's logit are averaged over the images whose predicted class uses
   the feature. Costs ``F' + 1`` extra forward passes per chosen image.
 """
@@ -127,12 +128,13 @@ class ExplanationCollector:
         images, maps = batch.images[chosen], batch.feature_maps[chosen].float()
         logits, pooled = batch.logits[chosen].float(), batch.pooled[chosen].float()
         n, f, h, w = maps.shape
+        cells = min(self.cells, h, w)  # a grid smaller than the window: the whole grid
         predicted = logits.argmax(1)
         random = torch.as_tensor(np.stack([
-            np.random.default_rng([self.seed, int(i)]).integers(0, (h - self.cells + 1, w - self.cells + 1))
+            np.random.default_rng([self.seed, int(i)]).integers(0, (h - cells + 1, w - cells + 1))
             for i in batch.indices.cpu()[chosen.cpu()]]), device=maps.device)
-        windows = torch.cat([peak_windows(maps, self.cells), random[:, None]], dim=1)  # (n, F' + 1, 2)
-        blanked = blank_windows(images, windows, (h, w), self.cells)
+        windows = torch.cat([peak_windows(maps, cells), random[:, None]], dim=1)  # (n, F' + 1, 2)
+        blanked = blank_windows(images, windows, (h, w), cells)
         outputs = [self.model.forward_with_features(part) for part in blanked.split(max(n, 1))]
         new_logits = torch.cat([o[0] for o in outputs]).float().reshape(n, f + 1, -1)
         new_pooled = torch.cat([o[2] for o in outputs]).float().reshape(n, f + 1, f)
