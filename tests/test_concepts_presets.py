@@ -1,5 +1,7 @@
 """Difficulty knobs, named presets and ground-truth masks of the generated concepts dataset."""
 import hashlib
+import re
+import statistics
 
 import numpy as np
 import pytest
@@ -7,6 +9,8 @@ import torch
 
 from qpm_timm.data import CONCEPT_VOCABULARY, ConceptsDataset, create_qpm_transform
 from qpm_timm.data.concepts import CONCEPT_PRESETS, SHAPE_FAMILIES, make_shortcut_pairs
+
+from scripts import run_script
 
 # md5 of the default dataset's pixels as rendered before the knobs existed (train 3 / val 5 images per class)
 DEFAULT_TRAIN_MD5 = '83ed99fb3bd7fafee8a3f81f10d901ab'
@@ -77,7 +81,7 @@ def test_presets_turn_the_declared_knobs():
 
 
 def test_shortcut_pairs_co_occur_in_training_only():
-    kwargs = dict(preset='shortcut', num_classes=48, images_per_class=20)
+    kwargs = dict(preset='shortcut', num_classes=48, images_per_class=8)
     train, val = ConceptsDataset('train', **kwargs), ConceptsDataset('val', **kwargs)
     assert np.array_equal(val.concept_presence, val.class_concepts[val.targets])
     extra = train.concept_presence & ~train.class_concepts[train.targets]
@@ -110,3 +114,20 @@ def test_every_preset_builds_a_valid_split():
     for preset in CONCEPT_PRESETS:
         ds = ConceptsDataset('val', preset=preset, images_per_class=1)
         assert len(ds) == 48 and ds.class_concepts.any(0).all()
+
+
+def test_preset_sweep_benchmark_prints_every_run_and_the_per_preset_summary(tmp_path, capsys):
+    """The sweep's tiny mode: train.py + validate.py on the hardest preset for two seeds, one row each, then the
+    preset's mean/min top-1 and median/min recovery over them."""
+    assert run_script('benchmarks/concepts_presets.py', ['--tiny', '--presets', 'hard', '--seeds', '0', '1',
+                                                         '--output', tmp_path]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r'^hard\s+([01])\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+$', out, re.MULTILINE)
+    assert [r[0] for r in rows] == ['0', '1'], out
+    top1, recovery = [float(r[1]) for r in rows], [float(r[2]) for r in rows]
+    summary = re.search(r'^hard\s+top-1 mean ([\d.]+) % \(min ([\d.]+)\)\s+recovery median ([\d.]+) \(min ([\d.]+)\)'
+                        r'\s+over 2 seeds$', out, re.MULTILINE)
+    assert summary, out
+    assert float(summary[1]) == pytest.approx(statistics.mean(top1), abs=0.01)
+    assert float(summary[4]) == pytest.approx(min(recovery), abs=1e-3)
+    assert (tmp_path / 'hard-1' / 'export').is_dir()
