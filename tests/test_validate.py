@@ -215,19 +215,24 @@ def test_plausibility_on_cub_reads_the_segmentations_folder(exported):
     assert run_script('validate.py', argv[:-1] + [json.dumps({'segmentations': str(root / 'missing')})]) == 2
 
 
-def test_faithfulness_is_computed_on_request_on_the_chosen_images(exported):
-    # 128 px: 4 x 4 maps, so a 3 x 3 window is smaller than the image; the concepts (48 px) are resized, and
-    # their masks with them. The results equal the collector's on the same images.
-    data = ['--dataset-args', json.dumps(DATA_ARGS), '--img-size', '128', '--workers', '0', '-b', '16']
-    results = _validate(['--model', f'local-dir:{exported / "qpm"}', '--pretrained', *data, '--faithfulness',
-                         '--faithfulness-images', '8'], exported / 'faithful.json')
+def test_faithfulness_is_computed_on_request_on_the_chosen_images(exported, local_dir_run):
+    # 48 px into a ResNet-18 gives 2 x 2 maps, smaller than the 3 x 3 window: the peak and the random window are
+    # both the whole grid, so every drop ratio is exactly 1. The other metrics do not change; the deletion numbers
+    # equal the collector's on the same images.
+    results = _validate(['--model', f'local-dir:{exported / "qpm"}', '--pretrained', *DATA, '--faithfulness',
+                         '--faithfulness-images', '4'], exported / 'faithful.json')
     assert list(results) == TIMM_FIELDS + QPM_FIELDS + ['faithfulness', 'faithfulness_logit']
+    expected, _ = local_dir_run
+    assert all(results[k] == pytest.approx(expected[k]) for k in QPM_FIELDS)
     model = timm.create_model(f'local-dir:{exported / "qpm"}', pretrained=True).eval()
-    transform = create_qpm_transform('concepts', is_training=False, img_size=128)
+    transform = create_qpm_transform('concepts', is_training=False, img_size=IMG)
     dataset = create_qpm_dataset('concepts', split='val', transform=transform, **DATA_ARGS)
-    collector = ExplanationCollector(model, dataset, faithfulness=True, max_images=8)
+    collector = ExplanationCollector(model, dataset, faithfulness=True, max_images=4)
     forward_pass(model, create_qpm_loader(dataset, 16), [collector])
-    for name, value in collector.result().summary().items():
-        assert results[name] == pytest.approx(value, rel=1e-4, nan_ok=True), name
+    deletion = collector.result().deletion
+    assert deletion.images.sum() == 4 * N_PER_CLASS
+    for name, ratios in (('faithfulness', deletion.activation_ratio), ('faithfulness_logit', deletion.logit_ratio)):
+        assert results[name] == pytest.approx(np.nanmean(ratios), nan_ok=True)
+        assert np.allclose(ratios[np.isfinite(ratios)], 1.0, atol=1e-4)
     assert run_script('validate.py', ['--model', f'local-dir:{exported / "qpm"}', '--pretrained', *DATA,
                                       '--faithfulness-images', '0']) == 2
