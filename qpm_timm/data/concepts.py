@@ -19,6 +19,12 @@ the classes a feature serves) clearly favours a feature that indicates one conce
 indicates one class or a mix. With 24 classes (each concept in about 6) the same recipe recovered the
 planted structure only in some runs (concept recovery 0.85-1.0 over seeds); with 48 it scored
 0.986-1.0 in all 13 seeds tried (``benchmarks/RESULTS.md``).
+
+Harder variants (docs/METHOD.md, "Harder planted concepts"): knobs for the concepts (families of similar shapes),
+concepts per class, distractor shapes, scale and rotation jitter and training-only co-occurring concept pairs (a
+shortcut), and named presets of them (``CONCEPT_PRESETS``); the ``'default'`` preset draws exactly the images of the
+embedded default. Every image records where it drew each shape, so the mask of every planted concept is known
+(:meth:`ConceptsDataset.concept_masks`; docs/METHOD.md, "Explanation metrics").
 """
 from functools import lru_cache
 from math import comb
