@@ -145,6 +145,7 @@ def test_report_shows_plausibility_grounding_and_deletion_as_the_collector_measu
     measured = collector.result()
     metrics = json.loads((run.report.folder / 'report.json').read_text(encoding='utf-8'))['explanation_metrics']
     assert metrics['plausibility'] == pytest.approx(measured.plausibility)
+    assert metrics['plausibility_chance'] == pytest.approx(measured.plausibility_chance)
     features = metrics['features']
     assert len(features) == FEATURES and sum(f['deletion_images'] for f in features) == PER_CLASS * len(run.val)
     for j, f in enumerate(features):

@@ -132,6 +132,7 @@ def test_a_feature_on_the_planted_shapes_is_grounded_and_plausible_its_opposite_
     assert result.grounding[0] > 2 * result.grounding_chance[0]
     assert result.grounding[1] < result.grounding_chance[1]
     assert result.plausibility > 0.85  # the noise crosses the threshold at a few pixels off the shapes
+    assert 0.2 < result.plausibility_chance < 0.7  # three shapes, grown by a cell, on an 8 x 8 grid
     assert _scan(flipped=True)[1].plausibility < 0.6  # the evidence is the background
     assert set(result.summary()) == {'plausibility', 'feature_grounding', 'faithfulness', 'faithfulness_logit'}
 

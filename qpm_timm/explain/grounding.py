@@ -5,7 +5,8 @@
 each image's masks by its dataset index) and gathers, per batch:
 
 * Plausibility, where the dataset has object masks (the concepts dataset: the union of the planted concepts;
-  CUB with its segmentations): :func:`qpm_timm.metrics.plausibility` of every image;
+  CUB with its segmentations): :func:`qpm_timm.metrics.plausibility` of every image, and its chance level, the
+  share of the grid the dilated object covers (what an evidence map spread evenly scores);
 * Feature grounding, where it has concept masks (the concepts dataset): :func:`qpm_timm.metrics.grounding_sums`,
   scored at the end with each feature matched to the concept it tracks (:func:`qpm_timm.metrics.match_features`
   over the same images);
@@ -23,7 +24,9 @@ import numpy as np
 import torch
 
 from ..data.masks import dataset_masks, has_masks
-from ..metrics import blank_windows, feature_grounding, grounding_sums, match_features, peak_windows, plausibility
+from ..metrics import (
+    blank_windows, dilate_masks, feature_grounding, grounding_sums, match_features, peak_windows, plausibility,
+)
 from ..stats import ForwardBatch
 
 __all__ = ['Deletion', 'ExplanationMetrics', 'ExplanationCollector', 'FAITHFULNESS_IMAGES', 'WINDOW_CELLS']
@@ -60,6 +63,7 @@ class Deletion:
 class ExplanationMetrics:
     """What :class:`ExplanationCollector` measured; None where the dataset (or the request) does not allow it."""
     plausibility: Optional[float] = None
+    plausibility_chance: Optional[float] = None  # the mean share of the grid the dilated object covers
     grounding: Optional[np.ndarray] = None  # (F',) per feature, NaN where undefined
     grounding_chance: Optional[np.ndarray] = None  # (F',) the share of the grid its concept covers
     matching: Optional[np.ndarray] = None  # (F',) the concept of every feature (-1: none)
@@ -100,7 +104,7 @@ class ExplanationCollector:
             order = np.random.default_rng([seed, 2718]).permutation(len(dataset))
             self.chosen = torch.zeros(len(dataset), dtype=torch.bool)
             self.chosen[torch.as_tensor(order[:max_images])] = True
-        self.scores, self.pooled, self.indices = [], [], []
+        self.scores, self.areas, self.pooled, self.indices = [], [], [], []
         self.sums = None
         self.drops = None
 
@@ -112,6 +116,7 @@ class ExplanationCollector:
         if self.object:
             masks = dataset_masks(self.dataset, batch.indices, grid, 'object').to(maps.device)
             self.scores.append(plausibility(maps, self.weights.to(maps.device), batch.logits.argmax(1), masks).cpu())
+            self.areas.append(dilate_masks(masks).float().mean(dim=(1, 2)).cpu())
         if self.concept:
             sums = grounding_sums(maps, dataset_masks(self.dataset, batch.indices, grid, 'concept').to(maps.device))
             self.sums = sums if self.sums is None else tuple(a + b for a, b in zip(self.sums, sums))
@@ -153,6 +158,7 @@ class ExplanationCollector:
         out = ExplanationMetrics()
         if self.scores:
             out.plausibility = float(torch.cat(self.scores).mean())
+            out.plausibility_chance = float(torch.cat(self.areas).mean())
         if self.sums is not None:
             indices = torch.cat(self.indices).numpy()
             out.matching, _ = match_features(torch.cat(self.pooled).numpy(), self.dataset.concept_presence[indices])

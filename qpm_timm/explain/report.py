@@ -542,7 +542,8 @@ def _explanation_summary(measured: ExplanationMetrics, annotations) -> Dict[str,
             info.update(grounding_concept=None if k < 0 or names is None else str(names[k]),
                         grounding=_number(measured.grounding[j]), grounding_chance=_number(measured.grounding_chance[j]))
         features.append(info)
-    return dict(plausibility=_number(measured.plausibility), summary={k: _number(v) for k, v in
+    return dict(plausibility=_number(measured.plausibility), plausibility_chance=_number(measured.plausibility_chance),
+                summary={k: _number(v) for k, v in
                                                                       measured.summary().items()}, features=features)
 
 
@@ -555,7 +556,9 @@ def _metrics_html(metrics: Dict[str, Any], pictures: _Pictures) -> List[str]:
     out = ['<h2 id="metrics">Explanation metrics</h2><p class="small">Plausibility (DINO-QPM): the share of the '
            'predicted class\'s evidence map (its features\' maps summed, shifted to a minimum of 0) that lies on '
            'the object, its mask grown by one feature-map cell: ' +
-           (f'<b>{100 * plaus:.1f} %</b> over the validation images.' if plaus is not None else
+           (f'<b>{100 * plaus:.1f} %</b> over the validation images (chance, an evidence map spread evenly: '
+            f'{100 * metrics["plausibility_chance"]:.1f} %, the share of the grid the grown object covers).'
+            if plaus is not None else
             'not measured (the dataset has no object masks).') +
            (' Grounding: the share of a feature\'s map mass inside the mask of the concept it is matched to, over '
             'the images holding that concept (chance: the share of the grid the concept covers).' if grounded
