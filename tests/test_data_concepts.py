@@ -193,4 +193,5 @@ def test_masks_are_rendered_once_per_shape_and_size_and_pixels_stay_fixed():
     ds = ConceptsDataset('train', seed=5, **SMALL)
     assert hashlib.md5(ds.images.tobytes()).hexdigest() == PINNED_SMALL_MD5
     assert not shape_mask('disk', 9).flags.writeable and shape_mask('disk', 9) is shape_mask('disk', 9)
-    assert shape_mask('disk', 9, 30.0) is shape_mask('disk', 9, 30.0) and not shape_mask('disk', 9, 30.0).flags.writeable
+    turned = shape_mask('disk', 9, 30.0)
+    assert turned is shape_mask('disk', 9, 30.0) and not turned.flags.writeable

@@ -19,7 +19,7 @@ import qpm_timm
 from qpm_timm import hub, metrics
 from qpm_timm.data import create_qpm_dataset, create_qpm_transform, qpm_data_config
 from qpm_timm.data import create_qpm_loader
-from qpm_timm.data.masks import dataset_masks
+from qpm_timm.data.masks import dataset_masks as masks
 from qpm_timm.explain.grounding import ExplanationCollector
 from qpm_timm.stats import forward_pass
 from qpm_timm.models.head import placeholder_assignment
@@ -99,6 +99,7 @@ def test_metrics_equal_direct_calls_on_the_same_features_and_splits(local_dir_ru
     top1 = 100 * (val.logits.argmax(1).numpy() == val_labels).mean()
     assert results['top1'] == pytest.approx(top1, abs=1e-3)
     sid = torch.nanmean(metrics.sid_at_k(val.feature_maps, weights, val.logits.argmax(1), k=N_PER_CLASS)).item()
+    grid = val.feature_maps.shape[-2:]
     expected = {
         f'sid@{N_PER_CLASS}': sid,
         'class_independence': metrics.class_independence(train.pooled, train_labels, NUM_CLASSES),
@@ -106,11 +107,11 @@ def test_metrics_equal_direct_calls_on_the_same_features_and_splits(local_dir_ru
         'feature_correlation': metrics.feature_correlation(train.pooled, model.head.mean, model.head.std),
         'concept_recovery': metrics.concept_recovery(val.pooled, val_set.concept_presence, weights,
                                                      val_set.class_concepts).score,
-        'plausibility': metrics.plausibility(val.feature_maps, weights, val.logits.argmax(1), dataset_masks(
-            val_set, range(len(val_set)), val.feature_maps.shape[-2:], 'object')).mean().item(),
-        'feature_grounding': np.nanmean(metrics.feature_grounding(*metrics.grounding_sums(val.feature_maps, dataset_masks(
-            val_set, range(len(val_set)), val.feature_maps.shape[-2:], 'concept')), metrics.match_features(
-            val.pooled, val_set.concept_presence)[0])[0]),
+        'plausibility': metrics.plausibility(val.feature_maps, weights, val.logits.argmax(1),
+                                             masks(val_set, grid, 'object')).mean().item(),
+        'feature_grounding': np.nanmean(metrics.feature_grounding(
+            *metrics.grounding_sums(val.feature_maps, masks(val_set, grid, 'concept')),
+            metrics.match_features(val.pooled, val_set.concept_presence)[0])[0]),
     }
     for name, value in expected.items():
         assert results[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
@@ -208,7 +209,8 @@ def test_plausibility_on_cub_reads_the_segmentations_folder(exported):
             seg.parent.mkdir(parents=True, exist_ok=True)
             Image.new('L', (40, 40), 255).save(seg)
     argv = ['--model', f'local-dir:{exported / "qpm"}', '--pretrained', '--dataset', 'cub', '--data-dir', str(root),
-            '--img-size', '128', '--workers', '0', '--dataset-args', json.dumps({'segmentations': str(root / 'segmentations')})]
+            '--img-size', '128', '--workers', '0',
+            '--dataset-args', json.dumps({'segmentations': str(root / 'segmentations')})]
     results = _validate(argv, exported / 'cub_seg.json')
     assert list(results) == TIMM_FIELDS + BASE_FIELDS + ['structural_grounding', 'plausibility']
     assert results['plausibility'] == pytest.approx(1.0)
@@ -236,3 +238,67 @@ def test_faithfulness_is_computed_on_request_on_the_chosen_images(exported, loca
         assert np.allclose(ratios[np.isfinite(ratios)], 1.0, atol=1e-4)
     assert run_script('validate.py', ['--model', f'local-dir:{exported / "qpm"}', '--pretrained', *DATA,
                                       '--faithfulness-images', '0']) == 2
+
+
+def test_dense_model_is_refused_with_exit_2_unless_no_interpretability(exported, capsys):
+    old = exported / 'old.json'
+    old.write_text('{"top1": 99.0}')
+    code = run_script('validate.py', ['--model', f'local-dir:{exported / "dense"}', '--pretrained', *DATA,
+                         '--results-file', str(old)])
+    assert code == 2
+    assert NOT_QPM in capsys.readouterr().err
+    assert old.read_text() == '{"top1": 99.0}'
+
+    results = _validate(['--model', f'local-dir:{exported / "dense"}', '--pretrained', '--no-interpretability',
+                         *DATA], old)
+    assert list(results) == TIMM_FIELDS and results['model'] == f'local-dir:{exported / "dense"}'
+
+
+def _bad_inputs(root: Path):
+    qpm = ['--model', f'local-dir:{root / "qpm"}', '--pretrained']
+    return {
+        'missing data folder': (qpm + ['--dataset', 'cub', '--data-dir', str(root / 'no_such_folder')],
+                                'does not exist'),
+        'checkpoint of another architecture': (
+            ['--model', 'qpm', '--backbone', 'resnet10t', '--checkpoint', str(root / 'qpm' / 'model.safetensors')],
+            'do not fit a resnet10t QPM'),
+        'checkpoint of another class count': (
+            ['--model', 'qpm', '--backbone', 'resnet18', '--num-classes', '7',
+             '--checkpoint', str(root / 'qpm.pth.tar')], 'checkpoint has 6 classes'),
+        'n_per_class above n_features': (['--model', 'qpm', '--backbone', 'resnet18', '--n-features', '2',
+                                          '--n-per-class', '3'], 'n_per_class=3 > n_features=2'),
+        'missing checkpoint': (qpm + ['--checkpoint', str(root / 'missing.safetensors')], 'does not exist'),
+        'plain timm model with QPM flags': (['--model', 'resnet18', '--n-features', '8'], 'apply to QPM models only'),
+    }
+
+
+@pytest.mark.parametrize('case', list(_bad_inputs(Path('.'))))
+def test_bad_input_exits_2_with_a_message_and_keeps_the_results_file(exported, capsys, case):
+    argv, message = _bad_inputs(exported)[case]
+    old = exported / 'kept.csv'
+    old.write_text('model,top1\nearlier,50.0\n')
+    code = run_script('validate.py', argv + DATA + ['--results-file', str(old)])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert old.read_text() == 'model,top1\nearlier,50.0\n'
+
+
+def test_unwritable_results_location_exits_2_before_any_work(exported, capsys):
+    blocker = exported / 'a_file'
+    blocker.write_text('x')
+    code = run_script('validate.py', ['--model', f'local-dir:{exported / "qpm"}', '--pretrained', *DATA,
+                         '--results-file', str(blocker / 'results.csv')])
+    assert code == 2
+    assert 'cannot write --results-file' in capsys.readouterr().err
+    assert blocker.read_text() == 'x' and not list(exported.glob('.validate.*'))
+
+
+def test_script_refuses_a_plain_timm_model_with_exit_2_and_keeps_the_results_file(exported):
+    old = exported / 'script.csv'
+    old.write_text('model,top1\nearlier,50.0\n')
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'validate.py'), '--model', 'resnet18', *DATA, '--results-file', str(old)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert NOT_QPM in proc.stderr and '--no-interpretability' in proc.stderr
+    assert old.read_text() == 'model,top1\nearlier,50.0\n'

@@ -540,11 +540,11 @@ def _explanation_summary(measured: ExplanationMetrics, annotations) -> Dict[str,
         if measured.grounding is not None:
             k = int(measured.matching[j])
             info.update(grounding_concept=None if k < 0 or names is None else str(names[k]),
-                        grounding=_number(measured.grounding[j]), grounding_chance=_number(measured.grounding_chance[j]))
+                        grounding=_number(measured.grounding[j]),
+                        grounding_chance=_number(measured.grounding_chance[j]))
         features.append(info)
     return dict(plausibility=_number(measured.plausibility), plausibility_chance=_number(measured.plausibility_chance),
-                summary={k: _number(v) for k, v in
-                                                                      measured.summary().items()}, features=features)
+                summary={k: _number(v) for k, v in measured.summary().items()}, features=features)
 
 
 def _metrics_html(metrics: Dict[str, Any], pictures: _Pictures) -> List[str]:
