@@ -108,9 +108,9 @@ def test_metrics_equal_direct_calls_on_the_same_features_and_splits(local_dir_ru
         'concept_recovery': metrics.concept_recovery(val.pooled, val_set.concept_presence, weights,
                                                      val_set.class_concepts).score,
         'plausibility': metrics.plausibility(val.feature_maps, weights, val.logits.argmax(1),
-                                             masks(val_set, grid, 'object')).mean().item(),
+                                             masks(val_set, range(len(val_set)), grid, 'object')).mean().item(),
         'feature_grounding': np.nanmean(metrics.feature_grounding(
-            *metrics.grounding_sums(val.feature_maps, masks(val_set, grid, 'concept')),
+            *metrics.grounding_sums(val.feature_maps, masks(val_set, range(len(val_set)), grid, 'concept')),
             metrics.match_features(val.pooled, val_set.concept_presence)[0])[0]),
     }
     for name, value in expected.items():
