@@ -10,6 +10,12 @@ metrics (docs/METHOD.md, "Interpretability metrics"; :mod:`qpm_timm.metrics`):
     feature_correlation   on the training split with eval transforms, features as the head sees them
     structural_grounding  CUB only, when the dataset has its class-attribute matrix
     concept_recovery      the generated concepts dataset only, on the evaluated split
+    plausibility          on the evaluated split, where the dataset has object masks (the concepts dataset; CUB
+                          with --dataset-args "{segmentations: PATH}")
+    feature_grounding     on the evaluated split, where the dataset has concept masks (the concepts dataset)
+    faithfulness          with --faithfulness (extra forward passes): deletion test on the evaluated split,
+    faithfulness_logit    mean over features of the activation / logit drop ratio (docs/METHOD.md,
+                          "Explanation metrics")
 
 Metric values are fractions in [0, 1] (top1/top5 are percentages, as in timm); the log prints everything
 in percent.
@@ -45,6 +51,10 @@ group = parser.add_argument_group('Results')
 group.add_argument('--interpretability', action=argparse.BooleanOptionalAction, default=True,
                    help='compute the QPM metrics; the model must then be a QPM (default). '
                         '--no-interpretability: top-1/top-5 of any model')
+group.add_argument('--faithfulness', action='store_true',
+                   help='also run the deletion test (faithfulness): F\'+1 extra forward passes per chosen image')
+group.add_argument('--faithfulness-images', type=int, default=256, metavar='N',
+                   help='images of the deletion test, a fixed random subset of the split (default: 256)')
 group.add_argument('--results-file', default='', metavar='FILENAME', help='write the results here')
 group.add_argument('--results-format', default=None, choices=('csv', 'json'),
                    help='default: json for a *.json results file, else csv')

@@ -18,7 +18,7 @@ All metrics are fractions in [0, 1]; the paper reports them multiplied by 100.
 """
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,7 +27,8 @@ from sklearn.mixture import GaussianMixture
 __all__ = [
     "sid_at_k", "class_independence", "contrastiveness", "gaussian_mixture_components", "gaussian_mixture_overlaps",
     "feature_correlation", "structural_grounding", "ConceptRecovery", "concept_recovery", "annotation_correlation",
-    "match_features",
+    "match_features", "dilate_masks", "plausibility", "grounding_sums", "feature_grounding", "peak_windows",
+    "blank_windows",
 ]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
@@ -407,3 +408,126 @@ def concept_recovery(
         matching=matching,
         correlation=best,
     )
+
+
+# ---- explanation metrics against ground-truth masks (docs/METHOD.md, "Explanation metrics") ----
+
+def dilate_masks(masks: torch.Tensor) -> torch.Tensor:
+    """``masks`` ``(..., H, W)`` bool grown by one cell in every direction (a 3 x 3 dilation)."""
+    lead = masks.shape[:-2]
+    x = masks.reshape(-1, 1, *masks.shape[-2:]).float()
+    return (torch.nn.functional.max_pool2d(x, 3, stride=1, padding=1) > 0).reshape(*lead, *masks.shape[-2:])
+
+
+def _check_maps_and_masks(feature_maps: torch.Tensor, masks: torch.Tensor, mask_dims: int) -> None:
+    if not isinstance(feature_maps, torch.Tensor) or feature_maps.dim() != 4:
+        raise ValueError("feature_maps must be a 4-D tensor (N, F', H, W), got "
+                         f"{getattr(feature_maps, 'shape', type(feature_maps).__name__)}")
+    masks = torch.as_tensor(masks)
+    n, _, h, w = feature_maps.shape
+    if masks.dim() != mask_dims or masks.shape[0] != n or tuple(masks.shape[-2:]) != (h, w):
+        raise ValueError(f"masks must have {mask_dims} dimensions, {n} images and the maps' grid ({h}, {w}), got "
+                         f"{tuple(masks.shape)}")
+
+
+def plausibility(
+        feature_maps: torch.Tensor,
+        class_weights: torch.Tensor,
+        predictions: torch.Tensor,
+        object_masks: torch.Tensor,
+) -> torch.Tensor:
+    """Per-image Plausibility (DINO-QPM, its ``CUBSegmentationOverlap_gradcam_dilated``): how much of the predicted
+    class's evidence lies on the object.
+
+    The evidence map of the predicted class c, ``Σ_f w_cf · F_f``, is shifted by its minimum over the locations;
+    the score is the share of its mass inside the object mask grown by a 3 x 3 dilation. An evidence map without
+    mass (constant) scores 0, as in DINO-QPM's mean. Mean over the images: the metric.
+
+    Args:
+        feature_maps: (N, F', H, W) maps of the features the head uses.
+        class_weights: (C, F') weights of the head.
+        predictions: (N,) predicted classes.
+        object_masks: (N, H, W) bool object masks on the maps' grid (:func:`qpm_timm.data.masks.masks_on_grid`).
+
+    Returns:
+        (N,) float tensor in [0, 1].
+    """
+    _check_maps_and_masks(feature_maps, object_masks, 3)
+    maps = feature_maps.detach().float()
+    weights = torch.as_tensor(class_weights).detach().to(maps.device, torch.float32)[torch.as_tensor(predictions)]
+    evidence = torch.einsum('nfhw,nf->nhw', maps, weights).flatten(1)
+    evidence = evidence - evidence.min(dim=1, keepdim=True).values
+    inside = dilate_masks(torch.as_tensor(object_masks, device=maps.device).bool()).flatten(1)
+    total = evidence.sum(dim=1)
+    share = (evidence * inside).sum(dim=1) / total.clamp(min=1e-12)
+    return torch.where(total > 0, share, torch.zeros_like(share))
+
+
+def grounding_sums(feature_maps: torch.Tensor, concept_masks: torch.Tensor):
+    """The sums of Feature grounding over a batch: ``inside (F', K)``, every feature's map mass (clipped at 0) inside
+    every concept's mask, and ``total (F', K)``, its whole mass over the images that hold the concept (a non-empty
+    mask); plus ``area (K,)``, the summed share of the grid each concept's mask covers, and ``count (K,)``, the
+    images holding it. float64 numpy arrays; add them over batches, then :func:`feature_grounding`.
+
+    Args:
+        feature_maps: (N, F', H, W) maps of the features the head uses.
+        concept_masks: (N, K, H, W) bool concept masks on the maps' grid.
+    """
+    _check_maps_and_masks(feature_maps, concept_masks, 4)
+    maps = feature_maps.detach().double().clamp(min=0).flatten(2)  # (N, F, P)
+    masks = torch.as_tensor(concept_masks, device=maps.device).flatten(2).double()  # (N, K, P)
+    held = (masks.sum(dim=2) > 0).double()  # (N, K)
+    inside = torch.einsum('nfp,nkp->fk', maps, masks)
+    total = torch.einsum('nf,nk->fk', maps.sum(dim=2), held)
+    area = (masks.mean(dim=2) * held).sum(dim=0)
+    return inside.cpu().numpy(), total.cpu().numpy(), area.cpu().numpy(), held.sum(dim=0).cpu().numpy()
+
+
+def feature_grounding(inside: np.ndarray, total: np.ndarray, area: np.ndarray, count: np.ndarray,
+                      matching: np.ndarray):
+    """Feature grounding (docs/METHOD.md, "Explanation metrics"): for every feature, the share of its map's mass
+    that lies inside the mask of the concept it is matched to (:func:`match_features`), over the images that hold
+    that concept; 1 when it fires only on its concept, 0 when only elsewhere. Returns ``(grounding (F',), chance
+    (F',))``, ``chance`` the mean share of the grid the concept covers (what a map spread evenly scores); NaN for
+    an unmatched feature, a concept no image holds or a feature without mass there.
+
+    Args: the sums of :func:`grounding_sums` and ``matching`` (F',) concept index per feature (-1: none).
+    """
+    matching = np.asarray(matching, dtype=np.int64)
+    f = np.arange(len(matching))
+    k = np.where(matching >= 0, matching, 0)
+    ok = (matching >= 0) & (np.asarray(count)[k] > 0) & (total[f, k] > 0)
+    grounding = np.where(ok, inside[f, k] / np.where(ok, total[f, k], 1.0), np.nan)
+    chance = np.where(ok, np.asarray(area)[k] / np.maximum(np.asarray(count)[k], 1), np.nan)
+    return grounding, chance
+
+
+def peak_windows(feature_maps: torch.Tensor, cells: int = 3) -> torch.Tensor:
+    """(N, F', 2) top-left cell ``(row, col)`` of the ``cells x cells`` window centred on the maximum of every map,
+    moved inside the grid where the maximum lies at its border (so every window has the same size)."""
+    n, f, h, w = feature_maps.shape
+    if not 1 <= cells <= min(h, w):
+        raise ValueError(f"cells={cells} must lie in [1, {min(h, w)}] (the feature map is {h} x {w})")
+    flat = feature_maps.detach().float().flatten(2).argmax(dim=2)
+    rows = (flat // w - cells // 2).clamp(0, h - cells)
+    cols = (flat % w - cells // 2).clamp(0, w - cells)
+    return torch.stack([rows, cols], dim=2)
+
+
+def blank_windows(images: torch.Tensor, windows: torch.Tensor, grid: Tuple[int, int], cells: int) -> torch.Tensor:
+    """Copies of ``images`` (N, 3, H, W) with a window blanked per copy: ``windows`` (N, M, 2) top-left grid cells
+    give (N * M) images (image-major), each with the ``cells x cells`` window of a ``grid`` feature map set to 0
+    (the normalised data mean); the window's pixels are those of its cells (H / h by W / w each, rounded)."""
+    n, _, hi, wi = images.shape
+    m = windows.shape[1]
+    h, w = grid
+    ys = torch.arange(hi, device=images.device)
+    xs = torch.arange(wi, device=images.device)
+    top = torch.round(windows[..., 0].float() * hi / h).long()[..., None]  # (N, M, 1)
+    bottom = torch.round((windows[..., 0] + cells).float() * hi / h).long()[..., None]
+    left = torch.round(windows[..., 1].float() * wi / w).long()[..., None]
+    right = torch.round((windows[..., 1] + cells).float() * wi / w).long()[..., None]
+    in_rows = (ys >= top) & (ys < bottom)  # (N, M, H)
+    in_cols = (xs >= left) & (xs < right)  # (N, M, W)
+    keep = ~(in_rows[..., :, None] & in_cols[..., None, :])  # (N, M, H, W)
+    return (images[:, None] * keep[:, :, None].to(images.dtype)).flatten(0, 1)

@@ -189,7 +189,9 @@ def test_batched_reading_gives_what_the_per_image_transforms_give():
 def test_masks_are_rendered_once_per_shape_and_size_and_pixels_stay_fixed():
     """The renderer's pixels are pinned (a checksum of a few images); the masks it reuses are read-only."""
     import hashlib
-    from qpm_timm.data.concepts import _mask
+    from qpm_timm.data.concepts import shape_mask
     ds = ConceptsDataset('train', seed=5, **SMALL)
     assert hashlib.md5(ds.images.tobytes()).hexdigest() == PINNED_SMALL_MD5
-    assert not _mask('disk', 9).flags.writeable and _mask('disk', 9) is _mask('disk', 9)
+    assert not shape_mask('disk', 9).flags.writeable and shape_mask('disk', 9) is shape_mask('disk', 9)
+    turned = shape_mask('disk', 9, 30.0)
+    assert turned is shape_mask('disk', 9, 30.0) and not turned.flags.writeable

@@ -177,3 +177,27 @@ def test_every_split_name_of_the_shared_table_is_accepted(tmp_path, split, expec
 def test_readable_name_strips_the_number_prefix():
     assert cub_readable_name('200.Common_Yellowthroat') == 'Common Yellowthroat'
     assert cub_readable_name('Plain_Name') == 'Plain Name'
+
+
+def test_segmentations_give_the_bird_masks_cropped_like_the_images(tmp_path):
+    folder = make_cub_tree(tmp_path)
+    segmentations = tmp_path / 'segmentations'
+    for image_id, (class_id, _, _, (w, h)) in IMAGES.items():
+        seg = np.zeros((h, w), dtype=np.uint8)
+        seg[2:9, 4:15] = 51 * image_id % 256 or 1  # one annotator's grey level or more: the bird
+        path = segmentations / CLASSES[class_id - 1] / f'img_{image_id:04d}.png'
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(seg).save(path)
+    full = CUB200Dataset(str(tmp_path), split='train', crop_to_bbox=False, segmentations=str(segmentations))
+    (mask,) = full.object_masks([0])  # image 1, 40 x 30
+    assert mask.shape == (30, 40) and mask.sum() == 7 * 11 and mask[2:9, 4:15].all()
+    cropped = CUB200Dataset(str(tmp_path), split='train', segmentations=str(segmentations))
+    (crop,) = cropped.object_masks([0])  # box x 3, y 5, w 20, h 10
+    assert crop.shape == (10, 20) and np.array_equal(crop, mask[5:15, 3:23])
+    with pytest.raises(ValueError, match='no segmentations'):
+        CUB200Dataset(str(folder), split='train').object_masks([0])
+    (segmentations / CLASSES[0] / 'img_0001.png').unlink()
+    with pytest.raises(FileNotFoundError, match='segmentation file'):
+        CUB200Dataset(str(tmp_path), split='train', segmentations=str(segmentations))
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        CUB200Dataset(str(tmp_path), split='train', segmentations=str(tmp_path / 'nowhere'))

@@ -24,7 +24,8 @@ from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.explain import GalleryCollector, class_features, write_report
 from qpm_timm.metrics import concept_recovery
 from qpm_timm.solver import QPMProblem, solve_qpm
-from qpm_timm.stats import collect_statistics
+from qpm_timm.explain.grounding import ExplanationCollector
+from qpm_timm.stats import collect_statistics, forward_pass
 
 from scripts import ROOT, refused, run_script
 
@@ -136,6 +137,25 @@ def test_feature_names_are_the_concepts_that_concept_recovery_matches(run):
     assert [f['annotation'] for f in summary['features']] == run.report.names.annotation
     assert all(label.startswith(f'f{j} ≈ {name} (r = ') for j, (label, name) in
                enumerate(zip(run.report.names.labels, run.report.names.annotation)))
+
+
+def test_report_shows_plausibility_grounding_and_deletion_as_the_collector_measures_them(run):
+    collector = ExplanationCollector(run.model, run.val, faithfulness=True)
+    forward_pass(run.model, create_qpm_loader(run.val, 16), [collector])
+    measured = collector.result()
+    metrics = json.loads((run.report.folder / 'report.json').read_text(encoding='utf-8'))['explanation_metrics']
+    assert metrics['plausibility'] == pytest.approx(measured.plausibility)
+    assert metrics['plausibility_chance'] == pytest.approx(measured.plausibility_chance)
+    features = metrics['features']
+    assert len(features) == FEATURES and sum(f['deletion_images'] for f in features) == PER_CLASS * len(run.val)
+    for j, f in enumerate(features):
+        assert f['grounding_concept'] == run.val.concept_names[measured.matching[j]]
+        for key, value in (('grounding', measured.grounding[j]), ('activation_drop_ratio',
+                                                                  measured.deletion.activation_ratio[j]),
+                           ('logit_drop_peak', measured.deletion.logit_peak[j])):
+            assert (f[key] is None and np.isnan(value)) or f[key] == pytest.approx(value), key
+    page = (run.report.folder / 'index.html').read_text(encoding='utf-8')
+    assert 'id="metrics"' in page and f'{100 * measured.plausibility:.1f} %' in page
 
 
 def test_feature_pages_show_the_training_gallery_of_the_selected_channels(run):

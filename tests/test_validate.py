@@ -18,6 +18,10 @@ from PIL import Image
 import qpm_timm
 from qpm_timm import hub, metrics
 from qpm_timm.data import create_qpm_dataset, create_qpm_transform, qpm_data_config
+from qpm_timm.data import create_qpm_loader
+from qpm_timm.data.masks import dataset_masks as masks
+from qpm_timm.explain.grounding import ExplanationCollector
+from qpm_timm.stats import forward_pass
 from qpm_timm.models.head import placeholder_assignment
 
 from scripts import ROOT, read_results, run_script
@@ -26,7 +30,8 @@ NUM_CLASSES, N_FEATURES, N_PER_CLASS, IMG = 6, 8, 2, 48
 DATA_ARGS = {'images_per_class': 3, 'num_classes': NUM_CLASSES, 'img_size': IMG}
 DATA = ['--dataset-args', json.dumps(DATA_ARGS), '--img-size', str(IMG), '--workers', '0', '-b', '16']
 TIMM_FIELDS = ['model', 'top1', 'top1_err', 'top5', 'top5_err', 'param_count', 'img_size', 'crop_pct', 'interpolation']
-QPM_FIELDS = [f'sid@{N_PER_CLASS}', 'class_independence', 'contrastiveness', 'feature_correlation', 'concept_recovery']
+BASE_FIELDS = [f'sid@{N_PER_CLASS}', 'class_independence', 'contrastiveness', 'feature_correlation']
+QPM_FIELDS = BASE_FIELDS + ['concept_recovery', 'plausibility', 'feature_grounding']
 NOT_QPM = 'is not a QPM (solve and fine-tune it with train.py first)'
 
 
@@ -94,6 +99,7 @@ def test_metrics_equal_direct_calls_on_the_same_features_and_splits(local_dir_ru
     top1 = 100 * (val.logits.argmax(1).numpy() == val_labels).mean()
     assert results['top1'] == pytest.approx(top1, abs=1e-3)
     sid = torch.nanmean(metrics.sid_at_k(val.feature_maps, weights, val.logits.argmax(1), k=N_PER_CLASS)).item()
+    grid = val.feature_maps.shape[-2:]
     expected = {
         f'sid@{N_PER_CLASS}': sid,
         'class_independence': metrics.class_independence(train.pooled, train_labels, NUM_CLASSES),
@@ -101,6 +107,11 @@ def test_metrics_equal_direct_calls_on_the_same_features_and_splits(local_dir_ru
         'feature_correlation': metrics.feature_correlation(train.pooled, model.head.mean, model.head.std),
         'concept_recovery': metrics.concept_recovery(val.pooled, val_set.concept_presence, weights,
                                                      val_set.class_concepts).score,
+        'plausibility': metrics.plausibility(val.feature_maps, weights, val.logits.argmax(1),
+                                             masks(val_set, range(len(val_set)), grid, 'object')).mean().item(),
+        'feature_grounding': np.nanmean(metrics.feature_grounding(
+            *metrics.grounding_sums(val.feature_maps, masks(val_set, range(len(val_set)), grid, 'concept')),
+            metrics.match_features(val.pooled, val_set.concept_presence)[0])[0]),
     }
     for name, value in expected.items():
         assert results[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
@@ -182,8 +193,51 @@ def test_structural_grounding_on_cub_is_one_when_the_attributes_are_the_assignme
     root = _fake_cub(exported / 'cub', 100 * weights)
     results = _validate(['--model', f'local-dir:{exported / "qpm"}', '--pretrained', '--dataset', 'cub',
                          '--data-dir', str(root), '--img-size', '32', '--workers', '0'], exported / 'cub.json')
-    assert list(results) == TIMM_FIELDS + QPM_FIELDS[:-1] + ['structural_grounding']
+    assert list(results) == TIMM_FIELDS + BASE_FIELDS + ['structural_grounding']
     assert results['structural_grounding'] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_plausibility_on_cub_reads_the_segmentations_folder(exported):
+    # CUB's segmentations/<class folder>/<image>.png: a bird covering the whole image holds all of the evidence
+    # (plausibility 1); a bird in one corner of a 4 x 4 grid, grown by the 3 x 3 dilation, holds what lies there.
+    weights = placeholder_assignment(NUM_CLASSES, N_FEATURES, N_PER_CLASS).numpy()
+    root = _fake_cub(exported / 'cub_seg', 100 * weights)
+    folder = root / 'CUB_200_2011'
+    for line in (folder / 'images.txt').read_text().split('\n'):
+        if line:
+            seg = root / 'segmentations' / line.split()[1]
+            seg.parent.mkdir(parents=True, exist_ok=True)
+            Image.new('L', (40, 40), 255).save(seg)
+    argv = ['--model', f'local-dir:{exported / "qpm"}', '--pretrained', '--dataset', 'cub', '--data-dir', str(root),
+            '--img-size', '128', '--workers', '0',
+            '--dataset-args', json.dumps({'segmentations': str(root / 'segmentations')})]
+    results = _validate(argv, exported / 'cub_seg.json')
+    assert list(results) == TIMM_FIELDS + BASE_FIELDS + ['structural_grounding', 'plausibility']
+    assert results['plausibility'] == pytest.approx(1.0)
+    assert run_script('validate.py', argv[:-1] + [json.dumps({'segmentations': str(root / 'missing')})]) == 2
+
+
+def test_faithfulness_is_computed_on_request_on_the_chosen_images(exported, local_dir_run):
+    # 48 px into a ResNet-18 gives 2 x 2 maps, smaller than the 3 x 3 window: the peak and the random window are
+    # both the whole grid, so every drop ratio is exactly 1. The other metrics do not change; the deletion numbers
+    # equal the collector's on the same images.
+    results = _validate(['--model', f'local-dir:{exported / "qpm"}', '--pretrained', *DATA, '--faithfulness',
+                         '--faithfulness-images', '4'], exported / 'faithful.json')
+    assert list(results) == TIMM_FIELDS + QPM_FIELDS + ['faithfulness', 'faithfulness_logit']
+    expected, _ = local_dir_run
+    assert all(results[k] == pytest.approx(expected[k]) for k in QPM_FIELDS)
+    model = timm.create_model(f'local-dir:{exported / "qpm"}', pretrained=True).eval()
+    transform = create_qpm_transform('concepts', is_training=False, img_size=IMG)
+    dataset = create_qpm_dataset('concepts', split='val', transform=transform, **DATA_ARGS)
+    collector = ExplanationCollector(model, dataset, faithfulness=True, max_images=4)
+    forward_pass(model, create_qpm_loader(dataset, 16), [collector])
+    deletion = collector.result().deletion
+    assert deletion.images.sum() == 4 * N_PER_CLASS
+    for name, ratios in (('faithfulness', deletion.activation_ratio), ('faithfulness_logit', deletion.logit_ratio)):
+        assert results[name] == pytest.approx(np.nanmean(ratios), nan_ok=True)
+        assert np.allclose(ratios[np.isfinite(ratios)], 1.0, atol=1e-4)
+    assert run_script('validate.py', ['--model', f'local-dir:{exported / "qpm"}', '--pretrained', *DATA,
+                                      '--faithfulness-images', '0']) == 2
 
 
 def test_dense_model_is_refused_with_exit_2_unless_no_interpretability(exported, capsys):

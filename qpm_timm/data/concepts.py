@@ -19,10 +19,16 @@ the classes a feature serves) clearly favours a feature that indicates one conce
 indicates one class or a mix. With 24 classes (each concept in about 6) the same recipe recovered the
 planted structure only in some runs (concept recovery 0.85-1.0 over seeds); with 48 it scored
 0.986-1.0 in all 13 seeds tried (``benchmarks/RESULTS.md``).
+
+Harder variants (docs/METHOD.md, "Harder planted concepts"): knobs for the concepts (families of similar shapes),
+concepts per class, distractor shapes, scale and rotation jitter and training-only co-occurring concept pairs (a
+shortcut), and named presets of them (``CONCEPT_PRESETS``); the ``'default'`` preset draws exactly the images of the
+embedded default. Every image records where it drew each shape, so the mask of every planted concept is known
+(:meth:`ConceptsDataset.concept_masks`; docs/METHOD.md, "Explanation metrics").
 """
 from functools import lru_cache
 from math import comb
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,7 +39,8 @@ from ..timing import timed
 from .splits import is_train_split
 
 __all__ = ['ConceptsDataset', 'CONCEPT_VOCABULARY', 'CONCEPTS_MEAN', 'CONCEPTS_STD', 'CONCEPTS_NUM_CLASSES',
-           'CONCEPTS_IMG_SIZE', 'make_class_concepts', 'generate_concept_images']
+           'CONCEPTS_IMG_SIZE', 'CONCEPT_PRESETS', 'SHAPE_FAMILIES', 'make_class_concepts', 'generate_concept_images',
+           'concept_settings', 'make_shortcut_pairs', 'shape_mask']
 
 # Per-channel pixel mean/std of the default dataset (measured over the default train split,
 # 0..1 scale; colours are symmetric around 0.5 by construction).
@@ -61,6 +68,15 @@ def _triangle(u, v, half=0.45):
     return (u >= -half) & (u <= half) & (np.abs(v) <= (u + half) * 0.5)
 
 
+def _hexagon(u, v):
+    """Hexagonal "radius" (a regular hexagon with flat top and bottom is ``_hexagon <= r``)."""
+    return np.maximum(np.abs(u), np.abs(u) * 0.5 + np.abs(v) * 0.866)
+
+
+def _octagon(u, v):
+    return np.maximum(np.maximum(np.abs(u), np.abs(v)), (np.abs(u) + np.abs(v)) * 0.7071)
+
+
 def _stripes(coord, n=6):
     return np.floor((coord + 0.5) * n).astype(np.int64) % 2 == 0
 
@@ -84,8 +100,18 @@ _SHAPES: Dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     'crescent': lambda u, v: (_radius(u, v) <= 0.45) & (_radius(u, v - 0.2) >= 0.36),
     'bowtie': lambda u, v: _box(u, v) & (np.abs(u) <= np.abs(v)),
     'hash': lambda u, v: _box(u, v) & ((np.abs(np.abs(u) - 0.17) <= 0.07) | (np.abs(np.abs(v) - 0.17) <= 0.07)),
+    # outlines similar to square_outline, ring and triangle_outline (the 'outlines' family of the harder presets)
+    'diamond_outline': lambda u, v: (np.abs(u) + np.abs(v) <= 0.5) & (np.abs(u) + np.abs(v) > 0.32),
+    'hexagon_outline': lambda u, v: (_hexagon(u, v) <= 0.45) & (_hexagon(u, v) > 0.29),
+    'octagon_outline': lambda u, v: (_octagon(u, v) <= 0.45) & (_octagon(u, v) > 0.29),
+    'ellipse_outline': lambda u, v: (_radius(u / 0.7, v) <= 0.45) & (_radius(u / 0.7, v) > 0.29),
 }
 CONCEPT_VOCABULARY: Tuple[str, ...] = tuple(_SHAPES)
+# Families of similar shapes (docs/METHOD.md, "Harder planted concepts").
+SHAPE_FAMILIES: Dict[str, Tuple[str, ...]] = {
+    'outlines': ('square_outline', 'ring', 'triangle_outline', 'diamond_outline', 'hexagon_outline',
+                 'octagon_outline', 'ellipse_outline'),
+}
 
 
 def make_class_concepts(
@@ -151,10 +177,28 @@ def _place_boxes(rng: np.random.Generator, n: int, img_size: int, min_frac: floa
 
 
 @lru_cache(maxsize=None)
-def _mask(name: str, size: int) -> np.ndarray:
+def _upright_mask(name: str, size: int) -> np.ndarray:
     """The ``size x size`` bool mask of concept ``name`` (computed once per shape and size, read-only)."""
     coords = (np.arange(size) + 0.5) / size - 0.5
     mask = _SHAPES[name](coords[:, None], coords[None, :])
+    mask.flags.writeable = False
+    return mask
+
+
+def shape_mask(name: str, size: int, angle: float = 0.0) -> np.ndarray:
+    """The ``size x size`` bool mask of shape ``name`` turned by ``angle`` degrees about its box centre (the
+    corners of a turned shape that leave the box are cut)."""
+    if angle == 0.0:
+        return _upright_mask(name, size)
+    return _turned_mask(name, size, angle)
+
+
+@lru_cache(maxsize=65536)
+def _turned_mask(name: str, size: int, angle: float) -> np.ndarray:
+    coords = (np.arange(size) + 0.5) / size - 0.5
+    u, v = coords[:, None], coords[None, :]
+    c, s = np.cos(np.deg2rad(angle)), np.sin(np.deg2rad(angle))
+    mask = _SHAPES[name](c * u + s * v, c * v - s * u)
     mask.flags.writeable = False
     return mask
 
@@ -165,50 +209,157 @@ def render_concepts(
         rng: np.random.Generator,
         scale: Tuple[float, float] = (0.2, 0.36),
         noise_std: float = 0.07,
-) -> np.ndarray:
-    """One ``(img_size, img_size, 3)`` uint8 image showing the named concepts.
+        rotation: float = 0.0,
+) -> Tuple[np.ndarray, List[Tuple[int, int, int, float]]]:
+    """One ``(img_size, img_size, 3)`` uint8 image showing the named shapes, and where each was drawn
+    (``(top, left, size, angle)`` per shape, in order).
 
-    Background: a random colour in [0.3, 0.7]^3. Every concept: a random box (scale x img_size),
-    colour = background +- U(0.2, 0.3) per channel with a random sign. Then Gaussian pixel noise.
+    Background: a random colour in [0.3, 0.7]^3. Every shape: a random box (scale x img_size), colour =
+    background +- U(0.2, 0.3) per channel with a random sign, turned by U(-rotation, rotation) degrees (rounded) when
+    ``rotation`` > 0 (no draw otherwise, so the pixels without rotation do not depend on it). Then Gaussian noise.
     """
     background = rng.uniform(0.3, 0.7, 3)
     img = rng.standard_normal((img_size, img_size, 3), dtype=np.float32)
     img *= noise_std
     img += background.astype(np.float32)
+    placements = []
     for name, (top, left, size) in zip(concept_names, _place_boxes(rng, len(concept_names), img_size, *scale)):
-        mask = _mask(name, size)
         colour = background + rng.choice((-1.0, 1.0), 3) * rng.uniform(0.2, 0.3, 3)
+        angle = float(np.round(rng.uniform(-rotation, rotation))) if rotation > 0 else 0.0  # whole degrees
+        mask = shape_mask(name, size, angle)
         img[top:top + size, left:left + size][mask] += (colour - background).astype(np.float32)
+        placements.append((top, left, size, angle))
     np.clip(img, 0.0, 1.0, out=img)
     img *= 255.0
     img += 0.5
-    return img.astype(np.uint8)
+    return img.astype(np.uint8), placements
+
+
+def _shortcut_extras(rng: np.random.Generator, shown: np.ndarray, pairs: Tuple[Tuple[int, int], ...],
+                     probability: float) -> List[int]:
+    """The shortcut partners drawn into a training image (docs/METHOD.md, "Harder planted concepts"): for every
+    pair of which the image's class shows exactly one concept, the other one with ``probability``."""
+    extras = []
+    for a, b in pairs:
+        if shown[a] != shown[b] and rng.random() < probability:
+            extras.append(b if shown[a] else a)
+    return extras
 
 
 @lru_cache(maxsize=4)
 def generate_concept_images(
         class_concepts_bytes: bytes,
-        num_concepts: int,
+        concepts: Tuple[str, ...],
         images_per_class: int,
         img_size: int,
         seed: int,
         split_id: int,
-) -> np.ndarray:
-    """All images of a split, ``(C * images_per_class, H, W, 3)`` uint8, read-only.
+        scale: Tuple[float, float] = (0.2, 0.36),
+        rotation: float = 0.0,
+        distractors: Tuple[str, ...] = (),
+        num_distractors: int = 0,
+        shortcut_pairs: Tuple[Tuple[int, int], ...] = (),
+        shortcut: float = 0.0,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """All images of a split, ``(C * images_per_class, H, W, 3)`` uint8, and their placements, both read-only.
 
-    Image ``i`` (class ``i // images_per_class``) is drawn from its own seed ``(seed, split_id, i)``,
-    with its class's concepts in random order. Cached in memory (the last 4 splits), so building
-    the same split again in one process (validate.py after train.py, the tests) costs nothing.
+    Image ``i`` (class ``i // images_per_class``) is drawn from its own seed ``(seed, split_id, i)``: its class's
+    concepts in random order, then (training split only) its shortcut partners, then ``num_distractors`` shapes
+    drawn from ``distractors``. ``placements`` ``(N, m, 5)`` float32 holds per drawn shape ``(shape, top, left,
+    size, angle)``, ``shape`` the index into ``concepts + distractors`` (-1 pads). Cached in memory (the last 4
+    splits), so building the same split again in one process (validate.py after train.py, the tests) costs nothing.
     """
+    num_concepts = len(concepts)
     class_concepts = np.frombuffer(class_concepts_bytes, dtype=bool).reshape(-1, num_concepts)
+    names_all = concepts + distractors
     images = np.empty((len(class_concepts) * images_per_class, img_size, img_size, 3), dtype=np.uint8)
+    most = int(class_concepts.sum(1).max()) + len(shortcut_pairs) * (shortcut > 0) + num_distractors
+    placements = np.full((len(images), most, 5), -1.0, dtype=np.float32)
     with timed('data_generation'):
         for index in range(len(images)):
             rng = np.random.default_rng([seed, split_id, index])
-            names = [CONCEPT_VOCABULARY[k] for k in np.flatnonzero(class_concepts[index // images_per_class])]
-            images[index] = render_concepts([names[j] for j in rng.permutation(len(names))], img_size, rng)
+            shown = class_concepts[index // images_per_class]
+            ids = np.flatnonzero(shown)
+            ids = [int(ids[j]) for j in rng.permutation(len(ids))]
+            if shortcut > 0 and split_id == 1:  # the training split (ConceptsDataset passes 1 + its split id)
+                ids += _shortcut_extras(rng, shown, shortcut_pairs, shortcut)
+            if num_distractors:
+                ids += (num_concepts + rng.choice(len(distractors), num_distractors,
+                                                  replace=num_distractors > len(distractors))).tolist()
+            images[index], where = render_concepts([names_all[k] for k in ids], img_size, rng, scale,
+                                                   rotation=rotation)
+            placements[index, :len(ids), 0] = ids
+            placements[index, :len(ids), 1:] = where
     images.flags.writeable = False
-    return images
+    placements.flags.writeable = False
+    return images, placements
+
+
+# ---- difficulty knobs and presets (docs/METHOD.md, "Harder planted concepts") ----
+
+_BASE_SETTINGS: Dict[str, Any] = dict(
+    num_concepts=None, num_classes=CONCEPTS_NUM_CLASSES, concepts_per_class=3, img_size=CONCEPTS_IMG_SIZE,
+    concepts=None, scale=(0.2, 0.36), rotation=0.0, distractors=0, shortcut=0.0, shortcut_pairs=2)
+_HARD_CONCEPTS = SHAPE_FAMILIES['outlines'] + ('disk', 'square', 'plus', 'x_cross', 'horizontal_stripes',
+                                               'vertical_stripes', 'checker', 'dot_cluster', 'bullseye')
+CONCEPT_PRESETS: Dict[str, Dict[str, Any]] = {
+    # the embedded default: 12 distinct concepts, 3 per class, nothing else in the image
+    'default': {},
+    # more concepts and more of them per class
+    'many': dict(num_concepts=18, concepts_per_class=4),
+    # all seven similar outlines of SHAPE_FAMILIES['outlines'] among 12 concepts
+    'outlines': dict(concepts=SHAPE_FAMILIES['outlines'] + ('disk', 'plus', 'horizontal_stripes', 'checker',
+                                                            'x_cross')),
+    # two distractor shapes (not concepts of any class) per image, turned up to 45 degrees, wider scale range
+    'clutter': dict(distractors=2, rotation=45.0, scale=(0.16, 0.34)),
+    # three concept pairs co-occur in 90 % of the training images that hold one of them (never in validation)
+    'shortcut': dict(shortcut=0.9, shortcut_pairs=3),
+    # everything at once: 16 concepts with the outline family, 4 per class, a distractor, rotation, shortcuts
+    'hard': dict(concepts=_HARD_CONCEPTS, concepts_per_class=4, distractors=1, rotation=30.0, scale=(0.16, 0.3),
+                 shortcut=0.8, shortcut_pairs=2),
+}
+
+
+def concept_settings(preset: str = 'default', **overrides) -> Dict[str, Any]:
+    """The generator settings of ``preset`` with ``overrides`` (None: the preset's value): the concept names
+    (``concepts``, first ``num_concepts`` of the given list or of ``CONCEPT_VOCABULARY``) and every knob checked."""
+    if preset not in CONCEPT_PRESETS:
+        raise ValueError(f'unknown concepts preset {preset!r}; choose one of {sorted(CONCEPT_PRESETS)}.')
+    settings = {**_BASE_SETTINGS, **CONCEPT_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    vocabulary = tuple(settings['concepts'] or CONCEPT_VOCABULARY)
+    unknown = [name for name in vocabulary if name not in _SHAPES]
+    if unknown:
+        raise ValueError(f'unknown concepts {unknown}; the shapes are CONCEPT_VOCABULARY {list(CONCEPT_VOCABULARY)}.')
+    if len(set(vocabulary)) != len(vocabulary):
+        raise ValueError(f'concepts {list(vocabulary)} name a shape twice.')
+    num_concepts = settings['num_concepts'] or (len(vocabulary) if settings['concepts'] else 12)
+    if not 1 <= num_concepts <= len(vocabulary):
+        where = 'the given concepts' if settings['concepts'] else 'the size of CONCEPT_VOCABULARY'
+        raise ValueError(f'num_concepts={num_concepts} must lie in [1, {len(vocabulary)}] ({where}).')
+    settings['concepts'] = vocabulary[:num_concepts]
+    settings['num_concepts'] = num_concepts
+    low, high = settings['scale'] = tuple(float(x) for x in settings['scale'])
+    if not 0 < low <= high <= 0.9:
+        raise ValueError(f'scale={settings["scale"]} must be (low, high) with 0 < low <= high <= 0.9 '
+                         '(fractions of the image side).')
+    if not 0 <= settings['rotation'] <= 180:
+        raise ValueError(f'rotation={settings["rotation"]} must lie in [0, 180] degrees.')
+    if settings['distractors'] < 0:
+        raise ValueError(f'distractors={settings["distractors"]} must be >= 0.')
+    if settings['distractors'] and not set(CONCEPT_VOCABULARY) - set(settings['concepts']):
+        raise ValueError('distractors need shapes that are not concepts; use fewer concepts.')
+    if not 0 <= settings['shortcut'] <= 1:
+        raise ValueError(f'shortcut={settings["shortcut"]} must be a probability in [0, 1].')
+    if settings['shortcut'] and not 1 <= settings['shortcut_pairs'] <= num_concepts // 2:
+        raise ValueError(f'shortcut_pairs={settings["shortcut_pairs"]} must lie in [1, {num_concepts // 2}] '
+                         f'(disjoint pairs of the {num_concepts} concepts).')
+    return settings
+
+
+def make_shortcut_pairs(num_concepts: int, pairs: int, seed: int) -> Tuple[Tuple[int, int], ...]:
+    """The ``pairs`` disjoint concept pairs that co-occur in training (a random pairing, fixed by ``seed``)."""
+    order = np.random.default_rng([seed, 104729]).permutation(num_concepts)
+    return tuple((int(order[2 * i]), int(order[2 * i + 1])) for i in range(pairs))
 
 
 class ConceptsDataset(Dataset):
@@ -217,19 +368,29 @@ class ConceptsDataset(Dataset):
     Args:
         split: ``'train'`` or ``'val'`` (any name of :mod:`.splits`: ``'test'``, ``'eval'``... mean ``'val'``);
             the splits share the class definitions and have disjoint image seeds.
-        num_concepts: size K of the vocabulary used (the first K of ``CONCEPT_VOCABULARY``).
+        preset: named difficulty (``CONCEPT_PRESETS``; ``'default'`` is the embedded default), which the
+            arguments below override where given.
+        num_concepts: size K of the vocabulary used (the first K of ``concepts``, else of ``CONCEPT_VOCABULARY``).
         num_classes: number of classes C; each is a distinct set of concepts.
         concepts_per_class: k, concepts per class (all of them are drawn in every image).
         img_size: side of the square images in pixels.
         images_per_class: images per class; default 100 for train, 25 for val.
         seed: fixes the class definitions and every pixel.
+        concepts: the concept shapes by name (e.g. a family of ``SHAPE_FAMILIES``).
+        scale: (low, high) side of a shape's box as a fraction of the image side.
+        rotation: every shape turned by up to this many degrees either way.
+        distractors: shapes per image that are no concept (drawn from the rest of ``CONCEPT_VOCABULARY``).
+        shortcut: in the training split, each of ``shortcut_pairs`` concept pairs co-occurs with this probability
+            where the class holds only one of the pair (the shortcut; validation images never show it).
+        masks: samples are ``(image, target, masks)``, ``masks`` ``(K, H, W)`` bool of every concept as the
+            image shows it (:meth:`concept_masks`, through the transform's geometry); off by default (speed).
         transform: applied to the PIL image in ``__getitem__``.
         target_transform: applied to the integer target.
 
     Attributes (ground truth):
         class_concepts: ``(C, K)`` bool, which concepts define each class.
-        concept_presence: ``(N, K)`` bool, which concepts image ``i`` shows (its class's row; this
-            dataset draws no distractors).
+        concept_presence: ``(N, K)`` bool, which concepts image ``i`` shows (its class's row, plus its shortcut
+            partners in the training split).
         classes: class names (``'disk+ring+plus'``), concept_names, targets (list of int),
         images: ``(N, H, W, 3)`` uint8, read-only, see ``generate_concept_images``.
     """
@@ -237,19 +398,29 @@ class ConceptsDataset(Dataset):
     def __init__(
             self,
             split: str = 'train',
-            num_concepts: int = 12,
-            num_classes: int = CONCEPTS_NUM_CLASSES,
-            concepts_per_class: int = 3,
-            img_size: int = CONCEPTS_IMG_SIZE,
+            num_concepts: Optional[int] = None,
+            num_classes: Optional[int] = None,
+            concepts_per_class: Optional[int] = None,
+            img_size: Optional[int] = None,
             images_per_class: Optional[int] = None,
             seed: int = 0,
             transform: Optional[Callable] = None,
             target_transform: Optional[Callable] = None,
+            preset: str = 'default',
+            concepts: Optional[Sequence[str]] = None,
+            scale: Optional[Sequence[float]] = None,
+            rotation: Optional[float] = None,
+            distractors: Optional[int] = None,
+            shortcut: Optional[float] = None,
+            shortcut_pairs: Optional[int] = None,
+            masks: bool = False,
     ):
         split_id = 0 if is_train_split(split) else 1
-        if not 1 <= num_concepts <= len(CONCEPT_VOCABULARY):
-            raise ValueError(f'num_concepts={num_concepts} must lie in [1, {len(CONCEPT_VOCABULARY)}] '
-                             f'(the size of CONCEPT_VOCABULARY).')
+        settings = concept_settings(
+            preset, num_concepts=num_concepts, num_classes=num_classes, concepts_per_class=concepts_per_class,
+            img_size=img_size, concepts=concepts, scale=scale, rotation=rotation, distractors=distractors,
+            shortcut=shortcut, shortcut_pairs=shortcut_pairs)
+        img_size, num_classes = settings['img_size'], settings['num_classes']
         if img_size < 16:
             raise ValueError(f'img_size={img_size} is too small to draw concepts; use >= 16.')
         if images_per_class is None:
@@ -259,20 +430,54 @@ class ConceptsDataset(Dataset):
         self.split = 'train' if split_id == 0 else 'val'
         self.seed = seed
         self.img_size = img_size
+        self.preset = preset
+        self.settings = settings
+        self.masks = masks
         self.transform = transform
         self.target_transform = target_transform
-        self.concept_names: List[str] = list(CONCEPT_VOCABULARY[:num_concepts])
-        self.class_concepts = make_class_concepts(num_classes, num_concepts, concepts_per_class, seed)
+        self.concept_names: List[str] = list(settings['concepts'])
+        num_concepts = len(self.concept_names)
+        self.class_concepts = make_class_concepts(num_classes, num_concepts, settings['concepts_per_class'], seed)
         self.classes: List[str] = [
             '+'.join(self.concept_names[k] for k in np.flatnonzero(row)) for row in self.class_concepts]
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.targets: List[int] = np.repeat(np.arange(num_classes), images_per_class).tolist()
-        self.concept_presence = self.class_concepts[self.targets]
-        self.images = generate_concept_images(
-            self.class_concepts.tobytes(), num_concepts, images_per_class, img_size, seed, 1 + split_id)
+        distractor_names = tuple(n for n in CONCEPT_VOCABULARY if n not in self.concept_names)
+        self.images, self.placements = generate_concept_images(
+            self.class_concepts.tobytes(), tuple(self.concept_names), images_per_class, img_size, seed,
+            1 + split_id, settings['scale'], float(settings['rotation']),
+            distractor_names if settings['distractors'] else (), int(settings['distractors']),
+            make_shortcut_pairs(num_concepts, settings['shortcut_pairs'], seed) if settings['shortcut'] else (),
+            float(settings['shortcut']))
+        shapes = self.placements[..., 0].astype(np.int64)
+        self.concept_presence = np.zeros((len(self.targets), num_concepts), dtype=bool)
+        rows, slots = np.nonzero((shapes >= 0) & (shapes < num_concepts))
+        self.concept_presence[rows, shapes[rows, slots]] = True
+
+    def concept_masks(self, indices: Sequence[int]) -> np.ndarray:
+        """``(n, K, H, W)`` bool: where every concept is drawn in images ``indices`` (all False for a concept the
+        image does not show), at the rendering size (docs/METHOD.md, "Explanation metrics")."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        size = self.img_size
+        out = np.zeros((len(indices), len(self.concept_names), size, size), dtype=bool)
+        for row, index in enumerate(indices):
+            for shape, top, left, side, angle in self.placements[index]:
+                if 0 <= shape < len(self.concept_names):
+                    top, left, side = int(top), int(left), int(side)
+                    out[row, int(shape), top:top + side, left:left + side] |= shape_mask(
+                        self.concept_names[int(shape)], side, float(angle))
+        return out
+
+    def object_masks(self, indices: Sequence[int]) -> np.ndarray:
+        """``(n, H, W)`` bool: the object of each image, the union of its planted concepts (not the distractors)."""
+        return self.concept_masks(indices).any(axis=1)
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def _sample_masks(self, indices: List[int]) -> List[torch.Tensor]:
+        from .masks import masks_through_transform  # here: masks.py reads transforms.py, which imports this module
+        return list(masks_through_transform(self.transform, torch.from_numpy(self.concept_masks(indices))))
 
     def __getitems__(self, indices: List[int]) -> list:
         """A batch of samples at once (torch's DataLoader calls this instead of ``__getitem__`` per image): the
@@ -281,7 +486,7 @@ class ConceptsDataset(Dataset):
         normalisation at the rendering size), else one by one."""
         from .transforms import batched_transform  # here: transforms.py imports this module's constants
         batch = batched_transform(self.transform, self.images.shape[1:3])
-        if batch is None:
+        if batch is None or self.masks:
             return [self[i] for i in indices]
         images = batch(torch.from_numpy(self.images[np.asarray(indices, dtype=np.int64)]))
         targets = [self.targets[i] for i in indices]
@@ -296,9 +501,12 @@ class ConceptsDataset(Dataset):
             img = self.transform(img)
         if self.target_transform is not None:
             target = self.target_transform(target)
+        if self.masks:
+            return img, target, self._sample_masks([index])[0]
         return img, target
 
     def __repr__(self) -> str:
-        return (f'{type(self).__name__}(split={self.split!r}, num_concepts={len(self.concept_names)}, '
-                f'num_classes={len(self.classes)}, concepts_per_class={int(self.class_concepts[0].sum())}, '
-                f'img_size={self.img_size}, images={len(self)}, seed={self.seed})')
+        return (f'{type(self).__name__}(split={self.split!r}, preset={self.preset!r}, '
+                f'num_concepts={len(self.concept_names)}, num_classes={len(self.classes)}, '
+                f'concepts_per_class={int(self.class_concepts[0].sum())}, img_size={self.img_size}, '
+                f'images={len(self)}, seed={self.seed})')

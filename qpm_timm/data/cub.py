@@ -8,12 +8,15 @@ Expected files in the ``CUB_200_2011`` folder (``root`` may be that folder or it
 class_attribute_labels_continuous.txt`` (one row of attribute percentages per class, needed by
 the Structural Grounding metric), ``attributes/image_attribute_labels.txt`` (per-image attributes, which name
 the features of the explanations) and ``attributes.txt`` (``<attribute_id> <name>``, found in
-``attributes/``, the CUB folder or its parent, where the official archive puts it).
+``attributes/``, the CUB folder or its parent, where the official archive puts it). The segmentations of the
+birds (the release's separate ``segmentations/`` folder: ``<class folder>/<image name>.png``, grey levels of the
+annotators' agreement) are read when their folder is given (``segmentations=``): :meth:`CUB200Dataset.object_masks`.
 """
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import default_loader
 
@@ -98,6 +101,8 @@ class CUB200Dataset(Dataset):
         crop_to_bbox: crop every image to its ground-truth bounding box (the authors' CUB recipe).
         transform / target_transform: applied in ``__getitem__``.
         loader: path -> PIL image (RGB).
+        segmentations: the release's ``segmentations`` folder (or None): the bird masks of
+            :meth:`object_masks` (docs/METHOD.md, "Explanation metrics").
 
     Attributes: ``samples`` [(path, target)], ``targets``, ``classes`` (readable names,
     ``'Black footed Albatross'``), ``class_folders`` (``'001.Black_footed_Albatross'``),
@@ -113,6 +118,7 @@ class CUB200Dataset(Dataset):
             transform: Optional[Callable] = None,
             target_transform: Optional[Callable] = None,
             loader: Callable = default_loader,
+            segmentations: Optional[str] = None,
     ):
         self.folder = find_cub_folder(root)
         is_training_image = int(is_train_split(split))
@@ -159,6 +165,7 @@ class CUB200Dataset(Dataset):
                                     f'e.g. {missing[0]!r}.')
         self.targets = [t for _, t in self.samples]
         self.boxes = np.asarray(box_list, dtype=np.float64).reshape(-1, 4)
+        self.segmentations = None if segmentations is None else self._segmentation_paths(segmentations)
         self.class_attributes, self.attribute_names = self._load_attributes()
 
     def _load_attributes(self) -> Tuple[Optional[np.ndarray], Optional[List[str]]]:
@@ -200,6 +207,38 @@ class CUB200Dataset(Dataset):
                 present[rows[:, 0], rows[:, 1] - 1] = rows[:, 2] > 0
                 self._image_attributes = present[self.image_ids]
         return self._image_attributes
+
+    def _segmentation_paths(self, folder: str) -> List[str]:
+        """The segmentation file of every image (``<folder>/<image path under images/, as .png>``); all must exist."""
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f'CUB-200-2011: segmentations folder {folder!r} does not exist; give the '
+                                    "release's segmentations/ folder.")
+        images = os.path.join(self.folder, 'images')
+        paths = [os.path.join(folder, os.path.splitext(os.path.relpath(path, images))[0] + '.png')
+                 for path, _ in self.samples]
+        missing = [path for path in paths if not os.path.isfile(path)]
+        if missing:
+            raise FileNotFoundError(f'CUB-200-2011: {len(missing)} segmentation file(s) missing from {folder!r}, '
+                                    f'e.g. {missing[0]!r}.')
+        return paths
+
+    def object_masks(self, indices: Sequence[int]) -> List[np.ndarray]:
+        """The bird of each image ``indices``, ``(H, W)`` bool per image, where any annotator marked it (grey level
+        above 0), cropped like the image (``crop_to_bbox``); needs ``segmentations=``."""
+        if self.segmentations is None:
+            raise ValueError('CUB-200-2011: no segmentations; build the dataset with segmentations=<the '
+                             "release's segmentations/ folder> (--dataset-args \"{segmentations: PATH}\").")
+        masks = []
+        for index in indices:
+            with Image.open(self.segmentations[index]) as seg, Image.open(self.samples[index][0]) as img:
+                seg, image_size = seg.convert('L'), img.size
+                if seg.size != image_size:
+                    raise ValueError(f'CUB-200-2011: segmentation {self.segmentations[index]!r} is {seg.size}, its '
+                                     f'image {image_size}.')
+                if self.crop_to_bbox:
+                    seg = seg.crop(self.crop_box(index, seg.size))
+                masks.append(np.asarray(seg) > 0)
+        return masks
 
     def crop_box(self, index: int, size: Tuple[int, int]) -> Tuple[int, int, int, int]:
         """Integer ``(left, top, right, bottom)`` of the ground-truth box, clipped to ``size=(w, h)``."""

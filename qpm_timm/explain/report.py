@@ -3,7 +3,8 @@
 ``index.html`` + PNGs + JSON, relative links only (no server, no internet; it can be uploaded to the Hub
 beside the model, see :func:`qpm_timm.hub.save_pretrained`'s ``report_dir``)::
 
-    index.html            overview: the global picture, every feature, every class, the contrastive pairs
+    index.html            overview: the global picture, every feature, every class, the contrastive pairs, the
+                          explanation metrics (plausibility, feature grounding, deletion; explain/grounding.py)
     report.json           the model's sizes, feature names, classes, pairs and every file of the report
     global.png/.json      the class x feature assignment
     features/f<j>.png/.json   feature j: its name, top-k gallery images and the patch around its map's maximum
@@ -40,6 +41,7 @@ from .figures import (
     image_caption, local_figure, save_figure,
 )
 from .gallery import FeatureGallery, PATCH_FRACTION
+from .grounding import ExplanationCollector, ExplanationMetrics
 from .heatmap import active_values, data_normalization, denormalize, feature_colours, heatmaps, text_colour
 from .local import class_evidence, require_qpm
 from .naming import FeatureNames, dataset_annotations, name_features
@@ -368,10 +370,12 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
     selection = model.head.selection.cpu().tolist()
     transform = options['transform']
     normalization = data_normalization(SimpleNamespace(transform=transform) if val_set is None else val_set, model)
-    scan, annotations, examples = None, None, None
+    scan, annotations, examples, measured = None, None, None, None
     if val_set is not None:
+        explanations = ExplanationCollector(model, val_set, faithfulness=True)
         scan = scan_dataset(model, val_set, options['batch_size'], options['num_workers'], device, options['amp'],
-                            progress)
+                            progress, observers=[explanations])
+        measured = explanations.result()
         annotations = dataset_annotations(val_set)
         examples = class_examples(scan, model.num_classes)
     names = name_features(selection, scan.pooled, *annotations) if annotations else name_features(selection)
@@ -434,6 +438,7 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
             annotations=names.source or None, heatmap_normalisation=pictures.heat_note, class_names=class_names,
             features=[pictures.feature_info(j) for j in range(n)],
             class_features=pictures.features, pairs=[list(p) for p in drawable], skipped_pairs=skipped,
+            explanation_metrics=None if measured is None else _explanation_summary(measured, annotations),
             validation_accuracy=None if scan is None else float((scan.predictions == scan.targets).mean() * 100),
             dense_validation_accuracy=options['dense_accuracy'] or None)
         (root / 'report.json').write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding='utf-8')
@@ -516,6 +521,70 @@ class _Pending:
             self.pool.join()
 
 
+def _number(x) -> Optional[float]:
+    """A JSON number, None for NaN."""
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def _explanation_summary(measured: ExplanationMetrics, annotations) -> Dict[str, Any]:
+    """report.json's explanation metrics (docs/METHOD.md, "Explanation metrics"): plausibility, and per feature its
+    grounding (with the concept it is matched to and the chance level) and its deletion drops and ratios."""
+    d = measured.deletion
+    names = annotations[1] if annotations else None
+    features = []
+    for j in range(len(d.images)):
+        info = dict(feature=j, deletion_images=int(d.images[j]), activation_drop_peak=_number(d.activation_peak[j]),
+                    activation_drop_random=_number(d.activation_random[j]),
+                    activation_drop_ratio=_number(d.activation_ratio[j]), logit_drop_peak=_number(d.logit_peak[j]),
+                    logit_drop_random=_number(d.logit_random[j]), logit_drop_ratio=_number(d.logit_ratio[j]))
+        if measured.grounding is not None:
+            k = int(measured.matching[j])
+            info.update(grounding_concept=None if k < 0 or names is None else str(names[k]),
+                        grounding=_number(measured.grounding[j]),
+                        grounding_chance=_number(measured.grounding_chance[j]))
+        features.append(info)
+    return dict(plausibility=_number(measured.plausibility), plausibility_chance=_number(measured.plausibility_chance),
+                summary={k: _number(v) for k, v in measured.summary().items()}, features=features)
+
+
+def _metrics_html(metrics: Dict[str, Any], pictures: _Pictures) -> List[str]:
+    """The "Explanation metrics" section of index.html."""
+    def cell(x, digits=2):
+        return '&ndash;' if x is None else f'{x:.{digits}f}'
+    grounded = any('grounding' in f for f in metrics['features'])
+    plaus = metrics['plausibility']
+    out = ['<h2 id="metrics">Explanation metrics</h2><p class="small">Plausibility (DINO-QPM): the share of the '
+           'predicted class\'s evidence map (its features\' maps summed, shifted to a minimum of 0) that lies on '
+           'the object, its mask grown by one feature-map cell: ' +
+           (f'<b>{100 * plaus:.1f} %</b> over the validation images (chance, an evidence map spread evenly: '
+            f'{100 * metrics["plausibility_chance"]:.1f} %, the share of the grid the grown object covers).'
+            if plaus is not None else
+            'not measured (the dataset has no object masks).') +
+           (' Grounding: the share of a feature\'s map mass inside the mask of the concept it is matched to, over '
+            'the images holding that concept (chance: the share of the grid the concept covers).' if grounded
+            else '') +
+           ' Deletion: blanking the 3 &times; 3-cell window around a feature\'s maximum vs a random window of the '
+           'same size; the mean drop of the feature\'s activation and of the predicted class\'s logit, over the '
+           'images whose predicted class uses the feature (a fixed random subset), and their ratio (peak / random; '
+           'above 1: the feature depends on where it fires). See docs/METHOD.md, "Explanation metrics".</p>',
+           '<table><tr><th>feature</th>' + ('<th>matched concept</th><th>grounding</th><th>chance</th>'
+                                            if grounded else '') +
+           '<th>images</th><th>activation drop: peak / random (ratio)</th><th>logit drop: peak / random (ratio)'
+           '</th></tr>']
+    for f in metrics['features']:
+        row = f'<tr><td>{_feature_tag(pictures, f["feature"])}</td>'
+        if grounded:
+            row += (f'<td>{html.escape(f["grounding_concept"] or "-")}</td><td>{cell(f["grounding"])}</td>'
+                    f'<td>{cell(f["grounding_chance"])}</td>')
+        row += (f'<td>{f["deletion_images"]}</td><td>{cell(f["activation_drop_peak"], 3)} / '
+                f'{cell(f["activation_drop_random"], 3)} ({cell(f["activation_drop_ratio"])})</td><td>'
+                f'{cell(f["logit_drop_peak"], 3)} / {cell(f["logit_drop_random"], 3)} ({cell(f["logit_drop_ratio"])})'
+                '</td></tr>')
+        out.append(row)
+    out.append('</table>')
+    return out
+
+
 def _model_title(model) -> str:
     arch = model.pretrained_cfg.get('architecture', 'qpm') if hasattr(model, 'pretrained_cfg') else 'qpm'
     return f'{arch} ({model.backbone_name} backbone)'
@@ -563,8 +632,10 @@ def _index_html(summary: Dict, pages: Dict, pictures: _Pictures) -> str:
            f'{summary["n_per_class"]} of them (a binary class &times; feature assignment), so its logit is the sum '
            f'of its features\' normalised activations. {_data_sentence(summary)}</p>',
            '<nav><a href="#global">global picture</a><a href="#features">features</a><a href="#classes">classes</a>'
-           '<a href="#pairs">contrastive pairs</a>' + ('<a href="#local">local explanations</a>' if pages['local']
-                                                      else '') + '<a href="report.json">report.json</a></nav>',
+           '<a href="#pairs">contrastive pairs</a>' + ('<a href="#metrics">explanation metrics</a>' if
+                                                      summary['explanation_metrics'] is not None else '') +
+           ('<a href="#local">local explanations</a>' if pages['local'] else '') +
+           '<a href="report.json">report.json</a></nav>',
            '<h2 id="global">Global picture</h2><p class="small">A coloured cell: the class (row) uses the feature '
            '(column). Rows are grouped so that classes sharing features sit together; columns are ordered by how '
            'many classes use the feature (bars above). Numbers: <a href="global.json">global.json</a>.</p>',
@@ -611,6 +682,8 @@ def _index_html(summary: Dict, pages: Dict, pictures: _Pictures) -> str:
     for (a, b), (png, data) in pages['pair'].items():
         out.append(f'<h3>{esc(names[a])} vs {esc(names[b])}</h3><a href="{png}"><img loading="lazy" src="{png}" '
                    f'alt="{esc(names[a])} vs {esc(names[b])}"></a><br><a class="small" href="{data}">{data}</a>')
+    if summary['explanation_metrics'] is not None:
+        out.extend(_metrics_html(summary['explanation_metrics'], pictures))
     if pages['local']:
         out.append('<h2 id="local">Local explanations</h2>')
         for name, (png, data) in pages['local']:

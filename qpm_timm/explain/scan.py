@@ -6,7 +6,7 @@ heatmap scale), the prediction, the logit of the true class and the Spatial Inte
 dataset (:class:`GalleryCollector`). Memory: ``O(N * n_f*)`` numbers, no images or maps.
 """
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -40,8 +40,10 @@ def scan_dataset(
         progress: bool = False,
         k: int = GALLERY_K,
         desc: str = 'explanations: validation pass',
+        observers: Sequence[Callable[[ForwardBatch], None]] = (),
 ) -> DatasetScan:
-    """:class:`DatasetScan` of QPM ``model`` over ``dataset`` (eval transform) in one pass."""
+    """:class:`DatasetScan` of QPM ``model`` over ``dataset`` (eval transform) in one pass, on which ``observers``
+    ride along."""
     weights = model.class_weights.detach().float()
     gallery = GalleryCollector(k, channels=model.head.selection.cpu())
     parts: List[tuple] = []
@@ -53,7 +55,7 @@ def scan_dataset(
                       batch.logits.float().gather(1, targets[:, None])[:, 0].cpu(), sid.cpu()))
 
     loader = create_qpm_loader(dataset, batch_size, num_workers=num_workers)
-    forward_pass(model, loader, [record, gallery], device, amp, progress, desc=desc)
+    forward_pass(model, loader, [record, gallery, *observers], device, amp, progress, desc=desc)
     if not parts:
         raise ValueError('the validation dataset is empty: the report needs example images.')
     pooled, targets, predictions, class_logit, diversity = (torch.cat(p) for p in zip(*parts))

@@ -2,7 +2,7 @@
 :func:`qpm_timm.stats.forward_pass` like every other pass over data."""
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,10 @@ class Evaluation:
 
 def evaluate(model: nn.Module, loader, device: Union[str, torch.device], amp: bool = False,
              channels_last: bool = False, sid_k: Optional[int] = None, keep_features: bool = False,
-             progress: bool = False, desc: str = 'evaluation') -> Evaluation:
-    """One :func:`~qpm_timm.stats.forward_pass` over ``loader`` (every rank sees all of it)."""
+             progress: bool = False, desc: str = 'evaluation',
+             observers: Sequence[Callable[[ForwardBatch], None]] = ()) -> Evaluation:
+    """One :func:`~qpm_timm.stats.forward_pass` over ``loader`` (every rank sees all of it); ``observers`` ride
+    along on the same pass."""
     sums = dict(top1=0.0, top5=0.0, loss=0.0, count=0)
     sid, pooled, labels = [], [], []
     weights = model.class_weights.detach().float() if sid_k else None
@@ -55,7 +57,7 @@ def evaluate(model: nn.Module, loader, device: Union[str, torch.device], amp: bo
             pooled.append(batch.pooled.float().cpu())
             labels.append(targets.cpu())
 
-    forward_pass(model, loader, [observe], device, amp, progress, desc=desc, channels_last=channels_last)
+    forward_pass(model, loader, [observe, *observers], device, amp, progress, desc=desc, channels_last=channels_last)
     n = max(sums['count'], 1)
     return Evaluation(top1=sums['top1'] / n, top5=sums['top5'] / n, loss=sums['loss'] / n, count=sums['count'],
                       sid=float(torch.nanmean(torch.cat(sid))) if sid else None,

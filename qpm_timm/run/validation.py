@@ -15,6 +15,7 @@ from timm.data import create_transform
 from ..atomic import atomic_write
 from ..data import with_transform
 from ..data.loader import create_qpm_loader
+from ..explain.grounding import ExplanationCollector
 from ..metrics import class_independence, contrastiveness, feature_correlation, structural_grounding
 from .cli import UsageError
 from .data import build_eval_dataset, class_names_of, eval_data_config, resolve_dataset
@@ -89,6 +90,11 @@ def validate(args) -> Dict[str, Any]:
     if args.results_file:
         check_results_file(args.results_file)
     check_eval_args(args)
+    faithfulness, faithfulness_images = getattr(args, 'faithfulness', False), getattr(args, 'faithfulness_images', 256)
+    if faithfulness and not args.interpretability:
+        raise UsageError('--faithfulness is a QPM metric: drop --no-interpretability.')
+    if faithfulness_images < 1:
+        raise UsageError(f'--faithfulness-images must be >= 1, got {faithfulness_images}.')
     device = torch.device(args.device)
     resolve_dataset(args)
     eval_set = build_eval_dataset(args, args.split)
@@ -110,8 +116,10 @@ def validate(args) -> Dict[str, Any]:
     sid_k = min(5, model.n_per_class) if args.interpretability else None
     run = dict(device=device, amp=args.amp, channels_last=args.channels_last, progress=not args.no_progress)
     loader = create_qpm_loader(eval_set, args.batch_size, num_workers=args.workers)
+    explanations = ExplanationCollector(model, eval_set, faithfulness=faithfulness,
+                                        max_images=faithfulness_images) if args.interpretability else None
     evaluated = evaluate(model, loader, sid_k=sid_k, keep_features=args.interpretability,
-                         desc=f'validation ({args.split})', **run)
+                         desc=f'validation ({args.split})', observers=[explanations] if explanations else (), **run)
     _logger.info(f'evaluated {evaluated.count} images')
     results = OrderedDict(
         model=args.model,
@@ -128,6 +136,7 @@ def validate(args) -> Dict[str, Any]:
         train_loader = create_qpm_loader(train_set, args.batch_size, num_workers=args.workers)
         train = evaluate(model, train_loader, keep_features=True, desc=f'training split ({args.train_split})', **run)
         metrics = interpretability(model, train, evaluated, eval_set, sid_k)
+        metrics.update(explanations.result().summary())
         results.update(metrics)
         _logger.info(' * ' + ', '.join(f'{k} {100 * v:.2f} %' for k, v in metrics.items()))
 
