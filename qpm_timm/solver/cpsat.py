@@ -26,7 +26,8 @@ from ortools.sat.python import cp_model
 from .heuristic import KBestSets
 from .problem import QPMProblem
 
-__all__ = ["sat_parameters", "SatRun", "run_sat", "FullModel", "build_full_model", "solve_neighbourhood"]
+__all__ = ["sat_parameters", "SatRun", "run_sat", "FullModel", "build_full_model", "forced_pair_constraints",
+           "shared_vars", "solve_neighbourhood"]
 
 _Q_TARGET = 1e6
 _BATCH = 4  # tasks per interleaved batch, independent of the number of workers
@@ -76,6 +77,29 @@ def run_sat(model: cp_model.CpModel, workers: int, seed: int, det_time: float, w
     return SatRun(solver, status, spent, not proven and spent < limit * (1 - 1e-9))
 
 
+def shared_vars(m: cp_model.CpModel, row_a: Sequence[cp_model.IntVar], row_b: Sequence[cp_model.IntVar],
+                ge_and: bool = True, le_and: bool = True) -> List[cp_model.IntVar]:
+    """One boolean ``y_j`` per column with ``y_j >= row_a[j] AND row_b[j]`` (``ge_and``) and ``y_j <= ...``
+    (``le_and``): their sum is then >= / <= / = the number of shared features."""
+    ys = []
+    for wa, wb in zip(row_a, row_b):
+        y = m.new_bool_var("")
+        if ge_and:
+            m.add_bool_or([wa.Not(), wb.Not(), y])
+        if le_and:
+            m.add_implication(y, wa)
+            m.add_implication(y, wb)
+        ys.append(y)
+    return ys
+
+
+def forced_pair_constraints(m: cp_model.CpModel, W: Sequence[Sequence[cp_model.IntVar]], pairs: np.ndarray,
+                            k: int) -> None:
+    """The forced pairs on the full model's ``W`` (C, F) rows: ``sum_f (W[a, f] AND W[b, f]) = k - 1``, exact."""
+    for a, b in pairs:
+        m.add(sum(shared_vars(m, W[int(a)], W[int(b)])) == k - 1)
+
+
 def _scale(max_abs: float) -> float:
     return _Q_TARGET / max_abs if max_abs > 0 else 1.0
 
@@ -94,7 +118,9 @@ def build_full_model(problem: QPMProblem, uniqueness: str = "all") -> FullModel:
     """QPM eq. (objective) with all constraints (docs/METHOD.md, "The optimisation problem") as a CP-SAT model.
 
     ``uniqueness="all"``: for every class pair, ``sum_f (W_cf AND W_c'f) <= n_wc - 1`` (exact);
-    ``"none"``: left out, to be added lazily with :meth:`add_nogood` as the authors do.
+    ``"none"``: left out, to be added lazily with :meth:`add_nogood` as the authors do. CHiQPM's forced pairs of
+    the problem (docs/METHOD.md, "CHiQPM: forced pairs") are exact constraints (the idealised condition is not
+    modelled here: see :mod:`.forced`).
     """
     A, P, B = problem.A, problem.penalty, problem.B
     F, C = A.shape
@@ -132,12 +158,11 @@ def build_full_model(problem: QPMProblem, uniqueness: str = "all") -> FullModel:
     if uniqueness == "all":
         for c in range(C):
             for d in range(c + 1, C):
-                z = [m.new_bool_var("") for _ in range(F)]
-                for f in range(F):
-                    m.add_bool_or([W[c][f].Not(), W[d][f].Not(), z[f]])
-                m.add(sum(z) <= k - 1)
+                m.add(sum(shared_vars(m, W[c], W[d], le_and=False)) <= k - 1)
     elif uniqueness != "none":
         raise ValueError(f"uniqueness must be 'all' or 'none', got {uniqueness!r}")
+    if problem.pairs is not None:
+        forced_pair_constraints(m, W, problem.pairs, k)
     slack = 0.5 / Q * (C * k + n + n * (n - 1) / 2)
     return FullModel(m, s, W, Q, slack)
 

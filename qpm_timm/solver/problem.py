@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 
+from .pairs import check_pairs
 from .tau import find_tau_clique
 
 __all__ = ["QPMProblem", "derive_redundancy"]
@@ -62,6 +63,11 @@ class QPMProblem:
         n_per_class: n_wc, features per class.
         r_threshold: tau; pairs with ``R >= tau`` (and R > 0) are penalised. None runs the clique
             procedure of docs/METHOD.md (:func:`~qpm_timm.solver.tau.find_tau_clique`).
+        pairs: CHiQPM's forced class pairs ((n, 2) class indices, e.g.
+            :func:`~qpm_timm.solver.pairs.closest_class_pairs`): each must share exactly ``n_wc - 1``
+            features (docs/METHOD.md, "CHiQPM: forced pairs"). None: plain QPM.
+        idealize: with ``pairs``, the solution may instead satisfy CHiQPM's idealised condition: at least
+            ``len(pairs)`` class pairs share ``n_wc - 1`` features (docs/METHOD.md, "CHiQPM: idealising").
 
     Derived (read-only): ``R`` (processed), ``R_tilde``, ``penalty`` (symmetric (F, F) matrix of
     the penalised R-tilde entries), ``tau``, ``clique`` (the tau-clique, None if tau was given),
@@ -69,7 +75,7 @@ class QPMProblem:
     """
 
     def __init__(self, A, B=None, R=None, n_features: int = 50, n_per_class: int = 5,
-                 r_threshold: Optional[float] = None):
+                 r_threshold: Optional[float] = None, pairs=None, idealize: bool = False):
         self.A = _as_finite("A", A, 2)
         F, C = self.A.shape
         if F == 0 or C == 0:
@@ -106,6 +112,10 @@ class QPMProblem:
                 f"{self.n_per_class}) = {n_sets} exist; raise n_features or n_per_class")
         self.num_classes = C
         self.num_all_features = F
+        self.pairs = check_pairs(pairs, C)
+        self.idealize = bool(idealize)
+        if self.idealize and self.pairs is None:
+            raise ValueError("idealize=True needs forced pairs (pairs=...): it relaxes their constraints")
         self.z_a_factor = 1000.0 / (self.n_per_class * C)
 
         nz = self.R[self.R > 0]
@@ -137,12 +147,16 @@ class QPMProblem:
         return self.A.shape
 
     def input_hash(self) -> str:
-        """sha256 over A, B, processed R, tau, n_features and n_per_class (cache key of a solution)."""
+        """sha256 over A, B, processed R, tau, n_features, n_per_class and the forced pairs (cache key of a
+        solution)."""
         h = hashlib.sha256()
         for arr in (self.A, self.B, self.R):
             h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
             h.update(str(arr.shape).encode())
         h.update(repr((float(self.tau), self.n_features, self.n_per_class)).encode())
+        if self.pairs is not None:  # plain problems keep the hash they always had
+            h.update(self.pairs.tobytes())
+            h.update(repr((self.pairs.shape, self.idealize)).encode())
         return h.hexdigest()
 
     def restricted(self, features, A=None) -> "QPMProblem":

@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from ..atomic import atomic_write
+from .pairs import pair_shares, sharing_pairs
 from .problem import QPMProblem
 
 __all__ = ["QPMSolution", "check_solution"]
@@ -137,6 +138,7 @@ def check_solution(problem: QPMProblem, solution: QPMSolution, atol: float = 1e-
     if counts.max() > 1:
         raise ValueError(f"{int((counts[counts > 1]).sum())} classes share a feature set with another "
                          f"class; the uniqueness constraint requires all sets to differ")
+    _check_pairs(problem, W)
     z = problem.objective(S, W)
     if not abs(z - solution.objective) <= atol * max(1.0, abs(z)):
         raise ValueError(f"solution.objective={solution.objective} differs from the recomputed Z={z}")
@@ -144,3 +146,23 @@ def check_solution(problem: QPMProblem, solution: QPMSolution, atol: float = 1e-
         raise ValueError(f"solution.bound={solution.bound} lies below the objective Z={z}: not a valid bound")
     if solution.status not in ("optimal", "feasible"):
         raise ValueError(f"status must be 'optimal' or 'feasible', got {solution.status!r}")
+
+
+def _check_pairs(problem: QPMProblem, W: np.ndarray) -> None:
+    """CHiQPM (docs/METHOD.md, "CHiQPM: forced pairs"): every forced pair shares exactly ``n_wc - 1`` features,
+    or, idealised, at least as many class pairs as were forced do."""
+    if problem.pairs is None:
+        return
+    k = problem.n_per_class
+    if problem.idealize:
+        found = len(sharing_pairs(W, k - 1))
+        if found < len(problem.pairs):
+            raise ValueError(f"only {found} class pairs share n_per_class - 1 = {k - 1} features; the idealised "
+                             f"CHiQPM needs at least {len(problem.pairs)} (the number of forced pairs)")
+        return
+    shares = pair_shares(W, problem.pairs)
+    bad = np.flatnonzero(shares != k - 1)
+    if bad.size:
+        a, b = problem.pairs[bad[0]]
+        raise ValueError(f"{bad.size} forced pairs do not share exactly n_per_class - 1 = {k - 1} features, e.g. "
+                         f"classes {a} and {b} share {shares[bad[0]]}")

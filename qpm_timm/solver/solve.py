@@ -14,8 +14,16 @@ Phases (docs/METHOD.md, "The optimisation problem"):
    otherwise (b) an iterated-local-search kick: swap 2-5 random selected features for random
    promising ones (on the synthetic CUB-scale instances these kicks found the improvements). Either
    result is descended with local search, re-evaluated exactly in floats and kept only if Z improves.
-4. The bound: :func:`.bound.lp_bound` (the LP relaxation of the coupling ``W <= s``, valid by the
-   proof in :mod:`.bound`), or the full model's CP-SAT bound where that is lower.
+4. CHiQPM's forced pairs (docs/METHOD.md, "CHiQPM: forced pairs"), when the problem has them: phases 1-3
+   search the selection without them on ``1 - _PAIR_SHARE`` of the effort (the full model of phase 2 is
+   left out); then, for the selection found, the best assignment in which every forced pair shares exactly
+   ``n_wc - 1`` features (:func:`.forced.assign_forced`); on small instances the full model with the pairs,
+   hinted with it; with ``idealize``, CHiQPM's idealising step for that selection
+   (:func:`.forced.assign_idealized`). An infeasible request raises :class:`.forced.PairsInfeasible`.
+5. The bound: :func:`.bound.lp_bound` (the LP relaxation of the coupling ``W <= s``, valid by the
+   proof in :mod:`.bound`), or the full model's CP-SAT bound where that is lower. The LP bound ignores
+   forced pairs; it bounds their problem too (a restriction), and ``settings["bound_problem"]`` says
+   which problem a reported bound was computed for.
 
 Effort, not time, decides the answer. ``effort`` is a budget in deterministic units: CP-SAT's
 deterministic time (an operation count; one unit is roughly one second of one core of this
@@ -42,6 +50,7 @@ from threadpoolctl import threadpool_limits
 
 from .bound import lp_bound
 from .cpsat import build_full_model, hint_full_model, read_full_solution, run_sat, solve_neighbourhood
+from .forced import assign_forced, assign_idealized
 from .heuristic import best_start, insertion_scores, local_search
 from .problem import QPMProblem
 from .solution import QPMSolution, check_solution
@@ -61,6 +70,8 @@ _SCAN_CHARGE = 1e-3          # units per local-search scan (fixed part) ...
 _SCAN_CHARGE_FCN = 4e-10     # ... plus units per scan and F * C * n_features
 _LNS_DET = 0.3               # CP-SAT deterministic time per LNS neighbourhood
 _MAX_WORKERS = 4             # = the interleaved batch size of .cpsat: more threads would idle
+_PAIR_SHARE = 0.3            # share of the effort for the forced-pairs phase (4.) ...
+_PAIR_MIN = 0.1              # ... and at least this share, whatever the search before it overshot
 
 
 class _Log:
@@ -135,7 +146,8 @@ def solve_qpm(problem: QPMProblem, *, effort: float = DEFAULT_EFFORT, time_limit
     ``workers``: CP-SAT threads (None: the CPU count, at most 4). ``start``: one more starting selection
     (``n_features`` indices, e.g. the solution an edit changes), tried first in phase 1. Raises ValueError for a
     non-positive or non-finite effort or time limit, and if the time limit expires before any
-    feasible solution exists.
+    feasible solution exists; :class:`~qpm_timm.solver.forced.PairsInfeasible` (a ValueError) when the
+    problem's forced pairs cannot be satisfied or no assignment satisfying them is found in the effort.
     """
     if not isinstance(problem, QPMProblem):
         raise TypeError(f"problem must be a QPMProblem, got {type(problem).__name__}")
@@ -150,9 +162,11 @@ def solve_qpm(problem: QPMProblem, *, effort: float = DEFAULT_EFFORT, time_limit
 def _solve(problem: QPMProblem, budget: _Budget, seed: int, workers: int, say: _Log, t0: float,
            start: Optional[np.ndarray] = None) -> QPMSolution:
     rng = np.random.default_rng(seed)
+    forced = problem.pairs is not None
     say(f"F={problem.num_all_features} C={problem.num_classes} n_f*={problem.n_features} "
         f"n_wc={problem.n_per_class} tau={problem.tau:.6g} (tau procedure {problem.tau_time:.2f}s) "
-        f"workers={workers} effort={budget.effort:g} time limit={budget.time_limit:g}s")
+        f"workers={workers} effort={budget.effort:g} time limit={budget.time_limit:g}s"
+        + (f" forced pairs={len(problem.pairs)}{' (idealised)' if problem.idealize else ''}" if forced else ""))
 
     S, Z, W = best_start(problem, budget.deadline, say, start)
     budget.late()
@@ -162,7 +176,7 @@ def _solve(problem: QPMProblem, budget: _Budget, seed: int, workers: int, say: _
 
     C, F = problem.num_classes, problem.num_all_features
     full = C * F <= _FULL_MAX_W and C * (C - 1) // 2 * F <= _FULL_MAX_PAIR_VARS
-    if full and not budget.late():
+    if full and not forced and not budget.late():
         fm = build_full_model(problem, "all")
         hint_full_model(fm, problem, S, W)
         run = run_sat(fm.model, workers, seed, _FULL_SHARE * budget.effort / _FULL_COST, budget.wall_left())
@@ -180,9 +194,11 @@ def _solve(problem: QPMProblem, budget: _Budget, seed: int, workers: int, say: _
         say(f"full CP-SAT model: {run.solver.status_name(run.status)} Z={Z:.6f} CP-SAT bound={sat_bound:.6f} "
             f"(effort used {budget.used:.3g})")
 
+    search_effort = budget.effort * (1 - _PAIR_SHARE) if forced else budget.effort
     rounds = 0
     ranked = _ranked_outside(problem, S)
-    while status != "optimal" and budget.left > 0 and F > problem.n_features and not budget.late():
+    while (status != "optimal" and budget.used < search_effort and F > problem.n_features
+           and not budget.late()):
         kind = "LNS" if rounds % 4 == 0 else "kick"
         d = min(2 + (rounds // 4) % 2 if kind == "LNS" else 2 + rounds % 4, problem.n_features,
                 ranked.size)
@@ -194,7 +210,7 @@ def _solve(problem: QPMProblem, budget: _Budget, seed: int, workers: int, say: _
             pool = np.sort(np.concatenate([head, extra])).astype(np.int64)
             new_S, run = solve_neighbourhood(
                 problem, S, W, out, pool, sets_per_class=8, workers=workers, seed=seed + rounds,
-                det_time=min(_LNS_DET, budget.left), wall_cap=budget.wall_left())
+                det_time=min(_LNS_DET, search_effort - budget.used), wall_cap=budget.wall_left())
             budget.used += run.spent + _CALL_CHARGE + _BUILD_CHARGE * C * pool.size
             budget.cut_by_wall_clock |= run.cut_by_wall_clock
         else:  # iterated local search: swap d random features for d promising ones, then descend
@@ -210,12 +226,22 @@ def _solve(problem: QPMProblem, budget: _Budget, seed: int, workers: int, say: _
             S, Z, W = S2, Z2, W2
             ranked = _ranked_outside(problem, S)
             say(f"{kind} round {rounds} ({d} out): Z={Z:.6f} (effort used {budget.used:.3g})")
+    pair_settings = {}
+    if forced:
+        z_free = Z
+        S, Z, W, status, sat_bound = _forced_phase(problem, S, W, budget, seed, workers, say, full)
+        pair_settings = dict(pairs=[[int(a), int(b)] for a, b in problem.pairs], idealize=problem.idealize,
+                     z_without_pairs=float(z_free))
     if budget.cut_by_wall_clock:
         say(f"WARNING: the time limit cut the search after {budget.used:.3g} of {budget.effort:g} effort units: "
             f"this result may depend on machine load (raise the time limit or lower the effort)")
     t_bound = time.perf_counter()
-    bound = min(lp_bound(problem)[0], sat_bound)
+    lp = lp_bound(problem)[0]
+    bound = min(lp, sat_bound)
     bound_time = time.perf_counter() - t_bound
+    if forced:
+        pair_settings["bound_problem"] = "with the forced pairs" if sat_bound < lp else \
+            "without the forced pairs (valid for them, since forcing pairs only restricts the problem)"
     if bound <= Z + 1e-9 * max(1.0, abs(Z)):
         status = "optimal"
     sol = QPMSolution(selected=S, assignment=W, objective=float(Z), bound=float(bound), status=status,
@@ -223,9 +249,50 @@ def _solve(problem: QPMProblem, budget: _Budget, seed: int, workers: int, say: _
                       settings={"seed": int(seed), "workers": workers,
                                 "tau": float(problem.tau), "tau_time": float(problem.tau_time),
                                 "n_features": problem.n_features, "n_per_class": problem.n_per_class,
-                                "search_rounds": rounds, "bound_time": bound_time},
+                                "search_rounds": rounds, "bound_time": bound_time, **pair_settings},
                       effort=budget.effort, effort_used=budget.used, time_limit=budget.time_limit,
                       cut_by_wall_clock=budget.cut_by_wall_clock)
     check_solution(problem, sol)
     say(f"done: {sol.summary()} ({rounds} LNS/kick rounds, bound {bound_time:.1f}s)")
     return sol
+
+
+def _forced_phase(problem: QPMProblem, S: np.ndarray, W: np.ndarray, budget: _Budget, seed: int, workers: int,
+                  say: _Log, full: bool):
+    """Phase 4 of the module docstring; returns (S, Z, W, status, CP-SAT bound of the forced problem or inf)."""
+    steps = 1 + int(full) + int(problem.idealize)
+    share = max(budget.left, _PAIR_MIN * budget.effort) / steps
+
+    def charge(spent: float, cut: bool) -> None:
+        budget.used += spent
+        budget.cut_by_wall_clock |= cut
+
+    W, spent, _, cut = assign_forced(problem, S, W, share, workers, seed, budget.wall_left)
+    charge(spent, cut)
+    Z = problem.objective(S, W)
+    status, sat_bound = "feasible", math.inf
+    say(f"forced pairs: Z={Z:.6f} for the searched selection (effort used {budget.used:.3g})")
+    if full and not budget.late():
+        fm = build_full_model(problem, "all")
+        hint_full_model(fm, problem, S, W)
+        run = run_sat(fm.model, workers, seed, share / _FULL_COST, budget.wall_left())
+        charge(_FULL_COST * run.spent, run.cut_by_wall_clock)
+        if run.has_solution:
+            S2, W2 = read_full_solution(fm, run.solver)
+            Z2 = problem.objective(S2, W2)
+            if Z2 > Z + 1e-12:
+                S, Z, W = S2, Z2, W2
+            sat_bound = run.solver.best_objective_bound / fm.Q + fm.slack
+            if run.optimal:
+                status = "optimal"
+        say(f"full CP-SAT model with the forced pairs: {run.solver.status_name(run.status)} Z={Z:.6f} "
+            f"CP-SAT bound={sat_bound:.6f} (effort used {budget.used:.3g})")
+    if problem.idealize:
+        W2, spent, _, cut = assign_idealized(problem, S, W, share, workers, seed, budget.wall_left)
+        charge(spent, cut)
+        Z2 = problem.objective(S, W2)
+        if Z2 > Z + 1e-12:
+            W, Z = W2, Z2
+        status, sat_bound = "feasible", math.inf  # the forced problem's bound does not bound the idealised one
+        say(f"idealised: Z={Z:.6f} (effort used {budget.used:.3g})")
+    return S, Z, W, status, sat_bound
