@@ -82,6 +82,26 @@ group.add_argument('--finetune-lr', type=float, default=1e-4)
 group.add_argument('--finetune-weight-decay', type=float, default=None, help='default: --weight-decay')
 group.add_argument('--finetune-momentum', type=float, default=0.95)
 group.add_argument('--finetune-decay-epochs', type=float, default=10)
+group.add_argument('--finetune-rounds', type=int, nargs='+', default=None, metavar='EPOCHS',
+                   help='fine-tune in rounds of these many epochs, each with a fresh optimiser and step schedule '
+                        '(CHiQPM: 10 10 10 40); replaces --finetune-epochs')
+group.add_argument('--finetune-round-lr-decay', type=float, default=1.0,
+                   help='round r starts at --finetune-lr x this^r (CHiQPM: 0.9)')
+group = parser.add_argument_group('CHiQPM (docs/METHOD.md, "CHiQPM")')
+group.add_argument('--rho', type=float, default=0.0,
+                   help='force the int(C * rho) closest class pairs (by their columns of A) to share exactly '
+                        'n_per_class - 1 features (CHiQPM: 0.5; 0: none)')
+group.add_argument('--pairs', type=run.args.yaml_pairs, default=None, metavar='YAML',
+                   help='force these class pairs instead, e.g. "[[0, 1], [2, 5]]"')
+group.add_argument('--idealize', action=argparse.BooleanOptionalAction, default=False,
+                   help='after the forced solve, re-optimise the assignment for the same features, asking only that '
+                        'at least as many class pairs share n_per_class - 1 features as were forced (CHiQPM)')
+group.add_argument('--relu-head', action=argparse.BooleanOptionalAction, default=False,
+                   help='a ReLU after the QPM head\'s normalisation (CHiQPM\'s head)')
+group.add_argument('--fgl-weight', type=float, default=0.0,
+                   help='fine-tune: weight of the Feature Grounding Loss (CHiQPM: 3; 0: off)')
+group.add_argument('--fgl-epochs', type=int, default=None, metavar='N',
+                   help='the FGL counts in the first N epochs of every fine-tune round only (CHiQPM: 30)')
 group = parser.add_argument_group('Optimizer / schedule (dense stage)')
 group.add_argument('--opt', default='sgd', metavar='OPTIMIZER')
 group.add_argument('--opt-eps', default=None, type=float)

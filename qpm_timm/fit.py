@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from .models import QPMModel
-from .solver import QPMProblem, QPMSolution, solve_qpm
+from .solver import QPMProblem, QPMSolution, closest_class_pairs, solve_qpm
 from .stats import QPMStatistics, collect_statistics
 from .timing import timed
 
@@ -46,16 +46,22 @@ class QPMFit:
 
 
 def problem_from_statistics(statistics: QPMStatistics, n_features: int, n_per_class: int,
-                            locality: bool = True) -> Tuple[QPMProblem, np.ndarray]:
+                            locality: bool = True, rho: float = 0.0, pairs: Optional[Sequence] = None,
+                            idealize: bool = False) -> Tuple[QPMProblem, np.ndarray]:
     """The optimisation problem (docs/METHOD.md, "The optimisation problem") over the non-constant features;
-    ``locality=False`` drops the locality bias ``B`` from the objective (DINO-QPM's solve).
+    ``locality=False`` drops the locality bias ``B`` from the objective (DINO-QPM's solve). CHiQPM (docs/METHOD.md,
+    "CHiQPM: forced pairs"): ``rho > 0`` forces the ``int(C * rho)`` closest class pairs by the statistics' ``A``
+    over all features (:func:`~qpm_timm.solver.closest_class_pairs`), ``pairs`` forces the given ones, ``idealize``
+    adds the idealising step.
 
     A constant feature (std 0) cannot be normalised by the QPM head, so it is left out; returns the problem and
     the channel of each of its features.
     """
     channels = np.flatnonzero(statistics.std > 0)
+    if rho > 0:
+        pairs = closest_class_pairs(statistics.A, rho)
     problem = QPMProblem(statistics.A[channels], B=statistics.B[channels] if locality else None,
-                         n_features=n_features, n_per_class=n_per_class)
+                         n_features=n_features, n_per_class=n_per_class, pairs=pairs, idealize=idealize)
     return problem, channels
 
 
@@ -81,8 +87,8 @@ def _broadcast(obj: Any) -> Any:
 
 
 def _solve(statistics: QPMStatistics, n_features: int, n_per_class: int, path: Optional[Path], locality: bool,
-           **solver_kwargs) -> Tuple[QPMSolution, np.ndarray]:
-    problem, channels = problem_from_statistics(statistics, n_features, n_per_class, locality)
+           chiqpm: dict, **solver_kwargs) -> Tuple[QPMSolution, np.ndarray]:
+    problem, channels = problem_from_statistics(statistics, n_features, n_per_class, locality, **chiqpm)
     if path is not None and path.is_file():  # a finished solve of these statistics (checked by its input hash)
         return QPMSolution.load(path, problem), channels
     with timed('solve'):
@@ -104,6 +110,9 @@ def fit_qpm(
         progress: bool = False,
         observers: Sequence[Callable] = (),
         locality: bool = True,
+        rho: float = 0.0,
+        pairs: Optional[Sequence] = None,
+        idealize: bool = False,
         **solver_kwargs,
 ) -> QPMFit:
     """Statistics -> solve -> QPM head for a dense ``model`` (module docstring); returns a :class:`QPMFit`.
@@ -120,6 +129,8 @@ def fit_qpm(
             e.g. the explanations' :class:`~qpm_timm.explain.GalleryCollector`; not called when the statistics
             are read from ``statistics`` / ``statistics_path``.
         locality: keep the locality bias ``B`` in the objective (False: DINO-QPM's solve).
+        rho, pairs, idealize: CHiQPM's forced class pairs (:func:`problem_from_statistics`); the solution's
+            ``settings["pairs"]`` lists them.
         **solver_kwargs: passed to :func:`~qpm_timm.solver.solve_qpm` (``effort``, ``time_limit``, ``seed``, ...).
     """
     if not isinstance(model, QPMModel) or model.is_qpm:
@@ -138,7 +149,7 @@ def fit_qpm(
     if statistics.num_classes != model.num_classes:
         raise ValueError(f'the statistics have {statistics.num_classes} classes, the model {model.num_classes}.')
     solved = _solve(statistics, model.n_features, model.n_per_class, Path(solution_path) if solution_path else None,
-                    locality, **solver_kwargs) if _rank() == 0 else None
+                    locality, dict(rho=rho, pairs=pairs, idealize=idealize), **solver_kwargs) if _rank() == 0 else None
     solution, channels = _broadcast(solved)
     apply_solution(model, statistics, solution, channels)
     return QPMFit(model, solution, statistics, channels)

@@ -225,12 +225,14 @@ def save_pretrained(
         report_dir: Optional[str] = None,
         card_sections: Sequence[str] = (),
         extra_files: Optional[Dict[str, Union[str, os.PathLike]]] = None,
+        training: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Export ``model`` as a Hub repository folder: ``model.safetensors``, ``config.json``, ``README.md`` (rendered
     from that config.json, with ``repo_id`` in its usage line when given, else ``local-dir:<folder>``); with
     ``report_dir`` (:func:`qpm_timm.explain.write_report`) a copy of the report in ``report/``, which the model
     card embeds, its features named by ``feature_names``; ``card_sections``: more markdown sections of the card;
-    ``extra_files``: ``{name: source file}`` copied into the folder (e.g. an edit's ``statistics.npz``)."""
+    ``extra_files``: ``{name: source file}`` copied into the folder (e.g. an edit's ``statistics.npz``);
+    ``training``: how it was trained, kept as config.json's ``training`` (train.py: CHiQPM's settings)."""
     if not isinstance(model, QPMModel):
         raise TypeError(f'save_pretrained exports QPMModel instances, got {type(model).__name__}.')
     if label_names is not None and len(label_names) != model.num_classes:
@@ -241,6 +243,8 @@ def save_pretrained(
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={'format': 'pt'})
         config = dict(label_names=label_names) if label_names else {}
+        if training:
+            config['training'] = training
         save_config_for_hf(model, tmp / CONFIG_NAME, model_config=config, model_args=_model_args(model),
                            data_config=data_config)
         _drop_load_time_args(tmp / CONFIG_NAME)

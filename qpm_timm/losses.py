@@ -1,5 +1,6 @@
 """Training losses of a QPM: the Feature Diversity Loss (docs/METHOD.md, "Feature Diversity Loss"; Q-SENN / QPM
-papers) and DINO-QPM's L1 activation terms (:class:`ActivationL1`; docs/METHOD.md, "ViT backbones and the adapter").
+papers), DINO-QPM's L1 activation terms (:class:`ActivationL1`; docs/METHOD.md, "ViT backbones and the adapter") and
+CHiQPM's Feature Grounding Loss (:class:`FeatureGroundingLoss`; docs/METHOD.md, "CHiQPM: Feature Grounding Loss").
 
 The loss rewards the features a class relies on for lighting up *different* spatial
 locations. It works unchanged for both head states of a QPM model:
@@ -19,7 +20,8 @@ images). Everything is computed in float32, also under autocast / bfloat16 input
 import torch
 from torch import nn
 
-__all__ = ["ActivationL1", "FeatureDiversityLoss", "feature_diversity_loss", "mean_scaled_softmax_maps", "predicted_class_weights"]
+__all__ = ["ActivationL1", "FeatureDiversityLoss", "FeatureGroundingLoss", "feature_diversity_loss",
+           "feature_grounding_loss", "mean_scaled_softmax_maps", "predicted_class_weights"]
 
 
 def _check_shapes(feature_maps: torch.Tensor, logits: torch.Tensor, class_weights: torch.Tensor) -> None:
@@ -111,3 +113,42 @@ class ActivationL1(nn.Module):
         if self.pooled_weight:
             loss = loss + self.pooled_weight * pooled.float().abs().mean()
         return loss
+
+
+def feature_grounding_loss(features: torch.Tensor, targets: torch.Tensor, assignment: torch.Tensor,
+                           min_scale: float = 0.01) -> torch.Tensor:
+    """CHiQPM's FGL (docs/METHOD.md, "CHiQPM: Feature Grounding Loss"), a float32 scalar: per image, with ``f`` its
+    normalised (ReLU'd) features (N, n_f*) and ``w`` its target class's binary row of ``assignment`` (C, n_f*),
+    ``(2 * mean(f where w = 0) - mean(f where w = 1)) / max(max|f|, min_scale)``; averaged over the batch. A class
+    using every feature has no ``w = 0`` part (its mean counts as 0)."""
+    if features.ndim != 2 or targets.ndim != 1 or features.shape[0] != targets.shape[0]:
+        raise ValueError(f"features must be (N, F) and targets (N,), got {tuple(features.shape)} and "
+                         f"{tuple(targets.shape)}")
+    if assignment.ndim != 2 or assignment.shape[1] != features.shape[1]:
+        raise ValueError(f"assignment must be (C, F) with F = {features.shape[1]}, got {tuple(assignment.shape)}")
+    f = features.float()
+    w = assignment.detach().float()[targets]
+    used = w.sum(dim=1)
+    on = (f * w).sum(dim=1) / used.clamp(min=1.0)
+    off = (f * (1.0 - w)).sum(dim=1) / (w.shape[1] - used).clamp(min=1.0)
+    return ((2.0 * off - on) / f.abs().amax(dim=1).clamp(min=min_scale)).mean()
+
+
+class FeatureGroundingLoss(nn.Module):
+    """``weight * feature_grounding_loss`` (CHiQPM: weight 3; docs/METHOD.md, "CHiQPM: Feature Grounding Loss").
+
+    ``forward(features (N, n_f*), targets (N,), assignment (C, n_f*)) -> scalar``; the features are the QPM head's
+    normalised ones (:meth:`~qpm_timm.models.head.QPMHead.normalize`, with the ReLU of a CHiQPM head).
+    """
+
+    def __init__(self, weight: float = 3.0, min_scale: float = 0.01):
+        super().__init__()
+        if not weight >= 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
+        self.weight, self.min_scale = float(weight), float(min_scale)
+
+    def forward(self, features: torch.Tensor, targets: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
+        return self.weight * feature_grounding_loss(features, targets, assignment, self.min_scale)
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}"

@@ -107,18 +107,19 @@ def test_converter_reproduces_their_forward_and_the_export_reloads_identically(a
     out = tmp_path / 'converted'
     classes = tmp_path / 'classes.txt'  # CUB's format: "<id> <name>"
     classes.write_text(''.join(f'{c + 1} {c + 1:03d}.Bird_{c}\n' for c in range(CLASSES)))
-    assert convert.main(['--source', source, '--checkpoint', str(path), '--variant', VARIANT, '--output', str(out),
+    variant = 'chiqpm_resnet50_cub' if source == 'authors-chiqpm' else VARIANT  # their release's variant
+    assert convert.main(['--source', source, '--checkpoint', str(path), '--variant', variant, '--output', str(out),
                          '--label-names', str(classes), *flags]) == 0
     assert f'local-dir:{out}' in capsys.readouterr().out
     relu = source == 'authors-chiqpm'
     reloaded = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
-    direct = convert.load_authors_checkpoint(str(path), VARIANT, source)
+    direct = convert.load_authors_checkpoint(str(path), variant, source)
     with torch.no_grad():
         logits = reloaded(x)
         assert torch.equal(logits, direct(x))
     torch.testing.assert_close(logits, _authors_forward(net, head, x, relu), rtol=1e-5, atol=1e-5)
     config = json.loads((out / 'config.json').read_text())
-    assert config['model_args'].get('relu_after_norm', False) is relu
+    assert config['model_args'].get('relu_after_norm', False) is relu and config['architecture'] == variant
     assert config['label_names'][:2] == ['001.Bird_0', '002.Bird_1'] and len(config['label_names']) == CLASSES
     assert {k: config['pretrained_cfg'][k] for k in ('input_size', 'crop_pct', 'crop_mode', 'interpolation')} == \
         dict(input_size=[3, 224, 224], crop_pct=1.0, crop_mode=crop_mode, interpolation='bilinear')

@@ -128,7 +128,6 @@ def test_unpublished_variant_error_names_variant_repository_and_the_two_ways_to_
     assert message.startswith(f"{VARIANT}: no pretrained weights at the Hugging Face Hub repository {repo_id}: "
                               f"{reason}.")
     for way in ("QPM-WithCrop (--source authors-qpm): https://drive.google.com/",
-                "CHiQPM-WithCrop (--source authors-chiqpm): https://drive.google.com/",
                 f"python -m qpm_timm.convert --source authors-qpm --checkpoint <file.pth> --variant {VARIANT}",
                 f"python -m qpm_timm.hub push <folder> --repo-id {repo_id}",
                 f"python train.py --model {VARIANT} --dataset cub --data-dir <data>"):

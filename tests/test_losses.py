@@ -111,3 +111,20 @@ def test_bfloat16_autocast_is_computed_in_float32():
 def test_mismatched_shapes_raise_value_error(maps, logits, weights):
     with pytest.raises(ValueError):
         FeatureDiversityLoss()(maps, logits, weights)
+
+
+def test_feature_grounding_loss_matches_its_closed_form_per_image_and_batch():
+    from qpm_timm.losses import FeatureGroundingLoss, feature_grounding_loss
+    assignment = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+    features = torch.tensor([[4.0, 2.0, 1.0, 0.0],    # class 0: on (4 + 2) / 2 = 3, off (1 + 0) / 2 = 0.5, max 4
+                             [0.0, 0.0, 0.0, 0.001]])  # class 1: on 0.0005, off 0, max|f| 0.001 -> clamped to 0.01
+    targets = torch.tensor([0, 1])
+    first = (2 * 0.5 - 3.0) / 4.0
+    second = (2 * 0.0 - 0.0005) / 0.01
+    assert feature_grounding_loss(features, targets, assignment).item() == pytest.approx((first + second) / 2)
+    assert FeatureGroundingLoss(3.0)(features, targets, assignment).item() == pytest.approx(1.5 * (first + second))
+    # grounded features (only the class's own fire) lose less than features that fire for other classes
+    assert feature_grounding_loss(torch.tensor([[1.0, 1.0, 0.0, 0.0]]), targets[:1], assignment) < \
+        feature_grounding_loss(torch.tensor([[1.0, 1.0, 1.0, 1.0]]), targets[:1], assignment)
+    with pytest.raises(ValueError, match="assignment must be"):
+        feature_grounding_loss(features, targets, assignment[:, :3])

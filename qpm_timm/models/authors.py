@@ -51,7 +51,7 @@ AUTHORS_RELEASES = (
                    'https://drive.google.com/drive/folders/1skvJfzGAqQTm3_eQaTpb7kE_sXnBsm4W'),
     AuthorsRelease('QPM-NoCrop', 'authors-qpm', 'qpm_resnet50_cub', False,
                    'https://drive.google.com/drive/folders/1WC8k_vQTdTR0LWxI8zUByn7RPDVhQawc'),
-    AuthorsRelease('CHiQPM-WithCrop', 'authors-chiqpm', 'qpm_resnet50_cub', True,
+    AuthorsRelease('CHiQPM-WithCrop', 'authors-chiqpm', 'chiqpm_resnet50_cub', True,
                    'https://drive.google.com/drive/folders/1nu_oTH0g8gqz8Qhpe6pqHd7ZhiaK03tV'),
 )
 

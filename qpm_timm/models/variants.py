@@ -20,6 +20,7 @@ __all__ = ['DATASET_NAMES', 'HF_HUB_ORG', 'VARIANTS', 'VARIANT_ARGS', 'Variant',
 HF_HUB_ORG = 'qpm-timm'  # the Hugging Face organisation that publishes every registered variant
 QPM_ORIGIN = 'https://github.com/ThomasNorr/QPM'
 DINO_QPM_ORIGIN = 'https://github.com/RobertZimm/DINO-QPM'
+CHIQPM_ORIGIN = 'https://github.com/ThomasNorr/CHiQPM'
 CNN_INPUT_SIDE = 224
 DATASET_NAMES = {'cub': 'CUB-200-2011', 'cars': 'Stanford Cars', 'aircraft': 'FGVC-Aircraft',
                  'imagenet': 'ImageNet-1k', 'concepts': 'qpm-timm concepts (generated)'}
@@ -51,6 +52,7 @@ class Variant:
     adapter_hidden: int = 2048
     adapter_dim: int = 512
     frozen_backbone: bool = False  # its recipe trains only adapter and head (train.py --freeze-backbone)
+    relu_after_norm: bool = False  # CHiQPM's head: a ReLU after the normalisation (docs/METHOD.md, "CHiQPM")
     crop_to_bbox: bool = True  # evaluated on CUB's box crops (squashed) rather than whole images
     origin_url: str = QPM_ORIGIN  # the method's code
     recipe: str = ''  # the qpm_timm/configs/ file that trains it ('' : train.py --model <name>)
@@ -90,6 +92,8 @@ class Variant:
         if self.adapter_depth:
             args.update(adapter_depth=self.adapter_depth, adapter_hidden=self.adapter_hidden,
                         adapter_dim=self.adapter_dim)
+        if self.relu_after_norm:
+            args['relu_after_norm'] = True
         return args
 
     def notes(self) -> str:
@@ -114,7 +118,8 @@ class Variant:
         """The README's backbone column."""
         adapter = f' + {self.adapter_depth}-layer token MLP adapter → {self.adapter_dim}' \
             if self.adapter_depth else ''
-        return self.title + (' (frozen)' if self.frozen_backbone else '') + adapter
+        head = ", CHiQPM head (ReLU after the normalisation)" if self.relu_after_norm else ''
+        return self.title + (' (frozen)' if self.frozen_backbone else '') + adapter + head
 
     def describe_maps(self) -> str:
         """The README's strides column: reduced or standard ResNet strides, or the patch size, and the map size."""
@@ -140,6 +145,9 @@ class Variant:
 
 VARIANTS: Tuple[Variant, ...] = (
     Variant('qpm_resnet50_cub', 'ResNet-50', 'resnet50.tv_in1k', 'cub', reduced_strides=True, recipe='cub.yaml'),
+    # CHiQPM's setting: forced class pairs, ReLU head, Feature Grounding Loss (the architecture differs by the ReLU)
+    Variant('chiqpm_resnet50_cub', 'ResNet-50', 'resnet50.tv_in1k', 'cub', reduced_strides=True, relu_after_norm=True,
+            origin_url=CHIQPM_ORIGIN, recipe='cub_chiqpm.yaml', setting="CHiQPM's setting"),
     Variant('qpm_resnet50_cars', 'ResNet-50', 'resnet50.tv_in1k', 'cars', reduced_strides=True, recipe='cars.yaml'),
     Variant('qpm_resnet50_imagenet', 'ResNet-50', 'resnet50.tv_in1k', 'imagenet', recipe='imagenet.yaml'),
     Variant('qpm_resnet34_cub', 'ResNet-34', 'resnet34.tv_in1k', 'cub', reduced_strides=True),

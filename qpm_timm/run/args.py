@@ -13,7 +13,7 @@ from timm.utils import ParseKwargs
 
 from .cli import UsageError
 
-__all__ = ['yaml_mapping', 'add_data_args', 'add_model_args', 'add_weights_args', 'add_device_args',
+__all__ = ['yaml_mapping', 'yaml_pairs', 'finetune_rounds', 'add_data_args', 'add_model_args', 'add_weights_args', 'add_device_args',
            'parse_args_with_config']
 
 
@@ -26,6 +26,24 @@ def yaml_mapping(text: str) -> Dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f'must be a YAML mapping such as "{{images_per_class: 10}}", got {text!r}')
     return value
+
+
+def yaml_pairs(text: str) -> list:
+    """``--pairs``: a YAML list of class index pairs such as "[[0, 1], [2, 5]]" (CHiQPM's forced pairs)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f'not valid YAML ({e})') from e
+    if not (isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 and
+                                            all(isinstance(c, int) for c in p) for p in value)):
+        raise argparse.ArgumentTypeError(f'must be a YAML list of class index pairs such as "[[0, 1], [2, 5]]", '
+                                         f'got {text!r}')
+    return value
+
+
+def finetune_rounds(args) -> list:
+    """Epochs of every fine-tune round: ``--finetune-rounds`` or one round of ``--finetune-epochs``."""
+    return list(args.finetune_rounds) if args.finetune_rounds else [args.finetune_epochs]
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:

@@ -9,6 +9,7 @@ from torch import nn
 
 from .. import hub
 from ..models import QPMModel, VARIANT_ARGS, load_weights
+from .args import finetune_rounds
 from .cli import UsageError, unexpected_keywords
 
 __all__ = ['create_train_model', 'check_trainable', 'check_input_size', 'feature_map_size', 'smallest_input_size',
@@ -42,6 +43,8 @@ def create_train_model(args, num_classes: int, img_size: int) -> QPMModel:
     for name in ('reduced_strides', 'adapter_depth', 'adapter_hidden', 'adapter_dim'):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
+    if args.relu_head:
+        kwargs['relu_after_norm'] = True  # CHiQPM's head (docs/METHOD.md, "CHiQPM: the ReLU head")
     if args.pretrained or args.pretrained_path:
         kwargs['pretrained_backbone'] = True
         if args.pretrained_path:
@@ -81,7 +84,7 @@ def check_trainable(model: QPMModel, args) -> None:
     if args.epochs > 0 and not args.skip_dense and dense == 0:
         raise UsageError(f'the dense stage would train nothing: no parameter of the model requires a gradient'
                          f'{frozen}; use --skip-dense or unfreeze the backbone.')
-    if args.finetune_epochs > 0 and tuned == 0:
+    if sum(finetune_rounds(args)) > 0 and tuned == 0:
         raise UsageError(f'the fine-tune stage would train nothing: the QPM head is fixed and the backbone is '
                          f'frozen{frozen} with no adapter; add an adapter (--adapter-depth N) or set '
                          f'--finetune-epochs 0.')

@@ -8,7 +8,7 @@ import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +25,12 @@ from ..data.feature_cache import ensure_feature_cache
 from ..data.loader import create_qpm_loader
 from ..explain import FeatureGallery, GalleryCollector, model_feature_table, write_report
 from ..fit import QPMFit, fit_qpm
-from ..losses import ActivationL1, FeatureDiversityLoss
+from ..losses import ActivationL1, FeatureDiversityLoss, FeatureGroundingLoss
 from ..models.head import check_qpm_sizes
 from ..precision import autocast, to_device
+from ..solver import pair_shares, sharing_pairs
 from ..timing import reset_timings, stage_seconds, timed
+from .args import finetune_rounds
 from .cli import UsageError
 from .data import build_train_data, eval_data_config, resolve_dataset
 from .evaluate import Evaluation, evaluate, recovery_of
@@ -56,9 +58,27 @@ def check_train_args(args) -> None:
         raise UsageError(f'--solver-effort must be a positive finite number, got {args.solver_effort}.')
     if args.batch_size < 1:
         raise UsageError(f'-b/--batch-size must be >= 1, got {args.batch_size}.')
+    check_chiqpm_args(args)
     for flag, path in (('--initial-checkpoint', args.initial_checkpoint), ('--pretrained-path', args.pretrained_path)):
         if path and not os.path.isfile(path):
             raise UsageError(f'{flag} {path} does not exist.')
+
+
+def check_chiqpm_args(args) -> None:
+    """CHiQPM's flags (docs/METHOD.md, "CHiQPM"): pairs from --rho or --pairs (not both), --idealize needs pairs,
+    a non-negative FGL weight, fine-tune rounds of at least one epoch."""
+    if not (math.isfinite(args.rho) and args.rho >= 0):
+        raise UsageError(f'--rho must be a finite number >= 0, got {args.rho}.')
+    if args.rho > 0 and args.pairs:
+        raise UsageError('--rho and --pairs both choose the forced pairs; give one of them.')
+    if args.idealize and not (args.rho > 0 or args.pairs):
+        raise UsageError('--idealize relaxes forced pairs: give --rho (e.g. 0.5) or --pairs too.')
+    if not args.fgl_weight >= 0:
+        raise UsageError(f'--fgl-weight must be >= 0, got {args.fgl_weight}.')
+    if args.fgl_weight > 0 and not args.relu_head:
+        _logger.warning('--fgl-weight without --relu-head: CHiQPM grounds the ReLU\'d normalised features.')
+    if args.finetune_rounds is not None and (not args.finetune_rounds or min(args.finetune_rounds) < 1):
+        raise UsageError(f'--finetune-rounds needs one or more epoch counts >= 1, got {args.finetune_rounds}.')
 
 
 # --- one stage of training -------------------------------------------------------------------------------------
@@ -74,17 +94,27 @@ class WithFeatures(nn.Module):
 
 
 def stage_losses(name: str, args) -> tuple:
-    """The stage's terms beside cross-entropy: the FDL (docs/METHOD.md, "Feature Diversity Loss") and DINO-QPM's L1
-    activation terms (docs/METHOD.md, "ViT backbones and the adapter")."""
+    """The stage's terms beside cross-entropy: the FDL (docs/METHOD.md, "Feature Diversity Loss"), DINO-QPM's L1
+    activation terms (docs/METHOD.md, "ViT backbones and the adapter") and, in the fine-tune, CHiQPM's FGL
+    (docs/METHOD.md, "CHiQPM: Feature Grounding Loss"; None when its weight is 0)."""
     if name == FINETUNE:
         beta = args.fdl_beta if args.finetune_fdl_beta is None else args.finetune_fdl_beta
-        return FeatureDiversityLoss(beta=beta), ActivationL1(args.finetune_l1_maps, args.finetune_l1_pooled)
-    return FeatureDiversityLoss(beta=args.fdl_beta), ActivationL1(args.l1_maps, args.l1_pooled)
+        weight = getattr(args, 'fgl_weight', 0.0)  # args.yaml of a run made before the flag (editing) lacks it
+        fgl = FeatureGroundingLoss(weight) if weight > 0 else None
+        return FeatureDiversityLoss(beta=beta), ActivationL1(args.finetune_l1_maps, args.finetune_l1_pooled), fgl
+    return FeatureDiversityLoss(beta=args.fdl_beta), ActivationL1(args.l1_maps, args.l1_pooled), None
+
+
+def fgl_active(args, epoch: int) -> bool:
+    """The FGL counts in epoch ``epoch`` of a fine-tune round unless ``--fgl-epochs`` ends it earlier (CHiQPM:
+    off from epoch 30 of each round)."""
+    return getattr(args, 'fgl_epochs', None) is None or epoch < args.fgl_epochs
 
 
 def train_one_epoch(epoch: int, model, step_model, loader, optimizer, scheduler, losses_fn, args, device):
     model.train()
-    fdl, l1 = losses_fn
+    fdl, l1, fgl = losses_fn
+    fgl = fgl if fgl is not None and fgl_active(args, epoch) else None
     losses = AverageMeter()
     num_updates = epoch * len(loader)
     bar = tqdm(loader, desc=f'epoch {epoch}', disable=args.no_progress or args.rank != 0, leave=False)
@@ -94,6 +124,8 @@ def train_one_epoch(epoch: int, model, step_model, loader, optimizer, scheduler,
             out = step_model(x)
             loss = (F.cross_entropy(out.logits, y) + fdl(out.feature_maps, out.logits, model.class_weights)
                     + l1(out.feature_maps, out.pooled))
+            if fgl is not None:
+                loss = loss + fgl(model.head.normalize(out.pooled), y, model.class_weights)
         optimizer.zero_grad()
         loss.backward()
         if args.clip_grad:
@@ -146,18 +178,21 @@ def run_stage(name: str, model, loaders, args, device, epochs: int, optimizer, s
     return metrics
 
 
-def finetune(model, loaders, args, device, folder: Path) -> Dict[str, float]:
-    """Stage 4: fine-tune ``args.finetune_epochs`` epochs with the binary head frozen (only trainable parameters),
-    the recipe's optimiser and step schedule, resuming after the last epoch checkpointed in ``folder``."""
+def finetune(model, loaders, args, device, folder: Path, epochs: Optional[int] = None,
+             lr: Optional[float] = None) -> Dict[str, float]:
+    """Stage 4 (one round of it): fine-tune ``epochs`` (default ``args.finetune_epochs``) epochs at ``lr`` (default
+    ``args.finetune_lr``) with the binary head frozen (only trainable parameters), the recipe's optimiser and step
+    schedule, resuming after the last epoch checkpointed in ``folder``."""
+    epochs = args.finetune_epochs if epochs is None else epochs
     decay = args.weight_decay if args.finetune_weight_decay is None else args.finetune_weight_decay
     optimizer = create_optimizer_v2([p for p in model.parameters() if p.requires_grad], opt=args.finetune_opt,
-                                    lr=args.finetune_lr, momentum=args.finetune_momentum, weight_decay=decay)
-    scheduler, _ = create_scheduler_v2(optimizer, sched='step', num_epochs=args.finetune_epochs,
+                                    lr=args.finetune_lr if lr is None else lr, momentum=args.finetune_momentum,
+                                    weight_decay=decay)
+    scheduler, _ = create_scheduler_v2(optimizer, sched='step', num_epochs=epochs,
                                        decay_epochs=args.finetune_decay_epochs, decay_rate=args.decay_rate)
     start = resume_epoch(model, optimizer, folder)
     with timed(FINETUNE):
-        return run_stage(FINETUNE, model, loaders, args, device, args.finetune_epochs, optimizer, scheduler, folder,
-                         start)
+        return run_stage(FINETUNE, model, loaders, args, device, epochs, optimizer, scheduler, folder, start)
 
 
 # --- stages 1-4 ------------------------------------------------------------------------------------------------
@@ -197,14 +232,20 @@ def train_and_fit(args, model, loaders, stats_data, exp: Path, device, image_siz
         fit = fit_qpm(model, stats_loader, statistics_path=exp / STATISTICS, solution_path=exp / SOLUTION,
                       device=device, amp=args.amp, progress=not args.no_progress and args.rank == 0,
                       observers=[collector] if args.report else (), effort=args.solver_effort,
-                      time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log, locality=args.locality)
+                      time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log, locality=args.locality,
+                      rho=args.rho, pairs=args.pairs, idealize=args.idealize)
     if collector.seen:  # the pass ran in this process (not read back after a resume)
         gallery = collector.gather(all_ranks=True)
         if args.rank == 0:
             gallery.save(exp / GALLERY)
 
-    # stage 4: fine-tune with the binary head frozen
-    metrics = finetune(model, loaders, args, device, exp / FINETUNE) if args.finetune_epochs > 0 else {}
+    # stage 4: fine-tune with the binary head frozen, in one or more rounds (CHiQPM: 10/10/10/40 epochs, each a fresh
+    # optimiser and step schedule, lr x 0.9 per round; docs/METHOD.md, "CHiQPM: Feature Grounding Loss")
+    metrics = {}
+    for r, epochs in enumerate(finetune_rounds(args)):
+        if epochs > 0:
+            metrics = finetune(model, loaders, args, device, exp / (FINETUNE if r == 0 else f'{FINETUNE}_round{r + 1}'),
+                               epochs, args.finetune_lr * args.finetune_round_lr_decay ** r)
     if not metrics:
         metrics = _validate(model, loaders[1], device, args).metrics()
     return fit, metrics
@@ -236,6 +277,20 @@ def accuracy_line(results: Dict[str, Any]) -> str:
     return line
 
 
+def chiqpm_settings(args, solution) -> Dict[str, Any]:
+    """CHiQPM's settings of the run and what its solution achieved (results.json and config.json's ``training``);
+    {} for a plain QPM. docs/METHOD.md, "CHiQPM"."""
+    if not (args.rho > 0 or args.pairs or args.relu_head or args.fgl_weight > 0):
+        return {}
+    pairs = solution.settings.get('pairs') or []
+    shared = solution.settings['n_per_class'] - 1
+    return dict(rho=args.rho, forced_pairs=pairs, idealize=args.idealize, relu_head=args.relu_head,
+                fgl_weight=args.fgl_weight, fgl_epochs=args.fgl_epochs, finetune_rounds=finetune_rounds(args),
+                finetune_round_lr_decay=args.finetune_round_lr_decay,
+                forced_pairs_sharing=int((pair_shares(solution.assignment, pairs) == shared).sum()) if pairs else 0,
+                class_pairs_sharing=len(sharing_pairs(solution.assignment, shared)))
+
+
 def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_config, device) -> Dict[str, Any]:
     """Rank 0: the explanation report, concept recovery, the export and the results; returns the results."""
     train_eval_set, val_set, class_names = data
@@ -261,11 +316,15 @@ def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_c
             evaluation = evaluate(model, loader, device, args.amp, args.channels_last, keep_features=True)
             recovery = recovery_of(model, evaluation, val_set)
         results['concept_recovery'] = recovery.score
+    chiqpm = chiqpm_settings(args, solution)
+    if chiqpm:
+        results['chiqpm'] = chiqpm
     card = {k: v for k, v in results.items() if isinstance(v, float) and not isinstance(v, bool)}
     with timed(EXPORT):
         hub.save_pretrained(model.eval(), exp / EXPORT, label_names=class_names, data_config=data_config,
                             feature_names=names, report_dir=report.folder if report else None,
-                            results=[hub.RunResults('train.py', card, dataset=args.dataset, split=args.val_split)])
+                            results=[hub.RunResults('train.py', card, dataset=args.dataset, split=args.val_split)],
+                            training=dict(chiqpm=chiqpm) if chiqpm else None)
     print(model_feature_table(model, class_names, max_rows=50, names=names))
     if recovery is not None:
         print(recovery.format(getattr(val_set, 'concept_names', None)))
