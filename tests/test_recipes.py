@@ -19,7 +19,8 @@ from scripts import ROOT, run_script
 from test_data_cub import make_cub_tree
 
 CONFIGS = ROOT / 'qpm_timm' / 'configs'
-RECIPES = sorted(p.stem for p in CONFIGS.glob('*.yaml') if p.stem != 'concepts')  # concepts: tests/test_readme.py
+# concepts: tests/test_readme.py; concepts_chiqpm: tests/test_chiqpm_train.py
+RECIPES = sorted(p.stem for p in CONFIGS.glob('*.yaml') if p.stem not in ('concepts', 'concepts_chiqpm'))
 
 
 @pytest.fixture(scope='module')
@@ -63,7 +64,7 @@ def test_recipe_runs_every_stage_with_its_own_values(tmp_path, data, recipe):
     config = yaml.safe_load((CONFIGS / f'{recipe}.yaml').read_text())
     assert (config['n_features'], config['n_per_class'], config['pretrained']) == (50, 5, True)
     vit = 'dinov2' in recipe  # 56 px: 4 x 4 patches of 14 px
-    short = ['--epochs', '1', '--finetune-epochs', '1', '--img-size', '56' if vit else '64', '--solver-effort', '1',
+    short = ['--epochs', '1', '--finetune-epochs', '1', '--finetune-rounds', '1', '--img-size', '56' if vit else '64', '--solver-effort', '1',
              '--solver-time-limit', '30', '--workers', '0', '--no-progress', '--no-report',
              '--pretrained-path', str(data / (f'vit_{"small" if "small" in recipe else "base"}.safetensors' if vit else
                                               'resnet50.safetensors'))]
@@ -72,7 +73,8 @@ def test_recipe_runs_every_stage_with_its_own_values(tmp_path, data, recipe):
     exp = tmp_path / config['experiment']
     recorded = yaml.safe_load((exp / 'args.yaml').read_text())
     for key in ('model', 'lr', 'batch_size', 'reduced_strides', 'finetune_lr', 'skip_dense', 'dataset_args',
-                'freeze_backbone', 'feature_cache', 'cache_dtype', 'locality', 'finetune_l1_maps'):
+                'freeze_backbone', 'feature_cache', 'cache_dtype', 'locality', 'finetune_l1_maps', 'rho', 'idealize',
+                'relu_head', 'fgl_weight', 'fgl_epochs'):
         if key in config:
             assert recorded[key] == config[key], key
     assert (exp / 'dense' / 'last.pth.tar').is_file() != bool(config.get('skip_dense'))
