@@ -107,3 +107,15 @@ def test_a_solution_breaking_a_forced_pair_is_refused_and_pairs_change_the_input
     check_solution(plain, sol)
     with pytest.raises(ValueError, match="classes 0 and 1 share 0"):
         check_solution(forced, sol)
+
+
+def test_forced_pairs_solve_depends_on_effort_and_seed_only_not_on_the_worker_count():
+    from qpm_timm.solver.synthetic import synthetic_statistics
+    A, B = synthetic_statistics(64, 20, seed=1)
+    p = QPMProblem(A, B, n_features=8, n_per_class=3, pairs=closest_class_pairs(A, 0.5), idealize=True)
+    runs = [solve_qpm(p, effort=0.5, seed=3, workers=w) for w in (2, 3, 2)]
+    for sol in runs:
+        check_solution(p, sol)
+        assert not sol.cut_by_wall_clock
+    assert all(np.array_equal(r.selected, runs[0].selected) and np.array_equal(r.assignment, runs[0].assignment)
+               for r in runs[1:])

@@ -17,7 +17,8 @@ CP-SAT model has one boolean ``W[c, j]`` per class and selected feature, ``sum_j
   no two of its rows agree. Classes of different groups with the same row merge their groups, which are solved
   again, until no two rows agree at all (the authors add uniqueness lazily too). Each group's model is a
   relaxation of the whole problem restricted to it, so when every group is proven optimal, the assembled
-  assignment is optimal for ``S``.
+  assignment is optimal for ``S``. A group of forced pairs starts from a feasible assignment (:func:`_embed`), which
+  stays its answer when CP-SAT finds no better one within its share of the effort.
 
 Whether forced pairs can be satisfied at all does not depend on ``S`` or ``A`` (the constraints see ``n`` symmetric
 columns), so an infeasible model proves the request infeasible for every selection; :class:`PairsInfeasible` says

@@ -177,22 +177,9 @@ def _solve(problem: QPMProblem, budget: _Budget, seed: int, workers: int, say: _
     C, F = problem.num_classes, problem.num_all_features
     full = C * F <= _FULL_MAX_W and C * (C - 1) // 2 * F <= _FULL_MAX_PAIR_VARS
     if full and not forced and not budget.late():
-        fm = build_full_model(problem, "all")
-        hint_full_model(fm, problem, S, W)
-        run = run_sat(fm.model, workers, seed, _FULL_SHARE * budget.effort / _FULL_COST, budget.wall_left())
-        budget.used += _FULL_COST * run.spent
-        budget.cut_by_wall_clock |= run.cut_by_wall_clock
-        if run.has_solution:
-            S2, _ = read_full_solution(fm, run.solver)
-            S2, Z2, W2, _ = local_search(problem, S2, budget.deadline)
-            budget.late()
-            if Z2 > Z + 1e-12:
-                S, Z, W = S2, Z2, W2
-            sat_bound = run.solver.best_objective_bound / fm.Q + fm.slack
-            if run.optimal:
-                status = "optimal"
-        say(f"full CP-SAT model: {run.solver.status_name(run.status)} Z={Z:.6f} CP-SAT bound={sat_bound:.6f} "
-            f"(effort used {budget.used:.3g})")
+        S, Z, W, optimal, sat_bound = _full_model(problem, S, Z, W, budget, workers, seed,
+                                                  _FULL_SHARE * budget.effort / _FULL_COST, say, descend=True)
+        status = "optimal" if optimal else status
 
     search_effort = budget.effort * (1 - _PAIR_SHARE) if forced else budget.effort
     rounds = 0
@@ -257,6 +244,32 @@ def _solve(problem: QPMProblem, budget: _Budget, seed: int, workers: int, say: _
     return sol
 
 
+def _full_model(problem: QPMProblem, S: np.ndarray, Z: float, W: np.ndarray, budget: _Budget, workers: int,
+                seed: int, det_time: float, say: _Log, descend: bool):
+    """Phase 2 (or 4 with forced pairs): the full CP-SAT model, hinted with (S, W), on ``det_time``; its selection
+    descended by local search (``descend``; not with forced pairs, which the local search does not keep). Returns
+    (S, Z, W, proven optimal, CP-SAT bound or inf)."""
+    fm = build_full_model(problem, "all")
+    hint_full_model(fm, problem, S, W)
+    run = run_sat(fm.model, workers, seed, det_time, budget.wall_left())
+    budget.used += _FULL_COST * run.spent
+    budget.cut_by_wall_clock |= run.cut_by_wall_clock
+    sat_bound = math.inf
+    if run.has_solution:
+        S2, W2 = read_full_solution(fm, run.solver)
+        if descend:
+            S2, Z2, W2, _ = local_search(problem, S2, budget.deadline)
+            budget.late()
+        else:
+            Z2 = problem.objective(S2, W2)
+        if Z2 > Z + 1e-12:
+            S, Z, W = S2, Z2, W2
+        sat_bound = run.solver.best_objective_bound / fm.Q + fm.slack
+    say(f"full CP-SAT model{' with the forced pairs' if problem.pairs is not None else ''}: "
+        f"{run.solver.status_name(run.status)} Z={Z:.6f} CP-SAT bound={sat_bound:.6f} (effort used {budget.used:.3g})")
+    return S, Z, W, run.optimal, sat_bound
+
+
 def _forced_phase(problem: QPMProblem, S: np.ndarray, W: np.ndarray, budget: _Budget, seed: int, workers: int,
                   say: _Log, full: bool):
     """Phase 4 of the module docstring; returns (S, Z, W, status, CP-SAT bound of the forced problem or inf)."""
@@ -273,20 +286,9 @@ def _forced_phase(problem: QPMProblem, S: np.ndarray, W: np.ndarray, budget: _Bu
     status, sat_bound = "feasible", math.inf
     say(f"forced pairs: Z={Z:.6f} for the searched selection (effort used {budget.used:.3g})")
     if full and not budget.late():
-        fm = build_full_model(problem, "all")
-        hint_full_model(fm, problem, S, W)
-        run = run_sat(fm.model, workers, seed, share / _FULL_COST, budget.wall_left())
-        charge(_FULL_COST * run.spent, run.cut_by_wall_clock)
-        if run.has_solution:
-            S2, W2 = read_full_solution(fm, run.solver)
-            Z2 = problem.objective(S2, W2)
-            if Z2 > Z + 1e-12:
-                S, Z, W = S2, Z2, W2
-            sat_bound = run.solver.best_objective_bound / fm.Q + fm.slack
-            if run.optimal:
-                status = "optimal"
-        say(f"full CP-SAT model with the forced pairs: {run.solver.status_name(run.status)} Z={Z:.6f} "
-            f"CP-SAT bound={sat_bound:.6f} (effort used {budget.used:.3g})")
+        S, Z, W, optimal, sat_bound = _full_model(problem, S, Z, W, budget, workers, seed, share / _FULL_COST, say,
+                                                  descend=False)
+        status = "optimal" if optimal else status
     if problem.idealize:
         W2, spent, _, cut = assign_idealized(problem, S, W, share, workers, seed, budget.wall_left)
         charge(spent, cut)
