@@ -275,10 +275,31 @@ def assign_forced(problem: QPMProblem, S: np.ndarray, hint: Optional[np.ndarray]
                    f"the {len(pairs)} forced pairs")
 
 
+def _release(V: np.ndarray, k: int, W: np.ndarray, candidates: np.ndarray, count: int) -> np.ndarray:
+    """The idealised step's start: from the forced ``W``, classes in order of what they would gain (ties: lower
+    index) take their ``k`` best columns where no other class has that set and at least ``count`` candidate pairs
+    still share ``k - 1`` features. Feasible for the idealised constraints by construction."""
+    W = W.copy()
+    top = _top_rows(V, k)
+    gain = (V.T * top).sum(axis=1) - (V.T * W).sum(axis=1)
+    taken = {row.tobytes() for row in W}
+    for c in np.lexsort((np.arange(len(gain)), -gain)):
+        if gain[c] <= 1e-12 or top[c].tobytes() in taken:
+            continue
+        old = W[c].copy()
+        W[c] = top[c]
+        if (pair_shares(W, candidates) == k - 1).sum() >= count:
+            taken.discard(old.tobytes())
+            taken.add(top[c].tobytes())
+        else:
+            W[c] = old
+    return W
+
+
 def assign_idealized(problem: QPMProblem, S: np.ndarray, W_forced: np.ndarray, det_time: float, workers: int,
                      seed: int, wall_left: Callable[[], float]) -> Tuple[np.ndarray, float, bool, bool]:
-    """CHiQPM's idealising step for ``S`` (module docstring), started from the forced solution ``W_forced``, which
-    stays the answer when no better one is found within ``det_time``."""
+    """CHiQPM's idealising step for ``S`` (module docstring), started from the forced solution ``W_forced`` relaxed
+    greedily (:func:`_release`), which stays the answer when CP-SAT finds no better one within ``det_time``."""
     candidates = sharing_pairs(W_forced, problem.n_per_class - 1)
     # one group: the claims of all candidates are counted together
     coupled = np.stack([np.full(len(candidates), candidates[0, 0]), candidates[:, 1]], axis=1) \
@@ -289,6 +310,8 @@ def assign_idealized(problem: QPMProblem, S: np.ndarray, W_forced: np.ndarray, d
         group.at_least(candidates, len(problem.pairs))
         return start[group.classes], True
 
-    return _assign(problem, S, coupled, constrain, W_forced, det_time, workers, seed, wall_left,
+    V = problem.z_a_factor * problem.A[np.sort(S)]
+    start = _release(V, problem.n_per_class, W_forced, candidates, len(problem.pairs))
+    return _assign(problem, S, coupled, constrain, start, det_time, workers, seed, wall_left,
                    f"at least {len(problem.pairs)} of the {len(candidates)} pairs sharing {problem.n_per_class - 1} "
                    f"features")
