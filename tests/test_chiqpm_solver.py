@@ -113,9 +113,9 @@ def test_forced_pairs_solve_depends_on_effort_and_seed_only_not_on_the_worker_co
     from qpm_timm.solver.synthetic import synthetic_statistics
     A, B = synthetic_statistics(64, 20, seed=1)
     p = QPMProblem(A, B, n_features=8, n_per_class=3, pairs=closest_class_pairs(A, 0.5), idealize=True)
-    runs = [solve_qpm(p, effort=0.5, seed=3, workers=w) for w in (2, 3, 2)]
+    runs = [solve_qpm(p, effort=0.3, seed=3, workers=w) for w in (2, 3)]
     for sol in runs:
         check_solution(p, sol)
         assert not sol.cut_by_wall_clock
-    assert all(np.array_equal(r.selected, runs[0].selected) and np.array_equal(r.assignment, runs[0].assignment)
-               for r in runs[1:])
+    assert np.array_equal(runs[0].selected, runs[1].selected)
+    assert np.array_equal(runs[0].assignment, runs[1].assignment)
