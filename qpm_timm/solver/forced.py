@@ -214,7 +214,7 @@ def _assign(problem: QPMProblem, S: np.ndarray, coupled: np.ndarray,
     start = W.copy() if hint is None else np.asarray(hint, dtype=bool).copy()
     label = _components(C, coupled)
     solved: Dict[int, bool] = {}  # group label -> proven optimal
-    spent, optimal, cut = 0.0, True, False
+    spent, cut = 0.0, False
     while True:
         todo = [g for g in np.unique(label) if g not in solved and (label == g).sum() > 1]
         for i, g in enumerate(todo):
