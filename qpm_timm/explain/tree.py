@@ -1,0 +1,76 @@
+""" The picture of a prediction's tree (docs/METHOD.md, "CHiQPM prediction sets and trees"; the tree itself:
+:func:`qpm_timm.conformal.prediction_tree`), drawn with networkx on matplotlib in a layered layout computed here
+(graphviz's ``dot``, which the authors use, is no Python package): depth top to bottom, the leaves in the tree's
+order, every inner node centred over its children. Node size grows with the feature's activation on the image, the
+colour is the feature's; the paths to the classes of the prediction set are drawn thick in green, the prediction's
+path and leaf in bold."""
+from typing import Dict, Sequence, Tuple
+
+import networkx as nx
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..conformal.tree import ROOT
+from .figures import _wrap
+
+__all__ = ['tree_layout', 'tree_figure', 'SET_COLOUR']
+
+SET_COLOUR = '#2ca02c'
+
+
+def tree_layout(graph: nx.DiGraph) -> Dict[str, Tuple[float, float]]:
+    """``{node: (x, y)}``: ``y = -depth``; leaves at ``x = 0, 1, ...`` in depth-first order (children in insertion
+    order), every inner node at the mean ``x`` of its children."""
+    pos: Dict[str, Tuple[float, float]] = {}
+    next_leaf = [0.0]
+
+    def place(node: str) -> float:
+        children = list(graph.successors(node))
+        if children:
+            x = float(np.mean([place(c) for c in children]))
+        else:
+            x, next_leaf[0] = next_leaf[0], next_leaf[0] + 1
+        pos[node] = (x, -float(graph.nodes[node]['depth']))
+        return x
+
+    place(ROOT)
+    return pos
+
+
+def tree_figure(graph: nx.DiGraph, title: str, colours: np.ndarray, feature_labels: Sequence[str]) -> Figure:
+    """The tree of one image: feature nodes labelled ``f<j>``, class leaves by name (module docstring)."""
+    pos = tree_layout(graph)
+    leaves = [n for n, d in graph.nodes(data=True) if d['kind'] == 'class']
+    depth = max(d['depth'] for _, d in graph.nodes(data=True))
+    fig = Figure(figsize=(max(6.0, 0.3 * len(leaves) + 2.5), 0.9 * depth + 1.8), layout='constrained')
+    ax = fig.add_subplot()
+    feats = [n for n, d in graph.nodes(data=True) if d['kind'] == 'feature']
+    top = max([graph.nodes[n]['activation'] for n in feats] + [1e-9])
+    plain = [e for e in graph.edges if not graph.nodes[e[1]]['highlight']]
+    marked = [e for e in graph.edges if graph.nodes[e[1]]['highlight']]
+    nx.draw_networkx_edges(graph, pos, edgelist=plain, ax=ax, edge_color='0.7', width=0.8, arrows=False)
+    nx.draw_networkx_edges(graph, pos, edgelist=marked, ax=ax, edge_color=SET_COLOUR, width=3.0, arrows=False)
+    sizes = [40 + 560 * graph.nodes[n]['activation'] / top for n in feats]
+    nx.draw_networkx_nodes(graph, pos, nodelist=feats, ax=ax, node_size=sizes,
+                           node_color=[colours[graph.nodes[n]['feature']] for n in feats],
+                           edgecolors=['black' if graph.nodes[n]['predicted'] else 'white' for n in feats],
+                           linewidths=[2.0 if graph.nodes[n]['predicted'] else 0.5 for n in feats])
+    nx.draw_networkx_nodes(graph, pos, nodelist=[ROOT], ax=ax, node_size=30, node_color='0.3')
+    nx.draw_networkx_nodes(graph, pos, nodelist=leaves, ax=ax, node_size=8, node_shape='s',
+                           node_color=[SET_COLOUR if graph.nodes[n]['highlight'] else '0.5' for n in leaves])
+    nx.draw_networkx_labels(graph, pos, {n: f'f{graph.nodes[n]["feature"]}' for n in feats}, ax=ax, font_size=6)
+    for n in leaves:
+        d = graph.nodes[n]
+        x, y = pos[n]
+        name = d['name'] if len(d['name']) <= 30 else d['name'][:29] + '…'
+        ax.text(x, y - 0.08, name, rotation=90, ha='center', va='top', fontsize=6,
+                fontweight='bold' if d['predicted'] else 'normal', color=SET_COLOUR if d['highlight'] else 'black')
+    shown = sorted({graph.nodes[n]['feature'] for n in feats})
+    for j in shown:
+        ax.plot([], [], 'o', color=colours[j], label=_wrap(f'f{j} {feature_labels[j]}', 40))
+    ax.legend(loc='upper left', bbox_to_anchor=(1.0, 1.0), fontsize=6, frameon=False, title='features',
+              title_fontsize=7)
+    ax.set_ylim(-depth - 1.4, 0.3)
+    ax.axis('off')
+    fig.suptitle(_wrap(title, 110), fontsize=9)
+    return fig
