@@ -16,6 +16,10 @@ metrics (docs/METHOD.md, "Interpretability metrics"; :mod:`qpm_timm.metrics`):
     faithfulness          with --faithfulness (extra forward passes): deletion test on the evaluated split,
     faithfulness_logit    mean over features of the activation / logit drop ratio (docs/METHOD.md,
                           "Explanation metrics")
+    coverage@<target>, set_size@<target>, set_coherence@<target> (and aps_..., lac_...)
+                          with --prediction-sets: CHiQPM's prediction sets and the APS / LAC baselines: calibrated on
+                          --calibration-per-class random images per class of the evaluated split, measured on the
+                          rest (SetCoherence: concepts dataset and CUB with its class attributes)
 
 Metric values are fractions in [0, 1] (top1/top5 are percentages, as in timm); the log prints everything
 in percent.
@@ -25,7 +29,7 @@ in percent.
     python validate.py --model resnet50 --pretrained --dataset imagenet --data-dir /data/in1k --no-interpretability
 
 Bad input (a missing data folder, a model that is not a QPM while the metrics need one, weights of another
-architecture, an unwritable results file) ends with a message on stderr and exit code 2; the results file is
+architecture, an unwritable results file, a coverage target outside (0, 1), a split without every class) ends with a message on stderr and exit code 2; the results file is
 written atomically after every metric succeeded, so an earlier one is never damaged. The work itself is
 :func:`qpm_timm.run.validate`; this file holds its flags.
 """
@@ -55,9 +59,13 @@ group.add_argument('--faithfulness', action='store_true',
                    help='also run the deletion test (faithfulness): F\'+1 extra forward passes per chosen image')
 group.add_argument('--faithfulness-images', type=int, default=256, metavar='N',
                    help='images of the deletion test, a fixed random subset of the split (default: 256)')
+group.add_argument('--prediction-sets', action='store_true', default=False,
+                   help='also calibrate CHiQPM\'s prediction sets and the APS / LAC baselines on part of --split and '
+                        'report coverage, mean set size and SetCoherence per target on the rest (needs a QPM)')
 group.add_argument('--results-file', default='', metavar='FILENAME', help='write the results here')
 group.add_argument('--results-format', default=None, choices=('csv', 'json'),
                    help='default: json for a *.json results file, else csv')
+run.sets.add_set_args(parser)
 
 
 def main(argv=None) -> dict:

@@ -51,7 +51,7 @@ STAGES = (
     ('statistics pass (+ gallery)', ('statistics_and_solve',), ('solve',)),
     ('solve', ('solve',), ()),
     ('report', ('report',), ()),
-    ('concept recovery', ('recovery',), ()),
+    ('concept recovery, prediction sets', ('recovery', 'prediction_sets'), ()),
     ('export', ('export',), ()),
 )
 

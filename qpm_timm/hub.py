@@ -35,17 +35,19 @@ from safetensors.torch import load_file, save_file
 from timm.models._hub import save_config_for_hf
 
 from .atomic import atomic_folder
+from .conformal import Calibration, assignment_digest
 from .explain import model_feature_table
 from .hub_errors import unreadable_checkpoint_message
 from .models.qpm import LOAD_TIME_ARGS, QPMModel
 from .models.variants import DATASET_NAMES, VARIANT_ARGS, models_table, variant_dataset
 
 __all__ = ['save_pretrained', 'read_weights', 'model_card', 'write_hub_configs', 'with_models_table', 'push_to_hub',
-           'PushPlan', 'RunResults']
+           'PushPlan', 'RunResults', 'load_calibration']
 
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
 CARD_NAME = 'README.md'
+CALIBRATION_NAME = 'prediction_sets.json'  # the calibration of the prediction sets (qpm_timm.conformal)
 RUN_FILES = ('args.yaml', 'results.json')  # what train.py leaves beside export/, uploaded with it
 VALIDATE_RESULTS_NAME = 'validate_results.json'
 MODELS_HEADING = '## Models'
@@ -226,13 +228,16 @@ def save_pretrained(
         card_sections: Sequence[str] = (),
         extra_files: Optional[Dict[str, Union[str, os.PathLike]]] = None,
         training: Optional[Dict[str, Any]] = None,
+        calibration: Optional[Calibration] = None,
 ) -> Path:
     """Export ``model`` as a Hub repository folder: ``model.safetensors``, ``config.json``, ``README.md`` (rendered
     from that config.json, with ``repo_id`` in its usage line when given, else ``local-dir:<folder>``); with
     ``report_dir`` (:func:`qpm_timm.explain.write_report`) a copy of the report in ``report/``, which the model
     card embeds, its features named by ``feature_names``; ``card_sections``: more markdown sections of the card;
     ``extra_files``: ``{name: source file}`` copied into the folder (e.g. an edit's ``statistics.npz``);
-    ``training``: how it was trained, kept as config.json's ``training`` (train.py: CHiQPM's settings)."""
+    ``training``: how it was trained, kept as config.json's ``training`` (train.py: CHiQPM's settings); with
+    ``calibration`` (:func:`qpm_timm.conformal.calibrate`) ``prediction_sets.json``, which :func:`load_calibration`
+    finds beside the loaded weights."""
     if not isinstance(model, QPMModel):
         raise TypeError(f'save_pretrained exports QPMModel instances, got {type(model).__name__}.')
     if label_names is not None and len(label_names) != model.num_classes:
@@ -252,6 +257,8 @@ def save_pretrained(
             shutil.copytree(report_dir, tmp / 'report')
         for name, source in (extra_files or {}).items():
             shutil.copy2(source, tmp / name)
+        if calibration is not None:
+            (tmp / CALIBRATION_NAME).write_text(calibration.to_json())
         card = model_card(model, _read_json(tmp / CONFIG_NAME), repo_id, str(folder), results,
                           feature_names=feature_names, report='report' if report_dir is not None else None,
                           sections=card_sections)
@@ -259,6 +266,31 @@ def save_pretrained(
 
     atomic_folder(folder, write, keep_files=True)
     return Path(folder)
+
+
+def load_calibration(model: QPMModel) -> Optional[Calibration]:
+    """The prediction-set calibration exported with ``model``'s weights (``prediction_sets.json`` beside them, for a
+    model from ``local-dir:``, ``pretrained_cfg_overlay=dict(file=...)`` or ``hf-hub:``), or None when its export
+    has none. A calibration made for another assignment is refused."""
+    cfg = model.pretrained_cfg or {}
+    path = None
+    if cfg.get('file'):
+        where = Path(cfg['file'])
+        path = (where if where.is_dir() else where.parent) / CALIBRATION_NAME
+    elif cfg.get('hf_hub_id') and cfg.get('source') == 'hf-hub':
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+        try:
+            path = Path(hf_hub_download(cfg['hf_hub_id'], CALIBRATION_NAME))
+        except EntryNotFoundError:
+            return None
+    if path is None or not path.is_file():
+        return None
+    calibration = Calibration.from_json(path.read_text())
+    if calibration.assignment != assignment_digest(model.class_weights.detach().cpu()):
+        raise ValueError(f'{path} calibrates another class x feature assignment than this model\'s; recalibrate '
+                         f'(qpm_timm.conformal.calibrate) and export again.')
+    return calibration
 
 
 def write_hub_configs(out_dir: str) -> None:
@@ -367,7 +399,7 @@ def _stage(
         raise FileNotFoundError(f'--results {validate_results} does not exist.')
     model = timm.create_model(f'local-dir:{export}', pretrained=True)  # refuses an export that does not load
     staging.mkdir(parents=True)
-    for name in (WEIGHTS_NAME, CONFIG_NAME):
+    for name in (WEIGHTS_NAME, CONFIG_NAME) + ((CALIBRATION_NAME,) if (export / CALIBRATION_NAME).is_file() else ()):
         shutil.copy2(export / name, staging / name)
     for name in RUN_FILES:
         if (run / name).is_file():

@@ -54,7 +54,7 @@ def conformal_rank(n: int, target: float) -> int:
     rank = math.ceil((n + 1) * target - 1e-9)  # the tolerance keeps (n + 1) * target = integer exact
     if rank > n:
         raise ValueError(f'{n} calibration images cannot calibrate coverage {target}: it needs at least '
-                         f'{math.ceil(target / (1 - target))}; use more calibration images or a lower target.')
+                         f'{math.ceil(target / (1 - target) - 1e-9)}; use more calibration images or a lower target.')
     return rank
 
 

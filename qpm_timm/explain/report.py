@@ -11,6 +11,8 @@ beside the model, see :func:`qpm_timm.hub.save_pretrained`'s ``report_dir``)::
     classes/c<c>.png/.json    class c's card: its n_wc features, named, with their best gallery patches
     pairs/c<a>_vs_c<b>.png/.json  contrastive picture of two classes that share n_wc - 1 features
     local/<image>.png/.json   local explanation of an image file: prediction and runner-up
+    trees/<image>_global.png/.json, trees/<image>_local.png/.json   the prediction's tree of every image file and
+                          of one validation image (``example``), its prediction set highlighted (explain/tree.py)
 
 :func:`write_report` needs one pass of the QPM over the validation set (feature names, heatmap scale, the
 example images of the contrastive pictures) and reads the gallery images back from the training set by index;
@@ -35,6 +37,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..atomic import atomic_folder
+from ..conformal import predict_sets
 from .contrastive import contrastive_pairs, difference_contributions, pair_features, resolve_class, spread_pairs
 from .figures import (
     HEAT_NOTE, HEAT_NOTE_PER_MAP, class_card_figure, contrastive_figure, feature_gallery_figure, global_figure,
@@ -47,6 +50,7 @@ from .local import class_evidence, require_qpm
 from .naming import FeatureNames, dataset_annotations, name_features
 from .scan import DatasetScan, class_examples, scan_dataset
 from .table import class_features
+from .tree import tree_pictures, tree_sets
 
 __all__ = ['Report', 'write_report', 'load_images', 'check_report_folder', 'IMAGE_EXTENSIONS']
 
@@ -298,6 +302,7 @@ def write_report(
         title: Optional[str] = None,
         transform=None,
         dense_accuracy: Optional[Dict[str, float]] = None,
+        calibration=None,
 ) -> Report:
     """Write the explanation report of QPM ``model`` into ``folder`` (module docstring).
 
@@ -321,6 +326,8 @@ def write_report(
         transform: the eval transform of ``images`` (default ``val_set.transform``).
         dense_accuracy: train.py's ``dense_top1``, ``dense_best_top1``, ``dense_best_epoch`` of the dense model the
             QPM was made from, stated next to the QPM's accuracy.
+        calibration: the prediction sets' :class:`qpm_timm.conformal.Calibration` the trees highlight (train.py's,
+            an export's); None: calibrated on the validation pass (none without ``val_set``).
     """
     require_qpm(model, 'write_report()')
     folder = Path(folder)
@@ -349,7 +356,8 @@ def write_report(
         return _write_checked(model, folder, gallery, train_set, val_set, class_names, pair_list, local_images,
                               dict(device=device, amp=amp, batch_size=batch_size, num_workers=num_workers,
                                    progress=progress, gallery_images=gallery_images, card_patches=card_patches,
-                                   title=title, transform=transform, dense_accuracy=dense_accuracy))
+                                   title=title, transform=transform, dense_accuracy=dense_accuracy,
+                                   calibration=calibration))
 
 
 @contextmanager
@@ -390,6 +398,9 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
         drawable, why = (pair_list if local_images else []), 'no dataset and no image to draw it on'
     skipped = [dict(classes=[a, b], reason=why) for a, b in pair_list if (a, b) not in drawable]
     local_tensors = [transform(img) for _, img in local_images]
+    sets = tree_sets(model, options['calibration'], None if scan is None else scan.pooled,
+                     None if scan is None else scan.targets)
+    tree_args = (class_names, pictures.colours, names.labels)
     files: List[str] = []
 
     def write(root: Path) -> None:
@@ -406,16 +417,22 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
         if scan is None and drawable:  # the model alone: one pass over the image files for all its pairs
             on_images = pictures.image_evidence(torch.stack(local_tensors))
             with_model += [('pair_on_images', p) for p in drawable]
-        pages: Dict[str, Any] = dict(feature={}, cls={}, pair={}, local=[])
+        pages: Dict[str, Any] = dict(feature={}, cls={}, pair={}, local=[], trees=[])
+        if scan is not None:
+            example = _tree_example(scan, sets)
+            pages['trees'].append((f'validation image {example} (class {class_names[scan.targets[example]]})',
+                                   tree_pictures(sets, scan.pooled[example], f'validation image {example}',
+                                                 *tree_args, root, 'example')))
         stems: set = set()
         bar = tqdm(total=len(plain) + len(with_model), desc='explanations: pictures', disable=not progress)
         drawn = _draw_plain_pictures(pictures, root, plain, options)
         try:
             for kind, item in with_model if drawn is not None else plain + with_model:
                 if kind == 'local':
-                    path, tensor = item
-                    pages['local'].append((path.name, pictures.local_picture(root, _stem(path, stems), path.name,
-                                                                             tensor)))
+                    (path, tensor), stem = item, _stem(item[0], stems)
+                    pages['local'].append((path.name, pictures.local_picture(root, stem, path.name, tensor)))
+                    pooled = _forward(model, tensor[None], device).pooled[0]
+                    pages['trees'].append((path.name, tree_pictures(sets, pooled, path.name, *tree_args, root, stem)))
                 elif kind == 'pair_on_images':
                     pages['pair'][item] = pictures.pair_picture(root, *item, None, on_images,
                                                                 [path.name for path, _ in local_images])
@@ -440,7 +457,7 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
             class_features=pictures.features, pairs=[list(p) for p in drawable], skipped_pairs=skipped,
             explanation_metrics=None if measured is None else _explanation_summary(measured, annotations),
             validation_accuracy=None if scan is None else float((scan.predictions == scan.targets).mean() * 100),
-            dense_validation_accuracy=options['dense_accuracy'] or None)
+            dense_validation_accuracy=options['dense_accuracy'] or None, prediction_sets=sets.describe())
         (root / 'report.json').write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding='utf-8')
         (root / 'index.html').write_text(_index_html(summary, pages, pictures), encoding='utf-8')
         files.extend(sorted(str(p.relative_to(root)) for p in root.rglob('*') if p.is_file()))
@@ -585,6 +602,19 @@ def _metrics_html(metrics: Dict[str, Any], pictures: _Pictures) -> List[str]:
     return out
 
 
+def _tree_example(scan: DatasetScan, sets) -> int:
+    """The validation image whose tree the report shows: the first correctly classified one whose prediction set
+    holds several classes (a branch to see), else the first correctly classified one, else the first."""
+    correct = scan.predictions == scan.targets
+    if sets.calibration is not None:
+        inputs = sets.inputs(scan.pooled)
+        several = predict_sets(sets.calibration, inputs, sets.model.class_weights.detach().cpu(),
+                               sets.target).sum(1) >= 2
+        if (correct & several).any():
+            return int(np.argmax(correct & several))
+    return int(np.argmax(correct)) if correct.any() else 0
+
+
 def _model_title(model) -> str:
     arch = model.pretrained_cfg.get('architecture', 'qpm') if hasattr(model, 'pretrained_cfg') else 'qpm'
     return f'{arch} ({model.backbone_name} backbone)'
@@ -617,6 +647,27 @@ def _data_sentence(summary: Dict) -> str:
             f'Feature names: {esc(summary["annotations"] or "none (no annotations): backbone channel")}.')
 
 
+def _trees_html(sets: Dict, trees: List) -> str:
+    """The section of the prediction trees (explain/tree.py)."""
+    esc = html.escape
+    if sets['calibrated']:
+        how = (f'The green paths lead to the classes of the CHiQPM prediction set at coverage {sets["target"]:g} '
+               f'(depth {sets["level"]} of the prediction\'s path shared, {esc(sets["source"])}).')
+    else:
+        how = f'The bold path is the prediction\'s; {esc(sets["source"])}.'
+    out = ['<h2 id="trees">Prediction trees</h2><p class="small">For one image, every class\'s features ordered by '
+           'their activation on it, from the root down: classes that rank the same features first share a branch. '
+           'Node size: the activation; the local tree keeps the classes whose strongest feature is the '
+           f'prediction\'s. {how}</p>']
+    for name, pictures in trees:
+        out.append(f'<h3>{esc(name)}</h3>')
+        for kind in ('local', 'global'):
+            png, data = pictures[kind]
+            out.append(f'<a href="{png}"><img loading="lazy" src="{png}" alt="{kind} tree of {esc(name)}"></a>'
+                       f'<br><a class="small" href="{data}">{data}</a>')
+    return '\n'.join(out)
+
+
 def _feature_tag(pictures: _Pictures, j: int) -> str:
     return (f'<a class="feat" href="#f{j}" style="color:{pictures.colour_hex(j, text=True)}"><span class="swatch" '
             f'style="background:{pictures.colour_hex(j)}"></span>{html.escape(pictures.names.labels[j])}</a>')
@@ -635,6 +686,7 @@ def _index_html(summary: Dict, pages: Dict, pictures: _Pictures) -> str:
            '<a href="#pairs">contrastive pairs</a>' + ('<a href="#metrics">explanation metrics</a>' if
                                                       summary['explanation_metrics'] is not None else '') +
            ('<a href="#local">local explanations</a>' if pages['local'] else '') +
+           ('<a href="#trees">prediction trees</a>' if pages['trees'] else '') +
            '<a href="report.json">report.json</a></nav>',
            '<h2 id="global">Global picture</h2><p class="small">A coloured cell: the class (row) uses the feature '
            '(column). Rows are grouped so that classes sharing features sit together; columns are ordered by how '
@@ -689,5 +741,7 @@ def _index_html(summary: Dict, pages: Dict, pictures: _Pictures) -> str:
         for name, (png, data) in pages['local']:
             out.append(f'<h3>{esc(name)}</h3><a href="{png}"><img loading="lazy" src="{png}" alt="{esc(name)}"></a>'
                        f'<br><a class="small" href="{data}">{data}</a>')
+    if pages['trees']:
+        out.append(_trees_html(summary['prediction_sets'], pages['trees']))
     out.append('</body></html>')
     return '\n'.join(out)

@@ -4,16 +4,20 @@
 order, every inner node centred over its children. Node size grows with the feature's activation on the image, the
 colour is the feature's; the paths to the classes of the prediction set are drawn thick in green, the prediction's
 path and leaf in bold."""
-from typing import Dict, Sequence, Tuple
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import networkx as nx
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
-from ..conformal.tree import ROOT
-from .figures import _wrap
+from ..conformal import Calibration, SetInputs, calibrate, predict_sets, prediction_tree, set_inputs
+from ..conformal.tree import ROOT, tree_json
+from .figures import _wrap, save_figure
 
-__all__ = ['tree_layout', 'tree_figure', 'SET_COLOUR']
+__all__ = ['tree_layout', 'tree_figure', 'TreeSets', 'tree_sets', 'tree_pictures', 'SET_COLOUR']
 
 SET_COLOUR = '#2ca02c'
 
@@ -74,3 +78,70 @@ def tree_figure(graph: nx.DiGraph, title: str, colours: np.ndarray, feature_labe
     ax.axis('off')
     fig.suptitle(_wrap(title, 110), fontsize=9)
     return fig
+
+
+@dataclass
+class TreeSets:
+    """What the tree pictures of a report highlight: the prediction sets of ``calibration`` at ``target``
+    (``source`` says where the calibration comes from), or, without a calibration, the prediction alone."""
+    model: object
+    calibration: Optional[Calibration]
+    target: Optional[float]
+    source: str
+
+    def inputs(self, pooled: torch.Tensor) -> SetInputs:
+        return set_inputs(self.model, pooled)
+
+    def prediction_set(self, inputs: SetInputs) -> List[int]:
+        """The set of the single image of ``inputs``."""
+        if self.calibration is None:
+            return [int(inputs.predictions[0])]
+        sets = predict_sets(self.calibration, inputs, self.model.class_weights.detach().cpu(), self.target)
+        return np.flatnonzero(sets[0]).tolist()
+
+    def describe(self) -> Dict:
+        if self.calibration is None:
+            return dict(calibrated=False, source=self.source)
+        level, threshold = self.calibration.entry(self.target)
+        return dict(calibrated=True, source=self.source, target=self.target, level=level, threshold=threshold,
+                    calibration_images=self.calibration.images)
+
+
+def tree_sets(model, calibration: Optional[Calibration], pooled: Optional[torch.Tensor],
+              labels: Optional[np.ndarray], target: float = 0.9) -> TreeSets:
+    """The :class:`TreeSets` of a report: ``calibration`` when given (the export's, train.py's), else one made on the
+    report's validation pass (all its images); none without a validation pass or when it cannot calibrate (a class
+    without images, too few images for the target): then the trees highlight the prediction only."""
+    source = 'given (the exported calibration)'
+    if calibration is None and pooled is None:
+        return TreeSets(model, None, None, 'no calibration (no dataset and none exported); the trees highlight the '
+                                           'prediction only')
+    if calibration is None:
+        try:
+            calibration = calibrate(set_inputs(model, pooled, labels), model.class_weights.detach().cpu(), [target])
+            source = f'calibrated on the {len(labels)} images of the validation pass'
+        except ValueError as e:
+            return TreeSets(model, None, None, f'no calibration ({e}); the trees highlight the prediction only')
+    chosen = min(calibration.targets, key=lambda t: abs(t - target))
+    return TreeSets(model, calibration, chosen, source)
+
+
+def tree_pictures(sets: TreeSets, pooled: torch.Tensor, title: str, class_names: Sequence[str],
+                  colours: np.ndarray, feature_labels: Sequence[str], root: Path, stem: str) -> Dict[str, Tuple]:
+    """The global and the local tree of one image (``pooled``: its ``(F',)`` pooled features) as PNG + JSON
+    (``trees/<stem>_global``, ``trees/<stem>_local``); ``{'global': (png, json), 'local': (png, json)}``."""
+    inputs = sets.inputs(pooled[None])
+    prediction = int(inputs.predictions[0])
+    members = sets.prediction_set(inputs)
+    weights = sets.model.class_weights.detach().cpu().numpy()
+    out = {}
+    for kind in ('global', 'local'):
+        graph = prediction_tree(inputs.features[0], weights, prediction, members, local=kind == 'local',
+                                class_names=class_names)
+        what = f'{kind} tree; prediction {class_names[prediction]}; ' + (
+            f'set at coverage {sets.target:g}: {len(members)} class{"es" if len(members) != 1 else ""}'
+            if sets.calibration is not None else 'no calibrated set')
+        fig = tree_figure(graph, f'{title}: {what}', colours, feature_labels)
+        numbers = dict(image=title, sets=sets.describe(), features=inputs.features[0].tolist(), **tree_json(graph))
+        out[kind] = save_figure(fig, numbers, root, f'trees/{stem}_{kind}')
+    return out

@@ -39,6 +39,7 @@ from .experiment import (
     restore_args, resume_epoch, start_experiment,
 )
 from .model import check_input_size, create_train_model
+from .sets import check_set_args, run_sets
 
 __all__ = ['check_train_args', 'finetune', 'train']
 
@@ -292,7 +293,8 @@ def chiqpm_settings(args, solution) -> Dict[str, Any]:
 
 
 def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_config, device) -> Dict[str, Any]:
-    """Rank 0: the explanation report, concept recovery, the export and the results; returns the results."""
+    """Rank 0: the prediction sets and concept recovery (one pass over the validation images), the explanation
+    report, the export (with the sets' calibration) and the results; returns the results."""
     train_eval_set, val_set, class_names = data
     solution = fit.solution
     vb = args.validation_batch_size or args.batch_size
@@ -301,28 +303,34 @@ def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_c
                    solver_status=solution.status, solver_bound=solution.bound, solver_gap=solution.gap,
                    solver_effort=solution.effort, solver_effort_used=solution.effort_used,
                    solver_cut_by_wall_clock=solution.cut_by_wall_clock)
+    with timed('prediction_sets'):
+        loader = create_qpm_loader(val_set, vb, num_workers=args.workers)
+        evaluation = evaluate(model, loader, device, args.amp, args.channels_last, keep_features=True)
+        try:
+            calibration, set_results = run_sets(model, evaluation, val_set, args)
+            results.update(set_results)
+        except ValueError as e:  # a validation split too small to split, or without some class: no sets, no failure
+            calibration = None
+            print(f'prediction sets: not calibrated ({e})')
+    recovery = recovery_of(model, evaluation, val_set)  # None for a dataset without planted concepts
+    if recovery is not None:
+        results['concept_recovery'] = recovery.score
     report = None
     if args.report:
         with timed(REPORT):
             report = write_report(model.eval(), exp / REPORT,
                                   FeatureGallery.load(exp / GALLERY) if (exp / GALLERY).is_file() else None,
                                   train_eval_set, val_set, class_names, device=device, amp=args.amp, batch_size=vb,
-                                  num_workers=args.workers, progress=not args.no_progress, dense_accuracy=dense)
+                                  num_workers=args.workers, progress=not args.no_progress, dense_accuracy=dense,
+                                  calibration=calibration)
     names = report.names.labels if report else None
-    recovery = None
-    if hasattr(val_set, 'class_concepts'):
-        with timed('recovery'):
-            loader = create_qpm_loader(val_set, vb, num_workers=args.workers)
-            evaluation = evaluate(model, loader, device, args.amp, args.channels_last, keep_features=True)
-            recovery = recovery_of(model, evaluation, val_set)
-        results['concept_recovery'] = recovery.score
     chiqpm = chiqpm_settings(args, solution)
     if chiqpm:
         results['chiqpm'] = chiqpm
     card = {k: v for k, v in results.items() if isinstance(v, float) and not isinstance(v, bool)}
     with timed(EXPORT):
         hub.save_pretrained(model.eval(), exp / EXPORT, label_names=class_names, data_config=data_config,
-                            feature_names=names, report_dir=report.folder if report else None,
+                            feature_names=names, report_dir=report.folder if report else None, calibration=calibration,
                             results=[hub.RunResults('train.py', card, dataset=args.dataset, split=args.val_split)],
                             training=dict(chiqpm=chiqpm) if chiqpm else None)
     print(model_feature_table(model, class_names, max_rows=50, names=names))
@@ -342,6 +350,7 @@ def train(args, args_text: str) -> Dict[str, Any]:
     started = time.time()
     reset_timings()
     check_train_args(args)
+    check_set_args(args)
     device = init_distributed_device(args)
     resolve_dataset(args)
     exp = experiment_folder(args)

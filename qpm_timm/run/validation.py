@@ -21,6 +21,7 @@ from .cli import UsageError
 from .data import build_eval_dataset, class_names_of, eval_data_config, resolve_dataset
 from .evaluate import Evaluation, evaluate, recovery_of
 from .model import check_eval_args, check_eval_model, create_eval_model, read_checkpoint
+from .sets import check_set_args, run_sets
 
 __all__ = ['check_results_file', 'write_results', 'model_data_config', 'interpretability', 'validate']
 
@@ -95,6 +96,7 @@ def validate(args) -> Dict[str, Any]:
         raise UsageError('--faithfulness is a QPM metric: drop --no-interpretability.')
     if faithfulness_images < 1:
         raise UsageError(f'--faithfulness-images must be >= 1, got {faithfulness_images}.')
+    check_set_args(args)
     device = torch.device(args.device)
     resolve_dataset(args)
     eval_set = build_eval_dataset(args, args.split)
@@ -103,7 +105,7 @@ def validate(args) -> Dict[str, Any]:
     if state_dict is None and not args.pretrained:
         _logger.warning(f'neither --pretrained nor --checkpoint: evaluating randomly initialised {args.model} weights')
     model = create_eval_model(args, num_classes, state_dict)
-    check_eval_model(model, args, num_classes, need_qpm=args.interpretability)
+    check_eval_model(model, args, num_classes, need_qpm=args.interpretability or args.prediction_sets)
     model.to(device).eval()
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -118,7 +120,7 @@ def validate(args) -> Dict[str, Any]:
     loader = create_qpm_loader(eval_set, args.batch_size, num_workers=args.workers)
     explanations = ExplanationCollector(model, eval_set, faithfulness=faithfulness,
                                         max_images=faithfulness_images) if args.interpretability else None
-    evaluated = evaluate(model, loader, sid_k=sid_k, keep_features=args.interpretability,
+    evaluated = evaluate(model, loader, sid_k=sid_k, keep_features=args.interpretability or args.prediction_sets,
                          desc=f'validation ({args.split})', observers=[explanations] if explanations else (), **run)
     _logger.info(f'evaluated {evaluated.count} images')
     results = OrderedDict(
@@ -139,6 +141,9 @@ def validate(args) -> Dict[str, Any]:
         metrics.update(explanations.result().summary())
         results.update(metrics)
         _logger.info(' * ' + ', '.join(f'{k} {100 * v:.2f} %' for k, v in metrics.items()))
+
+    if args.prediction_sets:
+        results.update(run_sets(model, evaluated, eval_set, args)[1])
 
     if args.results_file:
         fmt = args.results_format or ('json' if args.results_file.lower().endswith('.json') else 'csv')
