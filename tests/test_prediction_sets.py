@@ -139,11 +139,8 @@ def test_exported_calibration_gives_the_same_sets_after_loading_and_fits_only_it
         predict_sets(restored, inputs, other, 0.9)
 
 
-def test_train_py_ends_with_the_coverage_table_and_validate_reports_all_three_methods(embedded, tmp_path):
-    model, _, _, run = embedded
-    for target in DEFAULT_TARGETS:
-        assert f'coverage@{target:g}' in run.results and f'aps_coverage@{target:g}' in run.results
-    assert (run.export / 'prediction_sets.json').is_file()
+def test_validate_reports_coverage_size_and_coherence_per_target_for_all_three_methods(embedded, tmp_path):
+    run = embedded[3]
     out = tmp_path / 'v.json'
     assert run_script('validate.py', ['--model', f'local-dir:{run.export}', '--pretrained', '--no-interpretability',
                                       '--prediction-sets', '--results-file', out]) == 0
@@ -152,8 +149,7 @@ def test_train_py_ends_with_the_coverage_table_and_validate_reports_all_three_me
         for target in DEFAULT_TARGETS:
             for key in ('coverage', 'set_size', 'set_coherence'):
                 assert f'{prefix}{key}@{target:g}' in results
-    # train.py calibrates on the same split of the same images (seed 0, 10 per class): the same numbers
-    assert results['coverage@0.9'] == run.results['coverage@0.9']
+        assert 0 < results[f'{prefix}set_coherence@0.9'] < 1  # mean Jaccard of planted concept sets
 
 
 @pytest.mark.parametrize('argv,message', [

@@ -20,7 +20,8 @@ from scripts import read_results, refused, run_script
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--model', 'qpm', '--backbone', 'test_resnet', '--img-size', '40', '--n-features', '6', '--n-per-class', '2',
         '--epochs', '3', '--finetune-epochs', '1', '--solver-time-limit', '30', '--workers', '0', '-b', '16',
-        '--lr', '0.05', '--no-progress', '--dataset-args', '{num_classes: 6, num_concepts: 6, images_per_class: 8}']
+        '--lr', '0.05', '--no-progress', '--dataset-args', '{num_classes: 6, num_concepts: 6, images_per_class: 8}',
+        '--calibration-per-class', '4']  # 24 of the 48 validation images calibrate the prediction sets
 
 
 def _env():
@@ -63,14 +64,18 @@ def reference(tmp_path_factory):
 def test_every_stage_leaves_its_result_and_the_export_validates_to_the_runs_numbers(reference, tmp_path):
     for name in ('args.yaml', 'dense/last.pth.tar', 'dense/summary.csv', 'statistics.npz', 'solution.json',
                  'finetune/last.pth.tar', 'finetune/summary.csv', 'export/model.safetensors', 'export/config.json',
-                 'export/README.md', 'results.json', 'gallery.npz', 'report/index.html', 'export/report/global.png'):
+                 'export/README.md', 'results.json', 'gallery.npz', 'report/index.html', 'export/report/global.png',
+                 'export/prediction_sets.json', 'report/trees/example_local.json'):
         assert (reference / name).is_file(), name
     results = json.loads((reference / 'results.json').read_text())
     validated = tmp_path / 'validate.json'  # validate.py on the export gives the run's own numbers
     assert run_script('validate.py', ['--model', f'local-dir:{reference / "export"}', '--pretrained',
                                       '--dataset-args', TINY[TINY.index('--dataset-args') + 1], '--workers', '0',
+                                      '--prediction-sets', '--calibration-per-class', '4',
                                       '--results-file', validated]) == 0
     validated = read_results(validated)
+    for key in ('coverage@0.9', 'set_size@0.9', 'aps_coverage@0.9', 'lac_set_size@0.95'):  # the same split and sets
+        assert validated[key] == results[key], key
     assert validated['top1'] == pytest.approx(results['top1'], abs=1e-4)  # validate.py rounds to 4 digits
     assert validated['concept_recovery'] == pytest.approx(results['concept_recovery'])
     assert results['solver_bound'] >= results['objective'] and not results['solver_cut_by_wall_clock']

@@ -42,11 +42,13 @@ def tree_layout(graph: nx.DiGraph) -> Dict[str, Tuple[float, float]]:
 
 
 def tree_figure(graph: nx.DiGraph, title: str, colours: np.ndarray, feature_labels: Sequence[str]) -> Figure:
-    """The tree of one image: feature nodes labelled ``f<j>``, class leaves by name (module docstring)."""
+    """The tree of one image: feature nodes labelled ``f<j>`` and listed with their ``feature_labels`` (``'f<j> ≈
+    name'`` in a report), class leaves by name (module docstring)."""
     pos = tree_layout(graph)
     leaves = [n for n, d in graph.nodes(data=True) if d['kind'] == 'class']
     depth = max(d['depth'] for _, d in graph.nodes(data=True))
-    fig = Figure(figsize=(max(6.0, 0.3 * len(leaves) + 2.5), 0.9 * depth + 1.8), layout='constrained')
+    width = max(6.0, 0.3 * len(leaves) + 2.5)
+    fig = Figure(figsize=(width, 0.9 * depth + 1.8), layout='constrained')
     ax = fig.add_subplot()
     feats = [n for n, d in graph.nodes(data=True) if d['kind'] == 'feature']
     top = max([graph.nodes[n]['activation'] for n in feats] + [1e-9])
@@ -71,12 +73,12 @@ def tree_figure(graph: nx.DiGraph, title: str, colours: np.ndarray, feature_labe
                 fontweight='bold' if d['predicted'] else 'normal', color=SET_COLOUR if d['highlight'] else 'black')
     shown = sorted({graph.nodes[n]['feature'] for n in feats})
     for j in shown:
-        ax.plot([], [], 'o', color=colours[j], label=_wrap(f'f{j} {feature_labels[j]}', 40))
+        ax.plot([], [], 'o', color=colours[j], label=_wrap(feature_labels[j], 40))
     ax.legend(loc='upper left', bbox_to_anchor=(1.0, 1.0), fontsize=6, frameon=False, title='features',
               title_fontsize=7)
     ax.set_ylim(-depth - 1.4, 0.3)
     ax.axis('off')
-    fig.suptitle(_wrap(title, 110), fontsize=9)
+    fig.suptitle(_wrap(title, int(11 * width)), fontsize=9)
     return fig
 
 
