@@ -112,10 +112,11 @@ def test_coverage_guarantee_holds_over_20_random_splits_for_every_target_and_met
     assert [chiqpm[t]['size'] for t in DEFAULT_TARGETS] == sorted(chiqpm[t]['size'] for t in DEFAULT_TARGETS)
 
 
-def test_set_coherence_is_the_mean_pairwise_similarity_of_sets_of_two_or_more():
+def test_set_coherence_pools_the_class_pairs_of_every_set_of_two_or_more():
     similarity = np.array([[1., .5, 0.], [.5, 1., .2], [0., .2, 1.]])
-    sets = np.array([[1, 1, 0], [1, 1, 1], [0, 0, 1]], dtype=bool)
-    assert set_coherence(sets, similarity) == pytest.approx((0.5 + (0.5 + 0 + 0.2) / 3) / 2)
+    sets = np.array([[1, 1, 0], [1, 1, 1], [0, 0, 1]], dtype=bool)  # the singleton adds no pair
+    assert set_coherence(sets, similarity) == pytest.approx((2 * .5 + 2 * (.5 + 0 + .2)) / (2 + 6))
+    assert np.isnan(set_coherence(np.eye(3, dtype=bool), similarity))
 
 
 def test_exported_calibration_gives_the_same_sets_after_loading_and_fits_only_its_assignment(embedded, tmp_path):

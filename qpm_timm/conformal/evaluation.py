@@ -35,15 +35,17 @@ def cosine_similarity(class_attributes: np.ndarray) -> np.ndarray:
 
 
 def set_coherence(sets: np.ndarray, similarity: np.ndarray) -> float:
-    """Mean over the sets of at least two classes of the mean pairwise similarity of their classes (NaN when no set
-    has two classes)."""
-    values = []
+    """SetCoherence: the mean similarity of the pairs of different classes in the same set, pooled over the sets of at
+    least two classes (a set of ``m`` classes adds its ``m (m - 1)`` ordered pairs, as CHiQPM's code counts them);
+    NaN when no set has two classes."""
+    total, pairs = 0.0, 0
     for row in np.asarray(sets, dtype=bool):
         members = np.flatnonzero(row)
         if members.size >= 2:
             block = similarity[np.ix_(members, members)]
-            values.append((block.sum() - np.trace(block)) / (members.size * (members.size - 1)))
-    return float(np.mean(values)) if values else float('nan')
+            total += block.sum() - np.trace(block)
+            pairs += members.size * (members.size - 1)
+    return total / pairs if pairs else float('nan')
 
 
 def set_metrics(sets: np.ndarray, labels: np.ndarray, similarity: Optional[np.ndarray] = None) -> Dict[str, float]:
