@@ -21,7 +21,8 @@ import qpm_timm
 from qpm_timm import hub
 from qpm_timm.data import qpm_data_config, create_qpm_split, get_class_names, with_transform
 from qpm_timm.data.loader import create_qpm_loader
-from qpm_timm.explain import GalleryCollector, class_features, write_report
+from qpm_timm.conformal import calibrate, predict_sets, set_inputs
+from qpm_timm.explain import GalleryCollector, class_features, scan_dataset, write_report
 from qpm_timm.metrics import concept_recovery
 from qpm_timm.solver import QPMProblem, solve_qpm
 from qpm_timm.explain.grounding import ExplanationCollector
@@ -65,7 +66,9 @@ def run(tmp_path_factory):
     report = write_report(model, root / 'report', gallery, train_eval, val, get_class_names(val), images=[image])
     hub.save_pretrained(model, root / 'export', label_names=get_class_names(val),
                         data_config=qpm_data_config('concepts', IMG))  # as train.py exports
-    return SimpleNamespace(root=root, model=model, val=val, gallery=gallery, report=report, image=image)
+    scan = scan_dataset(model, val, 16)  # the report's validation pass
+    return SimpleNamespace(root=root, model=model, val=val, gallery=gallery, report=report, image=image,
+                           report_scan=scan)
 
 
 class _Links(HTMLParser):
@@ -185,6 +188,31 @@ def test_contrastive_and_local_numbers_add_up_to_the_logits(run):
     for c in local['classes']:
         assert sum(f['contribution'] for f in c['features']) == pytest.approx(float(logits[c['class_index']]),
                                                                               abs=1e-4)
+
+
+def test_the_trees_of_an_image_are_its_class_paths_with_its_prediction_set_highlighted(run):
+    with torch.no_grad():
+        out = run.model.forward_with_features(run.val.transform(Image.open(run.image).convert('RGB'))[None])
+    inputs = set_inputs(run.model, out.pooled)
+    weights = run.model.class_weights.detach().cpu()
+    rows = [set(features) for features in class_features(weights)]
+    summary = json.loads((run.report.folder / 'report.json').read_text(encoding='utf-8'))
+    calibration = calibrate(set_inputs(run.model, run.report_scan.pooled, run.report_scan.targets), weights, [0.9])
+    assert summary['prediction_sets']['threshold'] == calibration.thresholds[0]  # calibrated on the validation pass
+    expected_set = np.flatnonzero(predict_sets(calibration, inputs, weights, 0.9)[0]).tolist()
+    paths = {}
+    for kind in ('global', 'local'):
+        tree = json.loads((run.report.folder / f'trees/some_image_{kind}.json').read_text(encoding='utf-8'))
+        assert tree['prediction'] == int(out.logits.argmax()) and tree['prediction_set'] == expected_set
+        paths[kind] = {int(c): path for c, path in tree['class_paths'].items()}
+        for c, path in paths[kind].items():
+            assert set(path) == rows[c]  # exactly the class's features, each once
+            assert [tree['features'][j] for j in path] == sorted((tree['features'][j] for j in path), reverse=True)
+        leaves = {n['class_index']: n['highlight'] for n in tree['nodes'] if n['kind'] == 'class'}
+        assert {c for c, lit in leaves.items() if lit} == set(expected_set) & set(leaves)
+    first = paths['global'][int(out.logits.argmax())][0]
+    assert set(paths['global']) == set(range(CLASSES))  # the global tree: every class; the local one: those
+    assert set(paths['local']) == {c for c, path in paths['global'].items() if path[0] == first}  # sharing f1
 
 
 def test_the_export_card_embeds_the_report_and_the_named_table(run, tmp_path):
