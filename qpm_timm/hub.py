@@ -10,7 +10,8 @@ states (input size, mean, std, crop, interpolation, head sizes) is the one timm 
     python -m qpm_timm.hub write-configs hub_configs      (also: --write-configs hub_configs)
     python -m qpm_timm.hub write-models-table README.md
 
-``push`` (:func:`push_to_hub`) uploads, in one commit, the export's weights and config.json, a model card naming
+``push`` (:func:`push_to_hub`) uploads, in one commit, the export's weights and config.json (and the prediction sets'
+calibration, ``prediction_sets.json``, when the export has one: :func:`load_calibration`), a model card naming
 the repository and the run's results (``results.json`` of train.py, a validate.py JSON), and the run's
 ``args.yaml`` / ``results.json``; ``write-configs`` regenerates ``hub_configs/<variant>/`` (config.json + model card)
 of every registered variant, and ``write-models-table`` the README's Models table, from the variant table

@@ -128,6 +128,7 @@ def test_exported_calibration_gives_the_same_sets_after_loading_and_fits_only_it
     loaded = timm.create_model(f'local-dir:{tmp_path / "export"}', pretrained=True).eval()
     restored = hub.load_calibration(loaded)
     assert restored == calibration
+    assert 'prediction_sets.json' in hub.push_to_hub(tmp_path / 'export', 'org/name', dry_run=True).files
     images = torch.stack([create_qpm_split('concepts', None, 'val', transform_size=64)[i][0] for i in test_index[:32]])
     with torch.no_grad():
         pooled = loaded.forward_with_features(images).pooled

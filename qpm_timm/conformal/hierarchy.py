@@ -5,6 +5,7 @@ classes whose paths agree with the predicted class's path on the first ``n`` fea
 the prediction. Everything here is numpy on the features the binary layer sums, computed once per image.
 """
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ class SetInputs:
     shifted to be >= 0, ``(N, F')``, and the labels ``(N,)`` (None for unlabelled images)."""
     logits: np.ndarray
     features: np.ndarray
-    labels: np.ndarray = None
+    labels: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.logits)
