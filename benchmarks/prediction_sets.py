@@ -2,9 +2,10 @@
 (docs/METHOD.md, "CHiQPM prediction sets and trees") over many random calibration / test splits of a trained QPM's
 validation set: the validation pass runs once, the splits are numpy. Prints, per method and target, the mean
 coverage, its minimum over the splits, the mean set size and SetCoherence, and whether the mean coverage is at
-least the target minus its finite-sample slack (3 standard errors of the mean over the splits). The README's table:
+least the target minus its finite-sample slack (3 standard errors of the mean over the splits). The README's tables:
 
     python benchmarks/prediction_sets.py --model local-dir:output/train/qpm_resnet10t-concepts/export
+    python benchmarks/prediction_sets.py --model local-dir:output/train/qpm_resnet10t-concepts/export --feature-noise 2
 """
 import argparse
 
@@ -28,6 +29,9 @@ parser.add_argument('--splits', type=int, default=20, help='random calibration /
 parser.add_argument('--per-class', type=int, default=CALIBRATION_PER_CLASS, help='calibration images per class')
 parser.add_argument('--targets', type=float, nargs='+', default=list(DEFAULT_TARGETS))
 parser.add_argument('--seed', type=int, default=0, help='seed of the first split (the others: seed + 1, ...)')
+parser.add_argument('--feature-noise', type=float, default=0.0, metavar='S',
+                    help='add Gaussian noise of S x each feature\'s std to the pooled features: a weaker classifier '
+                         'on the same exchangeable images, whose sets are not single classes (default: 0)')
 parser.add_argument('--threads', type=int, default=1)
 parser.add_argument('-b', '--batch-size', type=int, default=200)
 
@@ -39,10 +43,16 @@ def main(argv=None) -> dict:
     dataset = create_qpm_split(args.dataset, args.data_dir, args.split,
                                transform_size=model.pretrained_cfg['input_size'][-1])
     evaluation = evaluate(model, create_qpm_loader(dataset, args.batch_size), 'cpu', keep_features=True)
-    inputs = set_inputs(model, evaluation.pooled, evaluation.labels)
+    pooled = evaluation.pooled
+    if args.feature_noise:
+        noise = torch.randn(pooled.shape, generator=torch.Generator().manual_seed(args.seed))
+        pooled = pooled + args.feature_noise * model.head.std.cpu() * noise
+    inputs = set_inputs(model, pooled, evaluation.labels)
+    accuracy = 100 * float((inputs.predictions == inputs.labels).mean())
     results = coverage_over_splits(inputs, model.class_weights.detach().cpu(), args.targets, args.splits,
                                    args.per_class, class_similarity(dataset), args.seed)
-    print(f'{args.model}: top-1 {evaluation.top1:.2f} % on {len(inputs)} {args.split} images; {args.splits} random '
+    noise = f' with feature noise {args.feature_noise:g} x std' if args.feature_noise else ''
+    print(f'{args.model}{noise}: top-1 {accuracy:.2f} % on {len(inputs)} {args.split} images; {args.splits} random '
           f'splits, {args.per_class} calibration images per class, the rest to test; means over the splits:')
     print(format_table(results))
     kept = True

@@ -280,10 +280,10 @@ def load_calibration(model: QPMModel) -> Optional[Calibration]:
         path = (where if where.is_dir() else where.parent) / CALIBRATION_NAME
     elif cfg.get('hf_hub_id') and cfg.get('source') == 'hf-hub':
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
         try:
             path = Path(hf_hub_download(cfg['hf_hub_id'], CALIBRATION_NAME))
-        except EntryNotFoundError:
+        except (EntryNotFoundError, LocalEntryNotFoundError):  # none in the repository, or offline without a copy
             return None
     if path is None or not path.is_file():
         return None

@@ -38,14 +38,12 @@ def set_coherence(sets: np.ndarray, similarity: np.ndarray) -> float:
     """SetCoherence: the mean similarity of the pairs of different classes in the same set, pooled over the sets of at
     least two classes (a set of ``m`` classes adds its ``m (m - 1)`` ordered pairs, as CHiQPM's code counts them);
     NaN when no set has two classes."""
-    total, pairs = 0.0, 0
-    for row in np.asarray(sets, dtype=bool):
-        members = np.flatnonzero(row)
-        if members.size >= 2:
-            block = similarity[np.ix_(members, members)]
-            total += block.sum() - np.trace(block)
-            pairs += members.size * (members.size - 1)
-    return total / pairs if pairs else float('nan')
+    s = np.asarray(sets, dtype=np.float64)
+    sim = np.asarray(similarity, dtype=np.float64)
+    total = np.einsum('nc,cd,nd->', s, sim, s) - s.sum(0) @ np.diag(sim)  # every ordered pair of different classes
+    size = s.sum(1)
+    pairs = float((size * (size - 1)).sum())
+    return float(total / pairs) if pairs else float('nan')
 
 
 def set_metrics(sets: np.ndarray, labels: np.ndarray, similarity: Optional[np.ndarray] = None) -> Dict[str, float]:
@@ -68,6 +66,13 @@ def compare_sets(calibration: SetInputs, test: SetInputs, weights, targets: Sequ
         sets = baseline_sets(method, calibration, test, targets)
         results[method] = {t: set_metrics(sets[:, :, i], test.labels, similarity) for i, t in enumerate(targets)}
     return results
+
+
+def _mean(values: Sequence[float]) -> float:
+    """The mean of the values that are not NaN (a split whose sets are all single classes has no SetCoherence);
+    NaN when none is."""
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else float('nan')
 
 
 def coverage_slack(target: float, n_calibration: int, n_test: int, splits: int) -> float:
@@ -93,15 +98,20 @@ def coverage_over_splits(inputs: SetInputs, weights, targets: Sequence[float] = 
         out[method] = OrderedDict()
         for t in check_targets(targets):
             rows = [run[method][t] for run in runs]
-            mean = {key: float(np.nanmean([r[key] for r in rows])) for key in rows[0]}
+            mean = {key: _mean([r[key] for r in rows]) for key in rows[0]}
             mean['min_coverage'] = float(min(r['coverage'] for r in rows))
             mean['slack'] = coverage_slack(t, n_cal, n_test, splits)
             out[method][t] = mean
     return out
 
 
+def _cell(value: float, digits: int) -> str:
+    return '–' if math.isnan(value) else f'{value:.{digits}f}'
+
+
 def format_table(results: Dict[str, Dict[float, Dict[str, float]]]) -> str:
-    """A Markdown table: a row per target, coverage / mean size (/ SetCoherence) per method."""
+    """A Markdown table: a row per target, coverage / mean size (/ SetCoherence; '–' where no set held two classes)
+    per method."""
     methods = list(results)
     first = results[methods[0]]
     keys = [k for k in ('coverage', 'size', 'coherence') if k in next(iter(first.values()))]
@@ -109,20 +119,19 @@ def format_table(results: Dict[str, Dict[float, Dict[str, float]]]) -> str:
     head = ['target'] + [f'{names[m]} {names[k]}' for m in methods for k in keys]
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for t in first:
-        cells = [f'{t:g}'] + [f'{results[m][t][k]:.3f}' if k != 'size' else f'{results[m][t][k]:.2f}'
-                              for m in methods for k in keys]
+        cells = [f'{t:g}'] + [_cell(results[m][t][k], 2 if k == 'size' else 3) for m in methods for k in keys]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 
 def flat_results(results: Dict[str, Dict[float, Dict[str, float]]]) -> Dict[str, float]:
     """``{'coverage@0.9': ..., 'set_size@0.9': ..., 'aps_coverage@0.9': ...}``: the results files' keys (the
-    hierarchical sets unprefixed)."""
+    hierarchical sets unprefixed); a SetCoherence is absent where no set held two classes."""
     flat = OrderedDict()
     for method, per_target in results.items():
         prefix = '' if method == 'chiqpm' else f'{method}_'
         for t, metrics in per_target.items():
             for key, name in (('coverage', 'coverage'), ('size', 'set_size'), ('coherence', 'set_coherence')):
-                if key in metrics:
+                if key in metrics and not math.isnan(metrics[key]):
                     flat[f'{prefix}{name}@{t:g}'] = round(metrics[key], 4)
     return flat

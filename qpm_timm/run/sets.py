@@ -14,7 +14,7 @@ from ..conformal import (
 from .cli import UsageError
 from .evaluate import Evaluation
 
-__all__ = ['add_set_args', 'check_set_args', 'class_similarity', 'run_sets']
+__all__ = ['add_set_args', 'check_set_args', 'check_set_split', 'class_similarity', 'run_sets']
 
 _logger = logging.getLogger('sets')
 
@@ -40,6 +40,14 @@ def check_set_args(args) -> None:
         raise UsageError(f'--set-targets: {e}') from e
     if args.calibration_per_class < 1:
         raise UsageError(f'--calibration-per-class must be >= 1, got {args.calibration_per_class}.')
+
+
+def check_set_split(dataset, args) -> None:
+    """Refuse, before any pass, a split that cannot be split into calibration and test images (a class with too
+    few images) -- where the dataset lists its labels (``targets``); others are checked after the pass."""
+    labels = getattr(dataset, 'targets', None)
+    if labels is not None:
+        calibration_split(np.asarray(labels), args.calibration_per_class, args.calibration_seed)
 
 
 def class_similarity(dataset) -> Optional[np.ndarray]:

@@ -21,7 +21,7 @@ from .cli import UsageError
 from .data import build_eval_dataset, class_names_of, eval_data_config, resolve_dataset
 from .evaluate import Evaluation, evaluate, recovery_of
 from .model import check_eval_args, check_eval_model, create_eval_model, read_checkpoint
-from .sets import check_set_args, run_sets
+from .sets import check_set_args, check_set_split, run_sets
 
 __all__ = ['check_results_file', 'write_results', 'model_data_config', 'interpretability', 'validate']
 
@@ -100,6 +100,8 @@ def validate(args) -> Dict[str, Any]:
     device = torch.device(args.device)
     resolve_dataset(args)
     eval_set = build_eval_dataset(args, args.split)
+    if args.prediction_sets:
+        check_set_split(eval_set, args)
     num_classes = args.num_classes or len(class_names_of(eval_set))
     state_dict = read_checkpoint(args)
     if state_dict is None and not args.pretrained:
