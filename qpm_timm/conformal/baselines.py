@@ -36,9 +36,12 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(1, keepdims=True)
 
 
-def baseline_sets(method: str, calibration: SetInputs, test: SetInputs, targets: Sequence[float]) -> np.ndarray:
+def baseline_sets(method: str, calibration: SetInputs, test: SetInputs, targets: Sequence[float],
+                  seed: int = 0) -> np.ndarray:
     """``(N_test, C, len(targets))`` bool: MAPIE's split-conformal sets of ``method`` ('aps' or 'lac') on the
-    softmax of the logits, calibrated on ``calibration``. APS includes the last class (deterministic sets)."""
+    softmax of the logits, calibrated on ``calibration``. MAPIE randomises APS's calibration scores (score - U p,
+    ``U`` uniform): seeded with ``seed``, so the sets are reproducible; a set includes its last class (no random
+    removal)."""
     from mapie.classification import SplitConformalClassifier
     if method not in BASELINES:
         raise ValueError(f'unknown baseline {method!r}; choose one of {BASELINES}.')
@@ -46,7 +49,7 @@ def baseline_sets(method: str, calibration: SetInputs, test: SetInputs, targets:
     num_classes = calibration.logits.shape[1]
     check_labels(calibration.labels, num_classes)
     predictor = SplitConformalClassifier(_Probabilities(num_classes), confidence_level=list(targets),
-                                         conformity_score=method, prefit=True)
+                                         conformity_score=method, prefit=True, random_state=seed)
     predictor.conformalize(_softmax(calibration.logits), calibration.labels)
     _, sets = predictor.predict_set(_softmax(test.logits))
     return sets.astype(bool)
