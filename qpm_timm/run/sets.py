@@ -2,7 +2,6 @@
 ``validate.py`` calibrate on ``--calibration-per-class`` random images of every class of the evaluated split
 (``--calibration-seed``) and measure the three methods on the rest of it."""
 import argparse
-import logging
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -15,8 +14,6 @@ from .cli import UsageError
 from .evaluate import Evaluation
 
 __all__ = ['add_set_args', 'check_set_args', 'check_set_split', 'class_similarity', 'run_sets']
-
-_logger = logging.getLogger('sets')
 
 
 def add_set_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -60,16 +57,17 @@ def class_similarity(dataset) -> Optional[np.ndarray]:
     return None
 
 
-def run_sets(model, evaluation: Evaluation, dataset, args) -> Tuple[Calibration, Dict[str, Any]]:
+def run_sets(model, evaluation: Evaluation, dataset, args) -> Tuple[Calibration, Dict[str, Any], str]:
     """Calibrate on a random part of the evaluated split and measure CHiQPM, APS and LAC on the rest: the
-    calibration (for the export) and the results (``coverage@<target>``, ``set_size@...``, ``aps_coverage@...``)."""
+    calibration (for the export), the results (``coverage@<target>``, ``set_size@...``, ``aps_coverage@...``) and
+    their table (Markdown, with a line saying how it was measured)."""
     weights = model.class_weights.detach().cpu()
     inputs = set_inputs(model, evaluation.pooled, evaluation.labels)
     cal, test = calibration_split(inputs.labels, args.calibration_per_class, args.calibration_seed)
     results = compare_sets(inputs.subset(cal), inputs.subset(test), weights, args.set_targets,
                            class_similarity(dataset))
     calibration = calibrate(inputs.subset(cal), weights, args.set_targets)
-    print(f'prediction sets: calibrated on {len(cal)} images ({args.calibration_per_class} per class), measured on '
-          f'{len(test)}; CHiQPM levels {dict(zip(calibration.targets, calibration.levels))}\n'
-          + format_table(results))
-    return calibration, flat_results(results)
+    table = (f'prediction sets: calibrated on {len(cal)} images ({args.calibration_per_class} per class, seed '
+             f'{args.calibration_seed}), measured on the other {len(test)}; CHiQPM levels '
+             f'{dict(zip(calibration.targets, calibration.levels))}\n' + format_table(results))
+    return calibration, flat_results(results), table

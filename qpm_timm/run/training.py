@@ -307,11 +307,10 @@ def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_c
         loader = create_qpm_loader(val_set, vb, num_workers=args.workers)
         evaluation = evaluate(model, loader, device, args.amp, args.channels_last, keep_features=True)
         try:
-            calibration, set_results = run_sets(model, evaluation, val_set, args)
+            calibration, set_results, set_table = run_sets(model, evaluation, val_set, args)
             results.update(set_results)
         except ValueError as e:  # a validation split too small to split, or without some class: no sets, no failure
-            calibration = None
-            print(f'prediction sets: not calibrated ({e})')
+            calibration, set_table = None, f'prediction sets: not calibrated ({e})'
     recovery = recovery_of(model, evaluation, val_set)  # None for a dataset without planted concepts
     if recovery is not None:
         results['concept_recovery'] = recovery.score
@@ -342,6 +341,7 @@ def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_c
     print(f'solver: {solution.summary()}')
     if report:
         print(f'explanation report: open {report.index} in a browser')
+    print(set_table)
     return results
 
 

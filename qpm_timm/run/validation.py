@@ -145,7 +145,9 @@ def validate(args) -> Dict[str, Any]:
         _logger.info(' * ' + ', '.join(f'{k} {100 * v:.2f} %' for k, v in metrics.items()))
 
     if args.prediction_sets:
-        results.update(run_sets(model, evaluated, eval_set, args)[1])
+        _, sets, table = run_sets(model, evaluated, eval_set, args)
+        results.update(sets)
+        _logger.info(table)
 
     if args.results_file:
         fmt = args.results_format or ('json' if args.results_file.lower().endswith('.json') else 'csv')
