@@ -292,8 +292,10 @@ def test_script_explains_an_image_with_the_export_alone_names_from_the_export_tr
     assert code == 0
     files = {str(p.relative_to(out)) for p in _check_report_folder(out)}
     assert files == {'index.html', 'report.json', 'global.png', 'global.json', 'local/some_image.png',
-                     'local/some_image.json', 'pairs/c0_vs_c1.png', 'pairs/c0_vs_c1.json'}  # no gallery, no card
+                     'local/some_image.json', 'pairs/c0_vs_c1.png', 'pairs/c0_vs_c1.json',  # no gallery, no card
+                     *(f'trees/some_image_{kind}.{ext}' for kind in ('local', 'global') for ext in ('png', 'json'))}
     summary = json.loads((out / 'report.json').read_text(encoding='utf-8'))
+    assert not summary['prediction_sets']['calibrated']  # no dataset and no exported calibration: the prediction only
     assert summary['class_names'] == run.val.classes and not summary['dataset_given']
     assert summary['validation_accuracy'] is None and summary['gallery_source'] is None
     assert 'No dataset was given' in (out / 'index.html').read_text(encoding='utf-8')
