@@ -25,6 +25,7 @@ none within its effort. The command line (exit code 2 on bad input, nothing writ
 
     python -m qpm_timm.edit <experiment-or-export> --forbid-feature F ... --forbid CLASS:FEATURE ...
         --require CLASS:FEATURE ... --output <folder> [--finetune-epochs N] [--with-statistics] [--effort E] [--seed S]
+        [--resolve-all]
 
 Classes by index or label name; features by index ``j`` (or ``f<j>``) of the model's kept features, by their name
 (the report's label or its annotation), or by backbone channel ``ch<k>``.
@@ -55,7 +56,7 @@ from .solver import DEFAULT_TIME_LIMIT, QPMProblem, QPMSolution, check_solution,
 from .stats import QPMStatistics
 
 __all__ = ['Edit', 'EditChanges', 'EditResult', 'EditImpossible', 'EDIT_EFFORT', 'edit_from_features', 'edit_model',
-           'solve_edit', 'main']
+           'kept_pairs', 'solve_edit', 'main']
 
 EDIT_EFFORT = 2.0  # deterministic units (qpm_timm.solver.solve), as the embedded default's solve; the re-solve starts
 # from the model's own solution (on the README's edit of the embedded default, effort 5 gives the same Z)
@@ -322,13 +323,28 @@ def _changes(before_sel: Sequence[int], before_W: np.ndarray, after_sel: Sequenc
                        sorted(set(map(int, after_sel)) - set(map(int, before_sel))))
 
 
+def kept_pairs(selection: Sequence[int], assignment: np.ndarray, edit: Edit) -> List[Tuple[int, int]]:
+    """``(class, channel)`` of every class the edit leaves alone: none of its channels forbidden and no forbid/require
+    pair naming it (docs/METHOD.md, "Editing": a local edit changes only the classes it touches)."""
+    forbidden = set(edit.forbid_channels)
+    named = {c for c, _ in edit.forbid_pairs + edit.require_pairs}
+    kept = []
+    for c, row in enumerate(assignment):
+        channels = [int(selection[j]) for j in np.flatnonzero(row)]
+        if c not in named and not forbidden.intersection(channels):
+            kept += [(c, ch) for ch in channels]
+    return kept
+
+
 def edit_model(model: QPMModel, statistics: QPMStatistics, edit: Edit, *, effort: float = EDIT_EFFORT, seed: int = 0,
                locality: bool = True, time_limit: float = DEFAULT_TIME_LIMIT, workers: Optional[int] = None,
-               log: bool = False) -> EditResult:
+               log: bool = False, keep_others: bool = True) -> EditResult:
     """Re-solve the assignment of the QPM ``model`` on the ``statistics`` of its dense model (``statistics.npz``
     of its run) with the constraints of ``edit`` (docs/METHOD.md, "Editing"); returns an :class:`EditResult` whose
     ``model`` is a copy of ``model`` with the edited head. ``locality``: as the run solved (False for DINO-QPM's
-    solve); ``effort``, ``seed``: decide the answer (``time_limit`` only caps the wall clock)."""
+    solve); ``effort``, ``seed``: decide the answer (``time_limit`` only caps the wall clock). ``keep_others``: the
+    classes the edit does not touch (none of their channels forbidden, no constraint naming them) keep their features,
+    so only the touched classes change (:func:`kept_pairs`); False re-solves every class."""
     if not isinstance(model, QPMModel) or not model.is_qpm or not model.num_classes:
         raise ValueError('edit_model needs a QPM with its binary head and classes (a dense model has no assignment '
                          'to edit: solve it first with qpm_timm.fit_qpm or train.py).')
@@ -362,7 +378,8 @@ def edit_model(model: QPMModel, statistics: QPMStatistics, edit: Edit, *, effort
     solution = solve_edit(
         problem, current, [index[ch] for ch in edit.forbid_channels if ch in index],
         [(c, index[ch]) for c, ch in edit.forbid_pairs if ch in index],
-        [(c, index[ch]) for c, ch in edit.require_pairs], effort=effort, seed=seed, time_limit=time_limit,
+        [(c, index[ch]) for c, ch in edit.require_pairs + (kept_pairs(selection, W0, edit) if keep_others else [])],
+        effort=effort, seed=seed, time_limit=time_limit,
         workers=workers, log=log, label=lambda f: f'ch {channels[f]}')
     edited = apply_solution(copy.deepcopy(model), statistics, solution, channels)
     changes = _changes(selection, W0, channels[solution.selected].tolist(), solution.assignment)
@@ -516,6 +533,8 @@ def _parser() -> argparse.ArgumentParser:
                    help='fine-tune the edited model N epochs with the run\'s recipe (needs the experiment folder)')
     p.add_argument('--effort', type=float, default=EDIT_EFFORT, help='solver effort (deterministic units)')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--resolve-all', action='store_true',
+                   help='re-solve every class (default: the classes the edit does not touch keep their features)')
     p.add_argument('--time-limit', type=float, default=DEFAULT_TIME_LIMIT, help='wall-clock cap of the re-solve (s)')
     p.add_argument('--device', default='cpu', help='device of the fine-tune')
     return p
@@ -551,9 +570,10 @@ def run(argv: Optional[Sequence[str]] = None) -> EditResult:
     statistics = QPMStatistics.load(source.statistics)
     started = time.perf_counter()
     result = edit_model(model, statistics, edit, effort=args.effort, seed=args.seed, locality=source.locality,
-                        time_limit=args.time_limit)
+                        time_limit=args.time_limit, keep_others=not args.resolve_all)
     solve_seconds = time.perf_counter() - started
-    extra: Dict[str, Any] = dict(seed=args.seed, effort=args.effort, solve_seconds=round(solve_seconds, 2))
+    extra: Dict[str, Any] = dict(seed=args.seed, effort=args.effort, solve_seconds=round(solve_seconds, 2),
+                                 keep_others=not args.resolve_all)
     if args.finetune_epochs:
         extra['finetune'] = finetune_edited(result.model, source.run, args.finetune_epochs, args.device)
     size = export_edit(result, source, output, class_names, args.with_statistics, extra)

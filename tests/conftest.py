@@ -16,11 +16,15 @@ if os.environ.get('PYTEST_XDIST_WORKER'):
     torch.set_num_threads(1)
 
 # The longest test files first (pytest-xdist hands files to the workers in this order, --no-loadscope-reorder in
-# setup.cfg), so the long end-to-end runs start at once and the short files fill in around them.
+# setup.cfg), so the long end-to-end runs start at once and the short files fill in around them; the files that read
+# the embedded default's run (the ``embedded_default`` fixture, trained by the worker that runs test_readme.py) come
+# last, so that no worker waits for that run while other files are left.
 LONGEST_FIRST = ('test_readme.py', 'test_train.py', 'test_benchmarks.py', 'test_recipes.py', 'test_pretrained.py',
                  'test_train_vit.py', 'test_hub_push.py', 'test_solver.py', 'test_explain.py', 'test_hub_download.py')
+EMBEDDED_LAST = ('test_chiqpm_train.py', 'test_export.py', 'test_edit.py', 'test_prediction_sets.py')
 
 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    last = {name: len(rank) + 1 + i for i, name in enumerate(EMBEDDED_LAST)}
+    items.sort(key=lambda item: last.get(item.path.name, rank.get(item.path.name, len(rank))))

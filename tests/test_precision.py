@@ -54,7 +54,7 @@ def _training_step(model, loader):
     args = SimpleNamespace(no_progress=True, rank=0, channels_last=False, amp=True, clip_grad=None)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     train_one_epoch(0, model, WithFeatures(model), loader, optimizer, None,
-                    (FeatureDiversityLoss(), ActivationL1(0.0, 0.0)), args, 'cpu')
+                    (FeatureDiversityLoss(), ActivationL1(0.0, 0.0), None), args, 'cpu')
 
 
 def _feature_cache(model, loader, tmp_path):
