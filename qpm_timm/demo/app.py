@@ -1,0 +1,172 @@
+""" The demo's Gradio app (docs/EXPLANATIONS.md, "The demo"): an image in, the QPM's decision out.
+
+One event, ``/explain``: an uploaded or example image -> the top-k classes with their probabilities, the predicted
+class's ``n_wc`` features (names, contributions, heatmaps on the image, the report's gallery of each and the class
+card), and the nearest class with what separates it on this image (:mod:`.analysis`). An unreadable file is a
+readable error in the page (``gr.Error``), never a traceback. Gradio is an optional extra
+(``pip install -e ".[demo]"``); everything runs offline (no analytics, no fonts or assets from the internet).
+"""
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from ..run.cli import UsageError
+from .analysis import Analysis, DemoModel, analyse, read_image
+
+__all__ = ['build_app', 'launch', 'import_gradio', 'DISPLAY_SIZE', 'TOP_K']
+
+DISPLAY_SIZE = 256  # pictures smaller than this (the model's input size) are enlarged for the page
+TOP_K = 5
+OFFLINE_ENV = dict(GRADIO_ANALYTICS_ENABLED='False', HF_HUB_DISABLE_TELEMETRY='1', DO_NOT_TRACK='1')
+FEATURE_HEADERS = ['feature', 'name', 'contribution to the logit']
+
+
+def import_gradio():
+    """Gradio, with its analytics off; a clear error naming the install command when it is missing."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        import gradio
+    except ImportError as e:
+        raise UsageError('the demo needs Gradio, an optional extra: pip install -e ".[demo]" '
+                         '(or pip install gradio).') from e
+    return gradio
+
+
+def _picture(pixels: np.ndarray) -> Image.Image:
+    """An ``(H, W, 3)`` array in [0, 1] as an image, enlarged to :data:`DISPLAY_SIZE` when smaller."""
+    image = Image.fromarray((np.clip(pixels, 0, 1) * 255).round().astype(np.uint8))
+    scale = DISPLAY_SIZE / max(1, min(image.size))
+    if scale > 1:
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+    return image
+
+
+def _signed(value: float) -> str:
+    return f'{value:+.2f}'
+
+
+def prediction_text(demo: DemoModel, analysis: Analysis) -> str:
+    """Markdown: the predicted class, its logit as the sum of its features' contributions."""
+    c, logit, probability = analysis.top[0]
+    terms = ' '.join(f'{_signed(v)} ({analysis.view.labels[j]})'
+                     for j, v in zip(analysis.features, analysis.contributions))
+    return (f'### Prediction: {demo.class_names[c]} ({100 * probability:.1f} %)\n\n'
+            f'Its logit {logit:.2f} is the sum of its {len(analysis.features)} features\' normalised activations: '
+            f'{terms}.')
+
+
+def feature_rows(analysis: Analysis) -> List[List[Any]]:
+    """Rows ``feature | name | contribution`` of the predicted class's features, largest contribution first."""
+    rows = [[f'f{j}', analysis.view.labels[j], round(v, 3)] for j, v in zip(analysis.features, analysis.contributions)]
+    return sorted(rows, key=lambda row: -row[2])
+
+
+def contrast_text(demo: DemoModel, analysis: Analysis) -> str:
+    """Markdown: the nearest class, the features that separate it from the prediction and their terms here."""
+    contrast = analysis.contrast
+    if contrast is None:
+        return 'The model has a single class.'
+    labels, names = analysis.view.labels, demo.class_names
+    a, b = names[contrast.predicted], names[contrast.other]
+    kind = 'differs in one feature' if len(contrast.only_predicted) == 1 else \
+        f'differs in {len(contrast.only_predicted)} features (no class differs in one)'
+    shared = ', '.join(labels[j] for j in contrast.shared) or 'none'
+    lines = [f'### Nearest class: {b}', '',
+             f'{b} {kind} from {a}; shared: {shared}. Logits here: {a} {contrast.logits[0]:.2f}, '
+             f'{b} {contrast.logits[1]:.2f}.', '',
+             f'| feature | used by | its term of logit({a}) − logit({b}) on this image |', '|---|---|---|']
+    lines += [f'| {labels[j]} | {a} | {_signed(contrast.terms[j])} |' for j in contrast.only_predicted]
+    lines += [f'| {labels[j]} | {b} | {_signed(contrast.terms[j])} |' for j in contrast.only_other]
+    return '\n'.join(lines)
+
+
+def _outputs(demo: DemoModel, analysis: Analysis, edited: bool) -> Tuple:
+    """The values of the explain outputs (:func:`build_app`) for one analysis."""
+    view = analysis.view
+    scores = {demo.class_names[c]: p for c, _, p in analysis.top}
+    heat = [(_picture(o), f'{view.labels[j]}: {_signed(v)}')
+            for o, j, v in zip(analysis.overlays, analysis.features, analysis.contributions)]
+    galleries = [(str(view.galleries[j]), view.labels[j]) for j in analysis.features if view.galleries[j]]
+    card = None if edited else demo.report.picture(f'classes/c{analysis.predicted}.png')
+    contrast = []
+    if analysis.contrast is not None:
+        c = analysis.contrast
+        contrast = [(_picture(o), f'{view.labels[j]} ({demo.class_names[owner]})') for o, j, owner in
+                    zip(c.overlays, c.only_predicted + c.only_other,
+                        [c.predicted] * len(c.only_predicted) + [c.other] * len(c.only_other))]
+        a, b = sorted((c.predicted, c.other))
+        pair = None if edited else demo.report.picture(f'pairs/c{a}_vs_c{b}.png')
+        contrast += [(str(pair), 'the report\'s contrastive picture of the pair')] if pair else []
+    return (scores, prediction_text(demo, analysis), _picture(analysis.image), heat, feature_rows(analysis),
+            str(card) if card else None, galleries, contrast_text(demo, analysis), contrast)
+
+
+def _uploaded_image(payload: Optional[Dict], gr) -> Image.Image:
+    """The image of an Image component's raw payload; only files Gradio received (uploads, examples) are read."""
+    if not payload or not payload.get('path'):
+        raise gr.Error('Upload an image or pick an example image first.')
+    path = Path(payload['path']).resolve()
+    if not path.is_relative_to(Path(gr.utils.get_upload_folder()).resolve()):
+        raise gr.Error('Only uploaded images are explained: upload the image file.')
+    try:
+        return read_image(path, payload.get('orig_name'))
+    except (ValueError, FileNotFoundError) as e:
+        raise gr.Error(str(e)) from None
+
+
+def build_app(demo: DemoModel, top_k: int = TOP_K):
+    """The Gradio ``Blocks`` of the demo (module docstring)."""
+    gr = import_gradio()
+    model = demo.model
+    title = demo.name.split(':', 1)[-1]
+    examples = demo.report.examples
+
+    def explain(payload):
+        return _outputs(demo, analyse(demo, _uploaded_image(payload, gr), top_k), edited=False)
+
+    with gr.Blocks(title=f'QPM demo: {title}') as app:
+        gr.Markdown(f'# QPM demo: {title}\n\n{model.num_classes} classes share {model.n_features} features; every '
+                    f'class uses exactly {model.n_per_class} of them, so a class\'s logit is the sum of its features\' '
+                    f'normalised activations. Upload an image or pick an example.')
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(label='image', type='filepath', sources=['upload', 'clipboard'], height=280)
+                button = gr.Button('Explain', variant='primary')
+                if examples:
+                    gr.Examples([[str(path)] for path, _ in examples], inputs=[image],
+                                example_labels=[caption for _, caption in examples],
+                                label='example images (from the report)', examples_per_page=12)
+            with gr.Column(scale=1):
+                scores = gr.Label(label=f'top-{min(top_k, model.num_classes)} classes', num_top_classes=top_k)
+                seen = gr.Image(label='as the model sees it', interactive=False, height=200)
+        summary = gr.Markdown()
+        with gr.Row():
+            heat = gr.Gallery(label='where the predicted class\'s features fired (heatmaps)', columns=5, height=300, format='png')
+            table = gr.Dataframe(headers=FEATURE_HEADERS, label='the predicted class\'s features', interactive=False)
+        with gr.Row():
+            card = gr.Image(label='class card: its features\' best gallery patches (report)', interactive=False)
+            galleries = gr.Gallery(label='each feature\'s gallery: most activating training images (report)',
+                                   columns=1, height=300, format='png')
+        contrast = gr.Markdown()
+        contrast_pictures = gr.Gallery(label='the separating features on this image', columns=4, height=260, format='png')
+        outputs = [scores, summary, seen, heat, table, card, galleries, contrast, contrast_pictures]
+        button.click(explain, [image], outputs, api_name='explain', preprocess=False)
+        image.change(lambda payload: explain(payload) if payload else [None] * len(outputs), [image], outputs,
+                     api_visibility='private', preprocess=False)
+        if examples:  # the page opens with the first example explained
+            app.load(lambda: str(examples[0][0]), None, [image], api_visibility='private')
+    return app
+
+
+def launch(app, host: str = '127.0.0.1', port: Optional[int] = None, block: bool = True):
+    """Serve ``app`` on ``host:port`` (a free port from 7860 on when None); offline, no share link. With
+    ``block=False`` it returns at once (the server runs in a thread): ``(app, local_url)``."""
+    gr = import_gradio()
+    theme = gr.themes.Default(font=['system-ui', 'sans-serif'], font_mono=['monospace'])  # no web fonts
+    _, url, _ = app.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block,
+                           ssr_mode=False, quiet=not block, theme=theme, footer_links=[], show_error=False)
+    return app, url

@@ -1,0 +1,123 @@
+"""The Gradio demo of the embedded default, driven as a user does: ``export-space`` writes a Hugging Face Space folder,
+its ``app.py`` runs unchanged in its own process on 127.0.0.1 (the Space's own copy of qpm_timm, no network), and
+``gradio_client`` sends it images: the predicted class, its named features, heatmaps and the nearest class come back,
+and a broken file gives a readable error, not a traceback. One app for the whole module (Gradio starts slowly).
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from PIL import Image
+
+gradio_client = pytest.importorskip('gradio_client')  # the demo extra: pip install -e ".[demo]"
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from qpm_timm.demo.__main__ import main  # noqa: E402
+
+START_TIMEOUT = 120  # seconds for the Space's app to import torch, timm, Gradio and load the model
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_client(url: str, proc: subprocess.Popen, log: Path) -> Client:
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f'the Space app exited with {proc.returncode}:\n{log.read_text()[-3000:]}')
+        try:
+            return Client(url, verbose=False, download_files=False)
+        except Exception:  # noqa: BLE001  not listening yet
+            if time.monotonic() > deadline:
+                pytest.fail(f'the Space app did not answer within {START_TIMEOUT} s:\n{log.read_text()[-3000:]}')
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope='module')
+def space(embedded_default, tmp_path_factory):
+    root = tmp_path_factory.mktemp('demo')
+    folder = root / 'space'
+    assert main(['export-space', str(embedded_default.export), str(folder)]) == 0
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'GRADIO_SERVER_NAME', 'GRADIO_SERVER_PORT')}
+    env.update(GRADIO_SERVER_NAME='127.0.0.1', GRADIO_SERVER_PORT=str(port), HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1',
+               GRADIO_TEMP_DIR=str(root / 'gradio'))
+    log = root / 'app.log'
+    with open(log, 'w') as out:
+        proc = subprocess.Popen([sys.executable, 'app.py'], cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        client = _wait_for_client(f'http://127.0.0.1:{port}/', proc, log)
+        report = json.loads((embedded_default.export / 'report' / 'report.json').read_text(encoding='utf-8'))
+        yield SimpleNamespace(folder=folder, client=client, report=report, root=root, log=log,
+                              export=embedded_default.export)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _explain(space, path: Path):
+    return space.client.predict(handle_file(str(path)), api_name='/explain')
+
+
+def test_export_space_writes_a_gradio_space_with_its_own_qpm_timm_and_the_export(space):
+    front, card = space.folder.joinpath('README.md').read_text(encoding='utf-8').split('---\n')[1:3]
+    front = yaml.safe_load(front)
+    import gradio
+    assert front['sdk'] == 'gradio' and front['app_file'] == 'app.py' and front['sdk_version'] == gradio.__version__
+    requirements = space.folder.joinpath('requirements.txt').read_text().split()
+    assert any(r.startswith('torch') for r in requirements) and any(r.startswith('timm') for r in requirements)
+    assert (space.folder / 'qpm_timm' / 'demo' / 'app.py').is_file()
+    for name in ('model.safetensors', 'config.json', 'report/report.json'):
+        assert (space.folder / 'model' / name).read_bytes() == (space.export / name).read_bytes()
+    assert 'Running on local URL' in space.log.read_text()  # the app of the folder, in its own process
+
+
+def test_an_example_image_gives_its_class_features_heatmaps_and_nearest_class(space):
+    example = space.report['examples'][0]
+    c = example['class_index']
+    scores, summary, seen, heat, table, card, galleries, contrast, contrast_pictures = \
+        _explain(space, space.export / 'report' / example['file'])
+    names = space.report['class_names']
+    assert scores['label'] == names[example['predicted']] == names[c]
+    confidences = [x['confidence'] for x in scores['confidences']]
+    assert len(confidences) == 5 and confidences == sorted(confidences, reverse=True) and confidences[0] > 0.5
+    labels = [space.report['features'][j]['label'] for j in space.report['class_features'][c]]
+    assert sorted(row[1] for row in table['data']) == sorted(labels)
+    assert sum(row[2] for row in table['data']) == pytest.approx(float(summary.split('logit ')[1].split()[0]), abs=0.02)
+    assert [item['caption'].split(':')[0] for item in heat] == labels
+    pixels = [Image.open(item['image']['path']) for item in heat]
+    assert len({p.tobytes() for p in pixels}) == len(labels)  # every feature fired somewhere else
+    assert card['path'].endswith(f'c{c}.png') and len(galleries) == len(labels)
+    nearest = contrast.split('### Nearest class: ')[1].split('\n')[0]
+    other = names.index(nearest)
+    shared = set(space.report['class_features'][c]) & set(space.report['class_features'][other])
+    assert len(shared) == len(labels) - 1  # the embedded default has contrastive pairs: all but one feature shared
+    assert len(contrast_pictures) >= 2
+
+
+def test_a_broken_image_is_a_readable_error_in_the_page(space, tmp_path):
+    broken = tmp_path / 'holiday.jpg'
+    broken.write_bytes(b'this is not a JPEG file')
+    with pytest.raises(AppError) as error:
+        _explain(space, broken)
+    message = str(error.value)
+    assert 'cannot read image holiday.jpg' in message and 'give an image file' in message
+    assert 'Traceback' not in message and str(tmp_path) not in message
+
+
+def test_bad_command_lines_exit_2_and_write_nothing(tmp_path, capsys):
+    assert main(['--model', f'local-dir:{tmp_path / "missing"}', '--pretrained']) == 2
+    assert main(['export-space', str(tmp_path), str(tmp_path / 'space')]) == 2
+    assert not (tmp_path / 'space').exists()
+    assert 'no export folder' in capsys.readouterr().err
