@@ -118,47 +118,56 @@ def _uploaded_image(payload: Optional[Dict], gr) -> Image.Image:
         raise gr.Error(str(e)) from None
 
 
+def _title(name: str) -> str:
+    """What the page calls the model: the Hub repository, or the run's folder of an export."""
+    where = name.split(':', 1)[-1]
+    path = Path(where)
+    return (path.parent.name if path.name == 'export' else path.name) if name.startswith('local-dir:') else where
+
+
 def build_app(demo: DemoModel, top_k: int = TOP_K):
-    """The Gradio ``Blocks`` of the demo (module docstring)."""
+    """The Gradio ``Blocks`` of the demo (module docstring); it opens with the report's first example explained."""
     gr = import_gradio()
-    model = demo.model
-    title = demo.name.split(':', 1)[-1]
-    examples = demo.report.examples
+    model, title, examples = demo.model, _title(demo.name), demo.report.examples
 
     def explain(payload):
         return _outputs(demo, analyse(demo, _uploaded_image(payload, gr), top_k), edited=False)
 
+    first = _outputs(demo, analyse(demo, read_image(examples[0][0]), top_k), False) if examples else [None] * 9
     with gr.Blocks(title=f'QPM demo: {title}') as app:
         gr.Markdown(f'# QPM demo: {title}\n\n{model.num_classes} classes share {model.n_features} features; every '
                     f'class uses exactly {model.n_per_class} of them, so a class\'s logit is the sum of its features\' '
                     f'normalised activations. Upload an image or pick an example.')
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(label='image', type='filepath', sources=['upload', 'clipboard'], height=280)
+                image = gr.Image(str(examples[0][0]) if examples else None, label='image', type='filepath',
+                                 sources=['upload', 'clipboard'], height=240)
                 button = gr.Button('Explain', variant='primary')
                 if examples:
                     gr.Examples([[str(path)] for path, _ in examples], inputs=[image],
-                                example_labels=[caption for _, caption in examples],
                                 label='example images (from the report)', examples_per_page=12)
             with gr.Column(scale=1):
-                scores = gr.Label(label=f'top-{min(top_k, model.num_classes)} classes', num_top_classes=top_k)
-                seen = gr.Image(label='as the model sees it', interactive=False, height=200)
-        summary = gr.Markdown()
+                scores = gr.Label(first[0], label=f'top-{min(top_k, model.num_classes)} classes',
+                                  num_top_classes=top_k)
+                seen = gr.Image(first[2], label='as the model sees it', interactive=False, height=200)
+        summary = gr.Markdown(first[1])
         with gr.Row():
-            heat = gr.Gallery(label='where the predicted class\'s features fired (heatmaps)', columns=5, height=300, format='png')
-            table = gr.Dataframe(headers=FEATURE_HEADERS, label='the predicted class\'s features', interactive=False)
+            heat = gr.Gallery(first[3], label='where the predicted class\'s features fired (heatmaps)', columns=5,
+                              height=260, format='png', object_fit='contain')
+            table = gr.Dataframe(first[4], headers=FEATURE_HEADERS, label='the predicted class\'s features',
+                                 interactive=False)
+        contrast = gr.Markdown(first[7])
+        contrast_pictures = gr.Gallery(first[8], label='the separating features on this image', columns=4,
+                                       height=260, format='png', object_fit='contain')
         with gr.Row():
-            card = gr.Image(label='class card: its features\' best gallery patches (report)', interactive=False)
-            galleries = gr.Gallery(label='each feature\'s gallery: most activating training images (report)',
-                                   columns=1, height=300, format='png')
-        contrast = gr.Markdown()
-        contrast_pictures = gr.Gallery(label='the separating features on this image', columns=4, height=260, format='png')
+            card = gr.Image(first[5], label='class card: its features\' best gallery patches (report)',
+                            interactive=False)
+            galleries = gr.Gallery(first[6], label='each feature\'s gallery: most activating training images '
+                                   '(report)', columns=1, height=360, format='png', object_fit='contain')
         outputs = [scores, summary, seen, heat, table, card, galleries, contrast, contrast_pictures]
         button.click(explain, [image], outputs, api_name='explain', preprocess=False)
         image.change(lambda payload: explain(payload) if payload else [None] * len(outputs), [image], outputs,
                      api_visibility='private', preprocess=False)
-        if examples:  # the page opens with the first example explained
-            app.load(lambda: str(examples[0][0]), None, [image], api_visibility='private')
     return app
 
 
