@@ -70,6 +70,17 @@ def _explain(space, path: Path):
     return space.client.predict(handle_file(str(path)), api_name='/explain')
 
 
+def _example(space) -> dict:
+    """A report example the model classifies correctly."""
+    return next(e for e in space.report['examples'] if e['predicted'] == e['class_index'])
+
+
+def _markdown_rows(text: str) -> list:
+    """The body rows of the first Markdown table in ``text``, as lists of cells."""
+    rows = [line.strip('|').split(' | ') for line in text.splitlines() if line.startswith('| ')]
+    return [[cell.strip() for cell in row] for row in rows[1:]]
+
+
 def test_export_space_writes_a_gradio_space_with_its_own_qpm_timm_and_the_export(space):
     front, card = space.folder.joinpath('README.md').read_text(encoding='utf-8').split('---\n')[1:3]
     front = yaml.safe_load(front)
@@ -79,22 +90,24 @@ def test_export_space_writes_a_gradio_space_with_its_own_qpm_timm_and_the_export
     assert any(r.startswith('torch') for r in requirements) and any(r.startswith('timm') for r in requirements)
     assert (space.folder / 'qpm_timm' / 'demo' / 'app.py').is_file()
     for name in ('model.safetensors', 'config.json', 'report/report.json'):
-        assert (space.folder / 'model' / name).read_bytes() == (space.export / name).read_bytes()
+        assert (space.folder / 'model' / 'export' / name).read_bytes() == (space.export / name).read_bytes()
+    statistics = space.export.parent / 'statistics.npz'  # what the edit action re-solves on
+    assert (space.folder / 'model' / 'statistics.npz').read_bytes() == statistics.read_bytes()
     assert 'Running on local URL' in space.log.read_text()  # the app of the folder, in its own process
 
 
 def test_an_example_image_gives_its_class_features_heatmaps_and_nearest_class(space):
-    example = next(e for e in space.report['examples'] if e['predicted'] == e['class_index'])
+    example = _example(space)
     c = example['class_index']
-    scores, summary, seen, heat, table, card, galleries, contrast, contrast_pictures = \
+    scores, summary, seen, heat, table, card, galleries, contrast, contrast_pictures, menu = \
         _explain(space, space.export / 'report' / example['file'])
     names = space.report['class_names']
     assert scores['label'] == names[c]
     confidences = [x['confidence'] for x in scores['confidences']]
     assert len(confidences) == 5 and confidences == sorted(confidences, reverse=True) and confidences[0] > 0.5
     labels = [space.report['features'][j]['label'] for j in space.report['class_features'][c]]
-    assert sorted(row[1] for row in table['data']) == sorted(labels)
-    assert sum(row[2] for row in table['data']) == pytest.approx(float(summary.split('logit ')[1].split()[0]), abs=0.02)
+    assert sorted(row[0] for row in table['data']) == sorted(labels)
+    assert sum(row[1] for row in table['data']) == pytest.approx(float(summary.split('logit ')[1].split()[0]), abs=0.02)
     assert [item['caption'].split(':')[0] for item in heat] == labels
     pixels = [Image.open(item['image']['path']) for item in heat]
     assert len({p.tobytes() for p in pixels}) == len(labels)  # every feature fired somewhere else
@@ -104,6 +117,26 @@ def test_an_example_image_gives_its_class_features_heatmaps_and_nearest_class(sp
     shared = set(space.report['class_features'][c]) & set(space.report['class_features'][other])
     assert len(shared) == len(labels) - 1  # the embedded default has contrastive pairs: all but one feature shared
     assert len(contrast_pictures) >= 2
+
+
+def test_switching_a_feature_off_re_solves_and_changes_the_table(space):
+    image = handle_file(str(space.export / 'report' / _example(space)['file']))
+    before = space.client.predict(image, api_name='/explain')
+    channel = before[-1]['value']  # the edit menu offers the prediction's strongest feature
+    label = {value: name for name, value in before[-1]['choices']}[channel]
+    after = space.client.predict(image, channel, api_name='/switch_off')
+    table, menu, text = after[4], after[9], after[10]
+    assert label in text.split('\n')[0] and label not in [row[0] for row in table['data']]
+    assert label not in [name for name, _ in menu['choices']]
+    j = [f['label'] for f in space.report['features']].index(label)
+    users = {space.report['class_names'][c] for c, feats in enumerate(space.report['class_features']) if j in feats}
+    rows = _markdown_rows(text)
+    assert users <= {row[0] for row in rows}  # every class that used the feature changed
+    assert all(label not in row[2] for row in rows) and all(label in row[1] for row in rows if row[0] in users)
+    again = space.client.predict(image, api_name='/explain')  # the session keeps its edited model
+    assert again[4]['data'] == table['data']
+    undone = space.client.predict(image, api_name='/undo')
+    assert undone[4]['data'] == before[4]['data'] and undone[10] == ''
 
 
 def test_a_broken_image_is_a_readable_error_in_the_page(space, tmp_path):

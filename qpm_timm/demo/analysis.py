@@ -33,7 +33,7 @@ from ..run.cli import UsageError
 from ..run.model import _timm_model
 
 __all__ = ['ReportAssets', 'FeatureView', 'DemoModel', 'Contrast', 'Analysis', 'load_demo_model',
-           'read_report_assets', 'report_folder', 'read_image', 'analyse', 'nearest_class']
+           'read_report_assets', 'report_folder', 'model_title', 'read_image', 'analyse', 'nearest_class']
 
 REPORT = 'report'  # the report's folder inside an export (qpm_timm.hub.save_pretrained's report_dir)
 
@@ -113,6 +113,15 @@ class Analysis:
     overlays: List[np.ndarray]  # (H, W, 3) heatmap of each feature on the image
     contrast: Optional[Contrast]
     view: FeatureView  # names, colours and galleries of the model's features
+
+
+def model_title(name: str) -> str:
+    """What the demo calls the model ``name``: the run's folder of an export (``<run>/export``), the export folder,
+    or the Hub repository / variant."""
+    if not name.startswith('local-dir:'):
+        return name.split(':', 1)[-1]
+    path = Path(name[len('local-dir:'):]).resolve()
+    return path.parent.name if path.name == 'export' else path.name
 
 
 def report_folder(name: str) -> Optional[Path]:

@@ -14,14 +14,15 @@ import numpy as np
 from PIL import Image
 
 from ..run.cli import UsageError
-from .analysis import Analysis, DemoModel, analyse, read_image
+from .analysis import Analysis, DemoModel, analyse, model_title, read_image
+from .editing import Editor, find_edit_source
 
 __all__ = ['build_app', 'launch', 'import_gradio', 'DISPLAY_SIZE', 'TOP_K']
 
 DISPLAY_SIZE = 256  # pictures smaller than this (the model's input size) are enlarged for the page
 TOP_K = 5
 OFFLINE_ENV = dict(GRADIO_ANALYTICS_ENABLED='False', HF_HUB_DISABLE_TELEMETRY='1', DO_NOT_TRACK='1')
-FEATURE_HEADERS = ['feature', 'name', 'contribution to the logit']
+FEATURE_HEADERS = ['feature', 'contribution to the logit']
 
 
 def import_gradio():
@@ -60,9 +61,9 @@ def prediction_text(demo: DemoModel, analysis: Analysis) -> str:
 
 
 def feature_rows(analysis: Analysis) -> List[List[Any]]:
-    """Rows ``feature | name | contribution`` of the predicted class's features, largest contribution first."""
-    rows = [[f'f{j}', analysis.view.labels[j], round(v, 3)] for j, v in zip(analysis.features, analysis.contributions)]
-    return sorted(rows, key=lambda row: -row[2])
+    """Rows ``feature | contribution`` of the predicted class's features, largest contribution first."""
+    rows = [[analysis.view.labels[j], round(v, 3)] for j, v in zip(analysis.features, analysis.contributions)]
+    return sorted(rows, key=lambda row: -row[1])
 
 
 def contrast_text(demo: DemoModel, analysis: Analysis) -> str:
@@ -118,26 +119,77 @@ def _uploaded_image(payload: Optional[Dict], gr) -> Image.Image:
         raise gr.Error(str(e)) from None
 
 
-def _title(name: str) -> str:
-    """What the page calls the model: the Hub repository, or the run's folder of an export."""
-    where = name.split(':', 1)[-1]
-    path = Path(where)
-    return (path.parent.name if path.name == 'export' else path.name) if name.startswith('local-dir:') else where
+def _edit_text(demo: DemoModel, editor, result, before: Optional[Analysis], after: Optional[Analysis]) -> str:
+    """Markdown of an edit: what was switched off, the prediction before and after, the table diff."""
+    names = editor.channel_names(result)
+    off = ', '.join(names.get(c, f'ch {c}') for c in result.edit.forbid_channels)
+    lines = [f'### Switched off: {off}', '']
+    if before is not None and after is not None:
+        (a, logit_a, _), (b, logit_b, _) = before.top[0], after.top[0]
+        lines += [f'Prediction before: **{demo.class_names[a]}** ({logit_a:.2f}); after the edit: '
+                  f'**{demo.class_names[b]}** ({logit_b:.2f}).', '']
+    lines += ['Classes whose features changed (before → after):', '', result.table(demo.class_names, names), '',
+              f'Re-solve: {result.summary()}.']
+    return '\n'.join(lines)
 
 
-def build_app(demo: DemoModel, top_k: int = TOP_K):
-    """The Gradio ``Blocks`` of the demo (module docstring); it opens with the report's first example explained."""
+def _edit_menu(analysis: Analysis, model) -> Tuple[List[Tuple[str, int]], int]:
+    """The edit menu: ``(name, backbone channel)`` of every feature of ``model``, and the channel of the
+    prediction's strongest feature (selected)."""
+    selection = model.head.selection.tolist()
+    best = analysis.features[int(np.argmax(analysis.contributions))]
+    return [(label, int(c)) for label, c in zip(analysis.view.labels, selection)], int(selection[best])
+
+
+def build_app(demo: DemoModel, top_k: int = TOP_K, title: Optional[str] = None):
+    """The Gradio ``Blocks`` of the demo (module docstring); it opens with the report's first example explained.
+    With the run's statistics (:func:`.editing.find_edit_source`) it has the edit action: switch a feature off."""
     gr = import_gradio()
-    model, title, examples = demo.model, _title(demo.name), demo.report.examples
+    model, title, examples = demo.model, title or model_title(demo.name), demo.report.examples
+    source = find_edit_source(demo)
+    editor = Editor(demo, source) if source is not None else None
 
-    def explain(payload):
-        return _outputs(demo, analyse(demo, _uploaded_image(payload, gr), top_k), edited=False)
+    def model_of(off: Sequence[int]):
+        return editor.switch_off(off).model if off else demo.model
 
-    first = _outputs(demo, analyse(demo, read_image(examples[0][0]), top_k), False) if examples else [None] * 9
+    def values(analysis: Analysis, off: Sequence[int]) -> List[Any]:
+        shown = list(_outputs(demo, analysis, edited=bool(off)))
+        if editor is None:
+            return shown
+        options, value = _edit_menu(analysis, model_of(off))
+        return shown + [gr.update(choices=options, value=value)]
+
+    def explain(payload, off=()):
+        off = tuple(off or ())
+        return values(analyse(demo, _uploaded_image(payload, gr), top_k, model_of(off)), off)
+
+    def switch_off(payload, off, channel):
+        if channel is None:
+            raise gr.Error('Pick a feature to switch off.')
+        new_off = tuple(off or ()) + (int(channel),)
+        try:
+            result = editor.switch_off(new_off)
+        except ValueError as e:  # qpm_timm.edit.EditImpossible: no QPM without these features
+            raise gr.Error(str(e)) from None
+        if not payload:
+            return [gr.skip()] * len(outputs) + [_edit_text(demo, editor, result, None, None), new_off]
+        image = _uploaded_image(payload, gr)
+        before = analyse(demo, image, top_k, model_of(off or ()))
+        after = analyse(demo, image, top_k, result.model)
+        return values(after, new_off) + [_edit_text(demo, editor, result, before, after), new_off]
+
+    def undo(payload):
+        shown = explain(payload) if payload else [gr.skip()] * len(outputs)
+        return list(shown) + ['', ()]
+
+    opening = analyse(demo, read_image(examples[0][0]), top_k) if examples else None
+    first = list(_outputs(demo, opening, False)) if opening else [None] * 9
+    menu = _edit_menu(opening, demo.model) if opening else ([], None)
     with gr.Blocks(title=f'QPM demo: {title}') as app:
         gr.Markdown(f'# QPM demo: {title}\n\n{model.num_classes} classes share {model.n_features} features; every '
                     f'class uses exactly {model.n_per_class} of them, so a class\'s logit is the sum of its features\' '
                     f'normalised activations. Upload an image or pick an example.')
+        off = gr.State(())
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(str(examples[0][0]) if examples else None, label='image', type='filepath',
@@ -165,9 +217,25 @@ def build_app(demo: DemoModel, top_k: int = TOP_K):
             galleries = gr.Gallery(first[6], label='each feature\'s gallery: most activating training images '
                                    '(report)', columns=1, height=360, format='png', object_fit='contain')
         outputs = [scores, summary, seen, heat, table, card, galleries, contrast, contrast_pictures]
-        button.click(explain, [image], outputs, api_name='explain', preprocess=False)
-        image.change(lambda payload: explain(payload) if payload else [None] * len(outputs), [image], outputs,
-                     api_visibility='private', preprocess=False)
+        gr.Markdown('### Edit the model: switch a feature off')
+        if editor is None:
+            gr.Markdown('Editing re-solves the assignment on the statistics of the run that made the model '
+                        '(`statistics.npz`); none was found beside this export, so editing is off here.')
+        else:
+            gr.Markdown('No class may use the feature any more: the class → feature assignment is re-solved on the '
+                        'run\'s statistics (no pass over data), and the page shows the edited model\'s decision.')
+            with gr.Row():
+                feature = gr.Dropdown(menu[0], value=menu[1], label='feature', scale=3)
+                switch = gr.Button('switch this feature off', scale=1)
+                reset = gr.Button('undo all edits', scale=1)
+            edit_text = gr.Markdown()
+            outputs.append(feature)
+            switch.click(switch_off, [image, off, feature], outputs + [edit_text, off], api_name='switch_off',
+                         preprocess=False)
+            reset.click(undo, [image], outputs + [edit_text, off], api_name='undo', preprocess=False)
+        button.click(explain, [image, off], outputs, api_name='explain', preprocess=False)
+        image.change(lambda payload, edits: explain(payload, edits) if payload else [None] * len(outputs),
+                     [image, off], outputs, api_visibility='private', preprocess=False)
     return app
 
 

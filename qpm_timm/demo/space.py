@@ -4,8 +4,10 @@
     <folder>/requirements.txt  qpm-timm's own requirements (Gradio comes from the Space's ``sdk_version``)
     <folder>/README.md         the Space's front matter (sdk gradio, its version, app_file) and a short card
     <folder>/qpm_timm/         this package's source (qpm-timm is not on PyPI), so ``import qpm_timm`` works as is
-    <folder>/model/            the export (weights, config.json, report), or nothing with ``hub_id``: the app then
+    <folder>/model/export/     the export (weights, config.json, report), or nothing with ``hub_id``: the app then
                                loads ``hf-hub:<hub_id>``
+    <folder>/model/statistics.npz, args.yaml   the run's statistics and arguments, when the export lies in a train.py
+                               experiment folder: the demo's edit action re-solves on them (:mod:`.editing`)
 
 Upload it with ``huggingface_hub.HfApi().upload_folder(repo_id=..., repo_type='space', folder_path=<folder>)``. The
 folder is written beside and swapped in, so an error leaves an earlier one intact.
@@ -19,11 +21,13 @@ import yaml
 
 from ..atomic import atomic_folder
 from ..run.cli import UsageError
+from .analysis import model_title
 
 __all__ = ['export_space', 'space_requirements', 'MODEL_DIR']
 
 MODEL_DIR = 'model'
 EXPORT_FILES = ('model.safetensors', 'config.json')
+RUN_FILES = ('statistics.npz', 'args.yaml')  # beside export/ in an experiment folder: what editing reads
 _PACKAGE = Path(__file__).resolve().parents[1]  # the qpm_timm package folder
 
 APP = '''""" QPM demo as a Hugging Face Space, written by `python -m qpm_timm.demo export-space`. """
@@ -32,7 +36,7 @@ from pathlib import Path
 from qpm_timm.demo import build_app, launch, load_demo_model
 
 MODEL = {model}
-app = build_app(load_demo_model(MODEL, pretrained=True))
+app = build_app(load_demo_model(MODEL, pretrained=True), title={title!r})
 
 if __name__ == '__main__':
     launch(app, host=None)  # the Space sets GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; else 127.0.0.1:7860
@@ -71,19 +75,24 @@ def export_space(export: Optional[str], folder: str, hub_id: Optional[str] = Non
         if missing:
             raise UsageError(f'{export} is no export folder (missing {", ".join(missing)}): give the export/ folder '
                              f'of a train.py run or a folder written by qpm_timm.hub.save_pretrained.')
-        title = export_path.resolve().parent.name if export_path.name == 'export' else export_path.name
-        model, shown = f"'local-dir:' + str(Path(__file__).resolve().parent / {MODEL_DIR!r})", f'{MODEL_DIR}/'
+        title = model_title(f'local-dir:{export}')
+        model, shown = f"'local-dir:' + str(Path(__file__).resolve().parent / {MODEL_DIR!r} / 'export')", \
+            f'{MODEL_DIR}/export/'
+        run = export_path.resolve().parent if (export_path.resolve().parent / RUN_FILES[0]).is_file() else None
     else:
-        title = hub_id.split('/')[-1]
+        title, run = hub_id.split('/')[-1], None
         model, shown = repr(f'hf-hub:{hub_id}'), f'hf-hub:{hub_id}'
     requirements = space_requirements()
 
     def write(tmp: Path) -> None:
-        (tmp / 'app.py').write_text(APP.format(model=model), encoding='utf-8')
+        (tmp / 'app.py').write_text(APP.format(model=model, title=title), encoding='utf-8')
         (tmp / 'requirements.txt').write_text('\n'.join(requirements) + '\n', encoding='utf-8')
         (tmp / 'README.md').write_text(_card(f'QPM demo {title}', shown), encoding='utf-8')
         shutil.copytree(_PACKAGE, tmp / 'qpm_timm', ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
         if hub_id is None:
-            shutil.copytree(export, tmp / MODEL_DIR)
+            shutil.copytree(export, tmp / MODEL_DIR / 'export')
+        for name in RUN_FILES if run is not None else ():
+            if (run / name).is_file():
+                shutil.copy2(run / name, tmp / MODEL_DIR / name)
 
     return atomic_folder(folder, write)
