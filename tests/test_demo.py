@@ -5,6 +5,7 @@ and a broken file gives a readable error, not a traceback. One app for the whole
 """
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +22,9 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from qpm_timm.demo.__main__ import main  # noqa: E402
+from qpm_timm.demo.analysis import analyse, load_demo_model, read_image  # noqa: E402
+from qpm_timm.explain import feature_names  # noqa: E402
+from qpm_timm.run.cli import UsageError  # noqa: E402
 
 START_TIMEOUT = 120  # seconds for the Space's app to import torch, timm, Gradio and load the model
 
@@ -147,6 +151,48 @@ def test_a_broken_image_is_a_readable_error_in_the_page(space, tmp_path):
     message = str(error.value)
     assert 'cannot read image holiday.jpg' in message and 'give an image file' in message
     assert 'Traceback' not in message and str(tmp_path) not in message
+
+
+def test_without_a_report_features_keep_channel_names_and_a_foreign_report_is_refused(space, tmp_path):
+    example = _example(space)
+    bare = tmp_path / 'bare'
+    shutil.copytree(space.export, bare, ignore=shutil.ignore_patterns('report'))
+    demo = load_demo_model(f'local-dir:{bare}', pretrained=True)
+    selection = demo.model.head.selection.tolist()
+    assert demo.report.labels == feature_names(selection) and not demo.report.examples
+    analysis = analyse(demo, read_image(space.export / 'report' / example['file']))
+    assert analysis.predicted == example['class_index'] and not any(analysis.view.galleries)
+    foreign = tmp_path / 'foreign'
+    shutil.copytree(space.export, foreign)
+    summary = json.loads((foreign / 'report' / 'report.json').read_text(encoding='utf-8'))
+    summary['selection'] = summary['selection'][::-1]
+    (foreign / 'report' / 'report.json').write_text(json.dumps(summary), encoding='utf-8')
+    with pytest.raises(UsageError, match='describes another model'):
+        load_demo_model(f'local-dir:{foreign}', pretrained=True)
+
+
+_HUB_DEMO = """
+import json
+from qpm_timm.demo.analysis import analyse, load_demo_model, read_image
+from qpm_timm.demo.editing import find_edit_source
+demo = load_demo_model('hf-hub:qpm-timm/demo', pretrained=True)
+analysis = analyse(demo, read_image(demo.report.examples[0][0]))
+print(json.dumps(dict(labels=demo.report.labels, examples=[caption for _, caption in demo.report.examples],
+                      top=analysis.top, editable=find_edit_source(demo) is not None)))
+"""
+
+
+def test_an_hf_hub_model_brings_its_report_and_statistics_and_runs_offline_from_the_cache(space, hub_server, tmp_path):
+    repo = tmp_path / 'repo'
+    shutil.copytree(space.folder / 'model' / 'export', repo)
+    shutil.copy2(space.folder / 'model' / 'statistics.npz', repo)
+    hub_server.add_repo('qpm-timm/demo', repo)
+    online = json.loads(hub_server.run_python(_HUB_DEMO, tmp_path / 'hf'))
+    assert online['labels'] == [f['label'] for f in space.report['features']] and online['editable']
+    assert online['examples'] == [e['class_name'] for e in space.report['examples']]
+    hub_server.clear_requests()
+    assert json.loads(hub_server.run_python(_HUB_DEMO, tmp_path / 'hf', offline=True)) == online
+    assert not hub_server.requests
 
 
 def test_bad_command_lines_exit_2_and_write_nothing(tmp_path, capsys):
