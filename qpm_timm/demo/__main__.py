@@ -50,7 +50,6 @@ def _run(argv: Sequence[str]) -> None:
         args = _space_parser().parse_args(argv[1:])
         if (args.export is None) == (args.hub_id is None):
             raise ValueError('export-space takes an export folder or --hub-id ORG/NAME (one of them).')
-        import_gradio()  # the front matter names the installed Gradio version
         print(f'Space folder: {export_space(args.export, args.folder, args.hub_id)}')
         return
     args = _serve_parser().parse_args(argv)

@@ -52,10 +52,18 @@ def space_requirements() -> List[str]:
     return [r for r in requires if 'extra ==' not in r]
 
 
+def _gradio_version() -> str:
+    """The installed Gradio's version: the Space runs the same one (its ``sdk_version``)."""
+    try:
+        return importlib.metadata.version('gradio')
+    except importlib.metadata.PackageNotFoundError as e:
+        raise UsageError('export-space names the installed Gradio version in the Space\'s front matter: '
+                         'pip install -e ".[demo]".') from e
+
+
 def _front_matter(title: str) -> str:
-    import gradio
     front = dict(title=title, emoji='🔍', colorFrom='blue', colorTo='green', sdk='gradio',
-                 sdk_version=gradio.__version__, app_file='app.py', pinned=False, license='apache-2.0')
+                 sdk_version=_gradio_version(), app_file='app.py', pinned=False, license='apache-2.0')
     return f'---\n{yaml.safe_dump(front, sort_keys=False, allow_unicode=True)}---\n'
 
 
@@ -83,6 +91,7 @@ def export_space(export: Optional[str], folder: str, hub_id: Optional[str] = Non
         title, run = hub_id.split('/')[-1], None
         model, shown = repr(f'hf-hub:{hub_id}'), f'hf-hub:{hub_id}'
     requirements = space_requirements()
+    _gradio_version()  # checked before anything is written
 
     def write(tmp: Path) -> None:
         (tmp / 'app.py').write_text(APP.format(model=model, title=title), encoding='utf-8')
