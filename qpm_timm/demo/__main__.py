@@ -44,7 +44,7 @@ def _space_parser() -> argparse.ArgumentParser:
 
 def _run(argv: Sequence[str]) -> None:
     from .analysis import load_demo_model
-    from .app import build_app, import_gradio, launch
+    from .app import build_app, launch, require_gradio
     from .space import export_space
     if argv[:1] == ['export-space']:
         args = _space_parser().parse_args(argv[1:])
@@ -55,7 +55,7 @@ def _run(argv: Sequence[str]) -> None:
     args = _serve_parser().parse_args(argv)
     if args.top_k < 1:
         raise ValueError(f'--top-k must be >= 1, got {args.top_k}.')
-    import_gradio()
+    require_gradio()  # before the model loads
     launch(build_app(load_demo_model(args.model, args.pretrained, args.device), args.top_k), args.host, args.port)
 
 

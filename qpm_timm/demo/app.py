@@ -6,6 +6,7 @@ card), and the nearest class with what separates it on this image (:mod:`.analys
 readable error in the page (``gr.Error``), never a traceback. Gradio is an optional extra
 (``pip install -e ".[demo]"``); everything runs offline (no analytics, no fonts or assets from the internet).
 """
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -17,7 +18,7 @@ from ..run.cli import UsageError
 from .analysis import Analysis, DemoModel, analyse, model_title, read_image
 from .editing import Editor, find_edit_source
 
-__all__ = ['build_app', 'launch', 'import_gradio', 'DISPLAY_SIZE', 'TOP_K']
+__all__ = ['build_app', 'launch', 'import_gradio', 'require_gradio', 'DISPLAY_SIZE', 'TOP_K']
 
 DISPLAY_SIZE = 256  # pictures smaller than this (the model's input size) are enlarged for the page
 TOP_K = 5
@@ -25,15 +26,18 @@ OFFLINE_ENV = dict(GRADIO_ANALYTICS_ENABLED='False', HF_HUB_DISABLE_TELEMETRY='1
 FEATURE_HEADERS = ['feature', 'contribution to the logit']
 
 
+def require_gradio() -> None:
+    """A clear error naming the install command when Gradio is missing (checked without importing it)."""
+    if importlib.util.find_spec('gradio') is None:
+        raise UsageError('the demo needs Gradio, an optional extra: pip install -e ".[demo]" (or pip install gradio).')
+
+
 def import_gradio():
-    """Gradio, with its analytics off; a clear error naming the install command when it is missing."""
+    """Gradio, with its analytics off (:func:`require_gradio` first)."""
+    require_gradio()
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
-    try:
-        import gradio
-    except ImportError as e:
-        raise UsageError('the demo needs Gradio, an optional extra: pip install -e ".[demo]" '
-                         '(or pip install gradio).') from e
+    import gradio
     return gradio
 
 
