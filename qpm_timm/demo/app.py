@@ -208,18 +208,19 @@ def build_app(demo: DemoModel, top_k: int = TOP_K, title: Optional[str] = None):
                 seen = gr.Image(first[2], label='as the model sees it', interactive=False, height=200)
         summary = gr.Markdown(first[1])
         with gr.Row():
-            heat = gr.Gallery(first[3], label='where the predicted class\'s features fired (heatmaps)', columns=5,
-                              height=260, format='png', object_fit='contain')
+            heat = gr.Gallery(first[3], label='where the predicted class\'s features fired (heatmaps)',
+                              columns=min(model.n_per_class, 5), height=280, format='png', object_fit='contain',
+                              scale=2)
             table = gr.Dataframe(first[4], headers=FEATURE_HEADERS, label='the predicted class\'s features',
-                                 interactive=False)
+                                 interactive=False, scale=1)
         contrast = gr.Markdown(first[7])
         contrast_pictures = gr.Gallery(first[8], label='the separating features on this image', columns=4,
-                                       height=260, format='png', object_fit='contain')
+                                       height='auto', format='png', object_fit='contain')
         with gr.Row():
             card = gr.Image(first[5], label='class card: its features\' best gallery patches (report)',
                             interactive=False)
             galleries = gr.Gallery(first[6], label='each feature\'s gallery: most activating training images '
-                                   '(report)', columns=1, height=360, format='png', object_fit='contain')
+                                   '(report)', columns=1, height=420, format='png', object_fit='contain')
         outputs = [scores, summary, seen, heat, table, card, galleries, contrast, contrast_pictures]
         gr.Markdown('### Edit the model: switch a feature off')
         if editor is None:
