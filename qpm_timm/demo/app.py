@@ -1,10 +1,13 @@
 """ The demo's Gradio app (docs/EXPLANATIONS.md, "The demo"): an image in, the QPM's decision out.
 
-One event, ``/explain``: an uploaded or example image -> the top-k classes with their probabilities, the predicted
-class's ``n_wc`` features (names, contributions, heatmaps on the image, the report's gallery of each and the class
-card), and the nearest class with what separates it on this image (:mod:`.analysis`). An unreadable file is a
-readable error in the page (``gr.Error``), never a traceback. Gradio is an optional extra
-(``pip install -e ".[demo]"``); everything runs offline (no analytics, no fonts or assets from the internet).
+``/explain``: an uploaded or example image -> the top-k classes with their probabilities, the predicted class's
+``n_wc`` features (names, contributions, heatmaps on the image, the report's gallery of each and the class card),
+and the nearest class with what separates it on this image (:mod:`.analysis`). With the run's statistics,
+``/switch_off`` (a feature's backbone channel) re-solves without that feature and shows the edited model's decision
+and the table diff, ``/undo`` returns to the exported model (:mod:`.editing`; per browser session). An unreadable
+file is a readable error in the page (``gr.Error``), never a traceback.
+Gradio is an optional extra (``pip install -e ".[demo]"``); everything runs offline (no analytics, no fonts or
+assets from the internet).
 """
 import importlib.util
 import os
@@ -24,6 +27,8 @@ DISPLAY_SIZE = 256  # pictures smaller than this (the model's input size) are en
 TOP_K = 5
 OFFLINE_ENV = dict(GRADIO_ANALYTICS_ENABLED='False', HF_HUB_DISABLE_TELEMETRY='1', DO_NOT_TRACK='1')
 FEATURE_HEADERS = ['feature', 'contribution to the logit']
+EXPLAIN_OUTPUTS = ('top-k classes', 'prediction', 'image as seen', 'heatmaps', 'feature table', 'class card',
+                   'feature galleries', 'nearest class', 'separating features')  # what /explain returns, in order
 
 
 def require_gradio() -> None:
@@ -90,7 +95,7 @@ def contrast_text(demo: DemoModel, analysis: Analysis) -> str:
 
 
 def _outputs(demo: DemoModel, analysis: Analysis, edited: bool) -> Tuple:
-    """The values of the explain outputs (:func:`build_app`) for one analysis."""
+    """The values of the explain outputs (:data:`EXPLAIN_OUTPUTS`) for one analysis."""
     view = analysis.view
     scores = {demo.class_names[c]: p for c, _, p in analysis.top}
     heat = [(_picture(o), f'{view.labels[j]}: {_signed(v)}')
@@ -111,19 +116,16 @@ def _outputs(demo: DemoModel, analysis: Analysis, edited: bool) -> Tuple:
 
 
 def _uploaded_image(payload: Optional[Dict], gr) -> Image.Image:
-    """The image of an Image component's raw payload; only files Gradio received (uploads, examples) are read."""
+    """The image of an Image component's raw payload (Gradio itself refuses paths it did not receive)."""
     if not payload or not payload.get('path'):
         raise gr.Error('Upload an image or pick an example image first.')
-    path = Path(payload['path']).resolve()
-    if not path.is_relative_to(Path(gr.utils.get_upload_folder()).resolve()):
-        raise gr.Error('Only uploaded images are explained: upload the image file.')
     try:
-        return read_image(path, payload.get('orig_name'))
+        return read_image(Path(payload['path']), payload.get('orig_name'))
     except (ValueError, FileNotFoundError) as e:
         raise gr.Error(str(e)) from None
 
 
-def _edit_text(demo: DemoModel, editor, result, before: Optional[Analysis], after: Optional[Analysis]) -> str:
+def _edit_text(demo: DemoModel, editor: Editor, result, before: Optional[Analysis], after: Optional[Analysis]) -> str:
     """Markdown of an edit: what was switched off, the prediction before and after, the table diff."""
     names = editor.channel_names(result)
     off = ', '.join(names.get(c, f'ch {c}') for c in result.edit.forbid_channels)
@@ -187,7 +189,7 @@ def build_app(demo: DemoModel, top_k: int = TOP_K, title: Optional[str] = None):
         return list(shown) + ['', ()]
 
     opening = analyse(demo, read_image(examples[0][0]), top_k) if examples else None
-    first = list(_outputs(demo, opening, False)) if opening else [None] * 9
+    first = list(_outputs(demo, opening, False)) if opening else [None] * len(EXPLAIN_OUTPUTS)
     menu = _edit_menu(opening, demo.model) if opening else ([], None)
     with gr.Blocks(title=f'QPM demo: {title}') as app:
         gr.Markdown(f'# QPM demo: {title}\n\n{model.num_classes} classes share {model.n_features} features; every '
