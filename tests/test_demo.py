@@ -129,9 +129,14 @@ def test_switching_a_feature_off_re_solves_and_changes_the_table(space):
     before = space.client.predict(image, api_name='/explain')
     channel = before[-1]['value']  # the edit menu offers the prediction's strongest feature
     label = {value: name for name, value in before[-1]['choices']}[channel]
-    after = space.client.predict(image, channel, api_name='/switch_off')
+    with pytest.raises(AppError, match='Pick a feature'):
+        space.client.predict(image, None, api_name='/switch_off')
+    assert 'Prediction before' not in space.client.predict(None, channel, api_name='/switch_off')[10]  # no image
+    space.client.predict(None, api_name='/undo')
+    after = space.client.predict(image, channel, api_name='/switch_off')  # the same edit: kept, not solved again
     table, menu, text = after[4], after[9], after[10]
-    assert label in text.split('\n')[0] and label not in [row[0] for row in table['data']]
+    assert label in text.split('\n')[0] and 'Prediction before' in text
+    assert label not in [row[0] for row in table['data']]
     assert label not in [name for name, _ in menu['choices']]
     j = [f['label'] for f in space.report['features']].index(label)
     users = {space.report['class_names'][c] for c, feats in enumerate(space.report['class_features']) if j in feats}
@@ -152,6 +157,8 @@ def test_a_broken_image_is_a_readable_error_in_the_page(space, tmp_path):
     message = str(error.value)
     assert 'cannot read image holiday.jpg' in message and 'give an image file' in message
     assert 'Traceback' not in message and str(tmp_path) not in message
+    with pytest.raises(AppError, match='Upload an image or pick an example image first'):
+        space.client.predict(None, api_name='/explain')
 
 
 def test_without_a_report_features_keep_channel_names_and_a_foreign_report_is_refused(space, tmp_path):
