@@ -161,7 +161,7 @@ def test_a_broken_image_is_a_readable_error_in_the_page(space, tmp_path):
         space.client.predict(None, api_name='/explain')
 
 
-def test_without_a_report_features_keep_channel_names_and_a_foreign_report_is_refused(space, tmp_path):
+def test_without_a_report_or_its_heatmap_scale_the_demo_falls_back_and_a_foreign_report_is_refused(space, tmp_path):
     example = _example(space)
     bare = tmp_path / 'bare'
     shutil.copytree(space.export, bare, ignore=shutil.ignore_patterns('report'))
@@ -170,6 +170,14 @@ def test_without_a_report_features_keep_channel_names_and_a_foreign_report_is_re
     assert demo.report.labels == feature_names(selection) and not demo.report.examples
     analysis = analyse(demo, read_image(space.export / 'report' / example['file']))
     assert analysis.predicted == example['class_index'] and not any(analysis.view.galleries)
+    alone = tmp_path / 'alone'  # a report of the model alone (no validation pass): no heatmap scale
+    shutil.copytree(space.export, alone)
+    summary = json.loads((alone / 'report' / 'report.json').read_text(encoding='utf-8'))
+    summary['features'] = [dict(f, typical_active_value=None) for f in summary['features']]
+    (alone / 'report' / 'report.json').write_text(json.dumps(summary), encoding='utf-8')
+    demo = load_demo_model(f'local-dir:{alone}', pretrained=True)
+    assert demo.report.active is None and demo.report.labels == [f['label'] for f in summary['features']]
+    assert analyse(demo, read_image(space.export / 'report' / example['file'])).predicted == example['class_index']
     foreign = tmp_path / 'foreign'
     shutil.copytree(space.export, foreign)
     summary = json.loads((foreign / 'report' / 'report.json').read_text(encoding='utf-8'))

@@ -157,8 +157,9 @@ def read_report_assets(folder: Optional[Path], model) -> ReportAssets:
     features = summary['features']
     examples = [(folder / e['file'], e['class_name']) for e in summary.get('examples', [])
                 if (folder / e['file']).is_file()]
+    active = [f.get('typical_active_value') for f in features]  # None in a report of the model alone
     return ReportAssets(folder, selection, [f['label'] for f in features],
-                        np.array([f['typical_active_value'] for f in features]), examples)
+                        None if None in active else np.array(active, dtype=np.float64), examples)
 
 
 def load_demo_model(name: str, pretrained: bool = True, device: str = 'cpu') -> DemoModel:

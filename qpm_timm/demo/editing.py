@@ -41,10 +41,9 @@ def _candidates(name: str) -> Sequence[Path]:
 
 def find_edit_source(demo: DemoModel) -> Optional[EditSource]:
     """Where the statistics of the demo's model are (:func:`qpm_timm.edit.read_source`), or None."""
-    selection = demo.model.head.selection.tolist()
     for folder in _candidates(demo.name):
         if (folder / 'statistics.npz').is_file():
-            return read_source(str(folder), lambda export: selection)
+            return read_source(str(folder))
     return None
 
 
@@ -52,7 +51,7 @@ class Editor:
     """Switches features of the exported model off by re-solving its assignment (module docstring)."""
 
     def __init__(self, demo: DemoModel, source: EditSource):
-        self.demo, self.source = demo, source
+        self.demo, self.locality, self.earlier = demo, source.locality, source.earlier  # not source.model: a copy
         self.statistics = QPMStatistics.load(source.statistics)
         self._kept: 'OrderedDict[Tuple[int, ...], EditResult]' = OrderedDict()
         self._lock = threading.Lock()
@@ -63,8 +62,8 @@ class Editor:
         key = tuple(sorted({int(c) for c in channels}))
         with self._lock:
             if key not in self._kept:
-                edit = self.source.earlier + Edit(forbid_channels=key)
-                self._kept[key] = edit_model(self.demo.model, self.statistics, edit, locality=self.source.locality)
+                edit = self.earlier + Edit(forbid_channels=key)
+                self._kept[key] = edit_model(self.demo.model, self.statistics, edit, locality=self.locality)
                 while len(self._kept) > KEPT_EDITS:
                     self._kept.popitem(last=False)
             self._kept.move_to_end(key)
