@@ -216,8 +216,15 @@ def test_an_hf_hub_model_brings_its_report_and_statistics_and_runs_offline_from_
     assert offline == online
 
 
+def test_export_space_of_a_hub_repository_references_it_instead_of_copying_weights(tmp_path):
+    assert main(['export-space', '--hub-id', 'qpm-timm/demo', str(tmp_path / 'space')]) == 0
+    assert "MODEL = 'hf-hub:qpm-timm/demo'" in (tmp_path / 'space' / 'app.py').read_text()
+    assert not (tmp_path / 'space' / 'model').exists() and (tmp_path / 'space' / 'qpm_timm' / 'demo').is_dir()
+
+
 def test_bad_command_lines_exit_2_and_write_nothing(tmp_path, capsys):
     assert main(['--model', f'local-dir:{tmp_path / "missing"}', '--pretrained']) == 2
     assert main(['export-space', str(tmp_path), str(tmp_path / 'space')]) == 2
+    assert main(['export-space', str(tmp_path), str(tmp_path / 'space'), '--hub-id', 'qpm-timm/demo']) == 2
     assert not (tmp_path / 'space').exists()
     assert 'no export folder' in capsys.readouterr().err
