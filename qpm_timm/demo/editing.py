@@ -33,6 +33,7 @@ def _candidates(name: str) -> Sequence[Path]:
         from huggingface_hub import snapshot_download
         repo, _, revision = name.split(':', 1)[1].partition('@')
         try:
+            # the weights are in the same snapshot already: timm downloaded them to load the model
             return [Path(snapshot_download(repo, revision=revision or None, allow_patterns=list(_RUN_FILES)))]
         except Exception:  # noqa: BLE001  offline with nothing cached: no editing, the rest of the demo runs
             return []
