@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -22,11 +24,14 @@ gradio_client = pytest.importorskip('gradio_client')  # the demo extra: pip inst
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
+from qpm_timm.conformal import predict_sets, set_inputs  # noqa: E402
 from qpm_timm.demo.__main__ import main  # noqa: E402
+from qpm_timm.hub import load_calibration  # noqa: E402
 from qpm_timm.demo.analysis import analyse, load_demo_model, read_image  # noqa: E402
 from qpm_timm.explain import feature_names  # noqa: E402
 from qpm_timm.run.cli import UsageError  # noqa: E402
 
+MENU, EDIT_TEXT = 11, 12  # after the 11 outputs of /explain (the last two: prediction set, tree)
 START_TIMEOUT = 120  # seconds for the Space's app to import torch, timm, Gradio and load the model
 
 
@@ -104,7 +109,7 @@ def test_export_space_writes_a_gradio_space_with_its_own_qpm_timm_and_the_export
 def test_an_example_image_gives_its_class_features_heatmaps_and_nearest_class(space):
     example = _example(space)
     c = example['class_index']
-    scores, summary, seen, heat, table, card, galleries, contrast, contrast_pictures, menu = \
+    scores, summary, seen, heat, table, card, galleries, contrast, contrast_pictures, set_text, tree, menu = \
         _explain(space, space.export / 'report' / example['file'])
     names = space.report['class_names']
     assert scores['label'] == names[c]
@@ -122,6 +127,16 @@ def test_an_example_image_gives_its_class_features_heatmaps_and_nearest_class(sp
     shared = set(space.report['class_features'][c]) & set(space.report['class_features'][other])
     assert len(shared) == len(labels) - 1  # the embedded default has contrastive pairs: all but one feature shared
     assert len(contrast_pictures) >= 2
+    demo = load_demo_model(f'local-dir:{space.export}', pretrained=True)
+    model, calibration = demo.model, load_calibration(demo.model)  # train.py exports the sets' calibration
+    image = demo.transform(read_image(space.export / 'report' / example['file']))
+    with torch.no_grad():
+        pooled = model.forward_with_features(image[None]).pooled
+    target = min(calibration.targets, key=lambda t: abs(t - 0.9))
+    members = predict_sets(calibration, set_inputs(model, pooled), model.class_weights.detach().cpu(), target)[0]
+    listed = set_text.split('\n\n')[1].split(', ')
+    assert sorted(listed) == sorted(names[k] for k in np.flatnonzero(members)) and names[c] in listed
+    assert f'coverage {target:g}' in set_text and Image.open(tree['path']).size[0] > 100
 
 
 def test_switching_a_feature_off_re_solves_and_changes_the_table(space):
@@ -131,12 +146,12 @@ def test_switching_a_feature_off_re_solves_and_changes_the_table(space):
     label = {value: name for name, value in before[-1]['choices']}[channel]
     with pytest.raises(AppError, match='Pick a feature'):
         space.client.predict(image, None, api_name='/switch_off')
-    assert 'Prediction before' not in space.client.predict(None, channel, api_name='/switch_off')[10]  # no image
+    assert 'Prediction before' not in space.client.predict(None, channel, api_name='/switch_off')[EDIT_TEXT]
     space.client.predict(None, api_name='/undo')
     after = space.client.predict(image, channel, api_name='/switch_off')  # the same edit: kept, not solved again
-    table, menu, text = after[4], after[9], after[10]
+    table, set_text, menu, text = after[4], after[9], after[MENU], after[EDIT_TEXT]
     assert label in text.split('\n')[0] and 'Prediction before' in text
-    assert label not in [row[0] for row in table['data']]
+    assert label not in [row[0] for row in table['data']] and 'undo the edits' in set_text  # not its calibration
     assert label not in [name for name, _ in menu['choices']]
     j = [f['label'] for f in space.report['features']].index(label)
     users = {space.report['class_names'][c] for c, feats in enumerate(space.report['class_features']) if j in feats}
@@ -146,7 +161,7 @@ def test_switching_a_feature_off_re_solves_and_changes_the_table(space):
     again = space.client.predict(image, api_name='/explain')  # the session keeps its edited model
     assert again[4]['data'] == table['data']
     undone = space.client.predict(image, api_name='/undo')
-    assert undone[4]['data'] == before[4]['data'] and undone[10] == ''
+    assert undone[4]['data'] == before[4]['data'] and undone[EDIT_TEXT] == ''
 
 
 def test_a_broken_image_is_a_readable_error_in_the_page(space, tmp_path):

@@ -113,6 +113,7 @@ class Analysis:
     overlays: List[np.ndarray]  # (H, W, 3) heatmap of each feature on the image
     contrast: Optional[Contrast]
     view: FeatureView  # names, colours and galleries of the model's features
+    pooled: torch.Tensor  # (n_f*,) the image's pooled features (what the prediction sets read)
 
 
 def model_title(name: str) -> str:
@@ -234,4 +235,4 @@ def analyse(demo: DemoModel, image: Image.Image, k: int = 5, model=None) -> Anal
     seen = denormalize(tensor, demo.mean, demo.std)[0]
     return Analysis(seen, top, evidence.class_index, evidence.features, evidence.contributions,
                     _overlays(view, seen, out, evidence.features),
-                    _contrast(model, view, seen, out, z, evidence.class_index), view)
+                    _contrast(model, view, seen, out, z, evidence.class_index), view, out.pooled[0])

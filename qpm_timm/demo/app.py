@@ -20,6 +20,7 @@ from PIL import Image
 from ..run.cli import UsageError
 from .analysis import Analysis, DemoModel, analyse, model_title, read_image
 from .editing import Editor, find_edit_source
+from .sets import load_sets, prediction_set
 
 __all__ = ['build_app', 'launch', 'import_gradio', 'require_gradio', 'DISPLAY_SIZE', 'TOP_K']
 
@@ -28,7 +29,8 @@ TOP_K = 5
 OFFLINE_ENV = dict(GRADIO_ANALYTICS_ENABLED='False', HF_HUB_DISABLE_TELEMETRY='1', DO_NOT_TRACK='1')
 FEATURE_HEADERS = ['feature', 'contribution to the logit']
 EXPLAIN_OUTPUTS = ('top-k classes', 'prediction', 'image as seen', 'heatmaps', 'feature table', 'class card',
-                   'feature galleries', 'nearest class', 'separating features')  # what /explain returns, in order
+                   'feature galleries', 'nearest class', 'separating features', 'prediction set',
+                   'its tree')  # what /explain returns, in order
 
 
 def require_gradio() -> None:
@@ -139,6 +141,20 @@ def _edit_text(demo: DemoModel, editor: Editor, result, before: Optional[Analysi
     return '\n'.join(lines)
 
 
+def _set_outputs(demo: DemoModel, sets, analysis: Analysis, model) -> List[Any]:
+    """The prediction set (Markdown) and its local tree (image) of one analysis; a note for an edited model."""
+    found = prediction_set(sets, demo, analysis, model) if sets is not None else None
+    if found is None:
+        return ['The prediction set is calibrated for the exported model: undo the edits to see it.' if sets else '',
+                None]
+    names = ', '.join(demo.class_names[c] for c in found.classes)
+    size = f'{len(found.classes)} class{"es" if len(found.classes) != 1 else ""}'
+    return [f'### Prediction set (coverage {found.target:g}): {size}\n\n{names}\n\nCHiQPM\'s calibrated set holds the '
+            f'true class with probability {found.target:g}; the tree below hangs every class whose path starts with '
+            f'the prediction\'s strongest feature from its features in this image\'s order, the set\'s paths in '
+            f'green.', found.tree]
+
+
 def _edit_menu(analysis: Analysis, model) -> Tuple[List[Tuple[str, int]], int]:
     """The edit menu: ``(name, backbone channel)`` of every feature of ``model``, and the channel of the
     prediction's strongest feature (selected)."""
@@ -152,14 +168,14 @@ def build_app(demo: DemoModel, top_k: int = TOP_K, title: Optional[str] = None):
     With the run's statistics (:func:`.editing.find_edit_source`) it has the edit action: switch a feature off."""
     gr = import_gradio()
     model, title, examples = demo.model, title or model_title(demo.name), demo.report.examples
-    source = find_edit_source(demo)
+    source, sets = find_edit_source(demo), load_sets(demo)
     editor = Editor(demo, source) if source is not None else None
 
     def model_of(off: Sequence[int]):
         return editor.switch_off(off).model if off else demo.model
 
     def values(analysis: Analysis, off: Sequence[int]) -> List[Any]:
-        shown = list(_outputs(demo, analysis, edited=bool(off)))
+        shown = list(_outputs(demo, analysis, edited=bool(off))) + _set_outputs(demo, sets, analysis, model_of(off))
         if editor is None:
             return shown
         options, value = _edit_menu(analysis, model_of(off))
@@ -189,7 +205,8 @@ def build_app(demo: DemoModel, top_k: int = TOP_K, title: Optional[str] = None):
         return list(shown) + ['', ()]
 
     opening = analyse(demo, read_image(examples[0][0]), top_k) if examples else None
-    first = list(_outputs(demo, opening, False)) if opening else [None] * len(EXPLAIN_OUTPUTS)
+    first = list(_outputs(demo, opening, False)) + _set_outputs(demo, sets, opening, model) if opening else \
+        [None] * len(EXPLAIN_OUTPUTS)
     menu = _edit_menu(opening, demo.model) if opening else ([], None)
     with gr.Blocks(title=f'QPM demo: {title}') as app:
         gr.Markdown(f'# QPM demo: {title}\n\n{model.num_classes} classes share {model.n_features} features; every '
@@ -223,7 +240,10 @@ def build_app(demo: DemoModel, top_k: int = TOP_K, title: Optional[str] = None):
                             interactive=False)
             galleries = gr.Gallery(first[6], label='each feature\'s gallery: most activating training images '
                                    '(report)', columns=1, height=420, format='png', object_fit='contain')
-        outputs = [scores, summary, seen, heat, table, card, galleries, contrast, contrast_pictures]
+        with gr.Row(visible=sets is not None):
+            set_text = gr.Markdown(first[9])
+            tree = gr.Image(first[10], label='the prediction\'s local tree', interactive=False)
+        outputs = [scores, summary, seen, heat, table, card, galleries, contrast, contrast_pictures, set_text, tree]
         gr.Markdown('### Edit the model: switch a feature off')
         if editor is None:
             gr.Markdown('Editing re-solves the assignment on the statistics of the run that made the model '
