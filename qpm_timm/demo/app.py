@@ -150,9 +150,9 @@ def _set_outputs(demo: DemoModel, sets, analysis: Analysis, model) -> List[Any]:
     names = ', '.join(demo.class_names[c] for c in found.classes)
     size = f'{len(found.classes)} class{"es" if len(found.classes) != 1 else ""}'
     return [f'### Prediction set (coverage {found.target:g}): {size}\n\n{names}\n\nCHiQPM\'s calibrated set holds the '
-            f'true class with probability {found.target:g}; the tree below hangs every class whose path starts with '
-            f'the prediction\'s strongest feature from its features in this image\'s order, the set\'s paths in '
-            f'green.', found.tree]
+            f'true class with probability {found.target:g}. The local tree: every class whose most active feature on '
+            f'this image is the prediction\'s, as the path of its features from most to least active here; the '
+            f'set\'s paths in green.', found.tree]
 
 
 def _edit_menu(analysis: Analysis, model) -> Tuple[List[Tuple[str, int]], int]:
