@@ -23,6 +23,7 @@ from qpm_timm.data import qpm_data_config, create_qpm_split, get_class_names, wi
 from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.conformal import calibrate, predict_sets, set_inputs
 from qpm_timm.explain import GalleryCollector, class_features, scan_dataset, write_report
+from qpm_timm.explain.report import _example_classes
 from qpm_timm.metrics import concept_recovery
 from qpm_timm.solver import QPMProblem, solve_qpm
 from qpm_timm.explain.grounding import ExplanationCollector
@@ -170,6 +171,19 @@ def test_feature_pages_show_the_training_gallery_of_the_selected_channels(run):
         for e in page['gallery']:
             top, left, bottom, right = e['box_top_left_bottom_right']
             assert 0 <= top < bottom <= IMG and 0 <= left < right <= IMG
+
+
+def test_example_images_are_the_class_examples_as_the_model_sees_them(run):
+    summary = json.loads((run.report.folder / 'report.json').read_text(encoding='utf-8'))
+    assert [e['class_index'] for e in summary['examples']] == list(range(CLASSES))  # 6 classes <= 12: all
+    for e in summary['examples']:
+        assert e['file'] == f'examples/c{e["class_index"]}.png' and run.val.targets[e['dataset_index']] == \
+            e['class_index']
+        saved = run.val.transform(Image.open(run.report.folder / e['file']).convert('RGB'))
+        assert torch.allclose(saved, run.val[e['dataset_index']][0], atol=0.03)  # 8-bit rounding only
+        with torch.no_grad():
+            assert int(run.model(saved[None]).argmax()) == e['predicted']
+    assert _example_classes([7, None, 3, 4, 9], 2) == [0, 4] and _example_classes([None, 1], 5) == [1]
 
 
 def test_contrastive_and_local_numbers_add_up_to_the_logits(run):

@@ -13,6 +13,7 @@ beside the model, see :func:`qpm_timm.hub.save_pretrained`'s ``report_dir``)::
     local/<image>.png/.json   local explanation of an image file: prediction and runner-up
     trees/<image>_global.png/.json, trees/<image>_local.png/.json   the prediction's tree of every image file and
                           of one validation image (``example``), its prediction set highlighted (explain/tree.py)
+    examples/c<c>.png     example validation images of a few classes, as the model sees them (e.g. for a demo)
 
 :func:`write_report` needs one pass of the QPM over the validation set (feature names, heatmap scale, the
 example images of the contrastive pictures) and reads the gallery images back from the training set by index;
@@ -209,6 +210,15 @@ class _Pictures:
                        features=[dict(self.feature_info(j), gallery=e) for j, e in zip(feats, entries)])
         return save_figure(fig, numbers, root, f'classes/c{c}')
 
+    def example_image(self, root: Path, c: int, index: int) -> Dict:
+        """Write validation image ``index``, class ``c``'s example, as the model sees it; its entry in report.json."""
+        path = f'examples/c{c}.png'
+        (root / 'examples').mkdir(exist_ok=True)
+        pixels = denormalize(self.val_set[index][0], *self.normalization)[0]
+        Image.fromarray((pixels * 255).round().astype(np.uint8)).save(root / path)
+        return dict(file=path, class_index=c, class_name=self.class_names[c], dataset_index=index,
+                    predicted=int(self.scan.predictions[index]))
+
     def _evidence(self, tensors: torch.Tensor):
         out = _forward(self.model, tensors, self.device)
         size = tuple(tensors.shape[-2:])
@@ -271,6 +281,14 @@ class _Pictures:
         return save_figure(fig, numbers, root, f'local/{stem}')
 
 
+def _example_classes(examples: Sequence[Optional[int]], limit: int) -> List[int]:
+    """Up to ``limit`` classes that have an example image, spread evenly over the class indices."""
+    having = [c for c, index in enumerate(examples) if index is not None]
+    if len(having) <= limit:
+        return having
+    return sorted({having[int(i)] for i in np.linspace(0, len(having) - 1, limit).round()})
+
+
 def _stem(path: Path, taken: set) -> str:
     stem = re.sub(r'[^A-Za-z0-9_.-]+', '_', path.stem) or 'image'
     unique, i = stem, 1
@@ -299,6 +317,7 @@ def write_report(
         progress: bool = False,
         gallery_images: int = 8,
         card_patches: int = 3,
+        example_images: int = 12,
         title: Optional[str] = None,
         transform=None,
         dense_accuracy: Optional[Dict[str, float]] = None,
@@ -323,6 +342,7 @@ def write_report(
             without ``val_set``).
         images: image files or folders to explain locally (read through ``transform``).
         gallery_images, card_patches: images shown per feature page and patches per feature on a class card.
+        example_images: classes whose example validation image is saved in ``examples/`` (none without ``val_set``).
         transform: the eval transform of ``images`` (default ``val_set.transform``).
         dense_accuracy: train.py's ``dense_top1``, ``dense_best_top1``, ``dense_best_epoch`` of the dense model the
             QPM was made from, stated next to the QPM's accuracy.
@@ -356,8 +376,8 @@ def write_report(
         return _write_checked(model, folder, gallery, train_set, val_set, class_names, pair_list, local_images,
                               dict(device=device, amp=amp, batch_size=batch_size, num_workers=num_workers,
                                    progress=progress, gallery_images=gallery_images, card_patches=card_patches,
-                                   title=title, transform=transform, dense_accuracy=dense_accuracy,
-                                   calibration=calibration))
+                                   example_images=example_images, title=title, transform=transform,
+                                   dense_accuracy=dense_accuracy, calibration=calibration))
 
 
 @contextmanager
@@ -447,6 +467,8 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
             if drawn is not None:
                 drawn.stop()
             bar.close()
+        example_files = [pictures.example_image(root, c, examples[c])
+                         for c in _example_classes(examples or [], options['example_images'])]
         summary = dict(
             title=options['title'] or _model_title(model), num_classes=model.num_classes, n_features=n,
             n_per_class=model.n_per_class, selection=selection, dataset_given=scan is not None,
@@ -456,6 +478,7 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
             features=[pictures.feature_info(j) for j in range(n)],
             class_features=pictures.features, pairs=[list(p) for p in drawable], skipped_pairs=skipped,
             explanation_metrics=None if measured is None else _explanation_summary(measured, annotations),
+            examples=example_files,
             validation_accuracy=None if scan is None else float((scan.predictions == scan.targets).mean() * 100),
             dense_validation_accuracy=options['dense_accuracy'] or None, prediction_sets=sets.describe())
         (root / 'report.json').write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding='utf-8')
