@@ -21,7 +21,7 @@ if os.environ.get('PYTEST_XDIST_WORKER'):
 # last, so that no worker waits for that run while other files are left.
 LONGEST_FIRST = ('test_readme.py', 'test_train.py', 'test_benchmarks.py', 'test_recipes.py', 'test_pretrained.py',
                  'test_train_vit.py', 'test_hub_push.py', 'test_solver.py', 'test_explain.py', 'test_hub_download.py')
-EMBEDDED_LAST = ('test_chiqpm_train.py', 'test_export.py', 'test_edit.py', 'test_prediction_sets.py')
+EMBEDDED_LAST = ('test_chiqpm_train.py', 'test_demo.py', 'test_export.py', 'test_edit.py', 'test_prediction_sets.py')
 
 
 def pytest_collection_modifyitems(items):
