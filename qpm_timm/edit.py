@@ -378,7 +378,7 @@ def edit_model(model: QPMModel, statistics: QPMStatistics, edit: Edit, *, effort
     solution = solve_edit(
         problem, current, [index[ch] for ch in edit.forbid_channels if ch in index],
         [(c, index[ch]) for c, ch in edit.forbid_pairs if ch in index],
-        [(c, index[ch]) for c, ch in edit.require_pairs + (kept_pairs(selection, W0, edit) if keep_others else [])],
+        [(c, index[ch]) for c, ch in [*edit.require_pairs, *(kept_pairs(selection, W0, edit) if keep_others else [])]],
         effort=effort, seed=seed, time_limit=time_limit,
         workers=workers, log=log, label=lambda f: f'ch {channels[f]}')
     edited = apply_solution(copy.deepcopy(model), statistics, solution, channels)
