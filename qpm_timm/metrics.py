@@ -519,7 +519,6 @@ def blank_windows(images: torch.Tensor, windows: torch.Tensor, grid: Tuple[int, 
     give (N * M) images (image-major), each with the ``cells x cells`` window of a ``grid`` feature map set to 0
     (the normalised data mean); the window's pixels are those of its cells (H / h by W / w each, rounded)."""
     n, _, hi, wi = images.shape
-    m = windows.shape[1]
     h, w = grid
     ys = torch.arange(hi, device=images.device)
     xs = torch.arange(wi, device=images.device)

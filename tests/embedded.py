@@ -9,7 +9,6 @@ folder made by that command earlier (while developing; CI does not set it).
 """
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys

@@ -2,7 +2,6 @@
 paths, the calibration is the textbook split-conformal one, the coverage guarantee holds over random splits of a
 trained model's validation set for every target and method, the calibration travels with the export, the tree's
 JSON is the assignment, and bad calibration input is refused."""
-import json
 import math
 import re
 
