@@ -115,6 +115,8 @@ group.add_argument('--lr', type=float, default=0.005, help='backbone learning ra
 group.add_argument('--head-lr-scale', type=float, default=2.0, help='head lr = lr * scale (recipe: 0.01 / 0.005)')
 group.add_argument('--sched', default='step', metavar='SCHEDULER')
 group.add_argument('--epochs', '--dense-epochs', dest='epochs', type=int, default=150, help='dense epochs')
+group.add_argument('--val-interval', type=int, default=1,
+                   help='validate every N-th epoch of each stage and its last (the trained model is the same)')
 group.add_argument('--decay-epochs', type=float, default=30)
 group.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+')
 group.add_argument('--decay-rate', '--dr', type=float, default=0.4)

@@ -1,14 +1,16 @@
 """Does the QPM recover the planted concepts when they get harder? The README's main command on every named preset
-of the concepts dataset (``CONCEPT_PRESETS``: default, many, outlines, clutter, shortcut, hard), over seeds.
+of the concepts dataset (``CONCEPT_PRESETS``: default, many, outlines, clutter, shortcut, hard,
+hardest), over seeds.
 
 For every preset and seed: ``train.py -c qpm_timm/configs/concepts.yaml --dataset-args "{preset: P}" --seed S``
-(the embedded default's recipe, unchanged), then ``validate.py`` on its export, both run in this process as a user
+(the embedded default's recipe, with ``--n-features`` / ``--n-per-class`` set to the preset's number of concepts and
+concepts per class: a QPM that can hold every planted concept), then ``validate.py`` on its export, both run in this process as a user
 runs them (``runpy``). Prints one row per run (validation top-1, concept recovery, plausibility, feature
 grounding; docs/METHOD.md, "Interpretability metrics" and "Explanation metrics"), then per preset
 
     <preset>  top-1 mean T % (min t)  recovery median R (min r)  over N seeds
 
-The full sweep is 6 presets x 3 seeds of the 3-4 minute default run (about an hour on 2 idle cores):
+The full sweep is 7 presets x 3 seeds of the 3-4 minute default run (about an hour on 2 idle cores):
 
     python benchmarks/concepts_presets.py --seeds 0 1 2 --output /tmp/presets
 
@@ -28,7 +30,7 @@ from typing import Dict, List
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qpm_timm.data.concepts import CONCEPT_PRESETS  # noqa: E402  (the repository root first, as for a user)
+from qpm_timm.data.concepts import CONCEPT_PRESETS, concept_settings  # noqa: E402  (the repository root first)
 
 CONFIG = Path('qpm_timm') / 'configs' / 'concepts.yaml'
 TINY_TRAIN = ['--epochs', '1', '--finetune-epochs', '1', '--img-size', '32', '--n-features', '6', '--n-per-class', '2',
@@ -64,10 +66,12 @@ def run_one(preset: str, seed: int, folder: Path, args) -> Dict[str, float]:
     """Train on ``preset`` with ``seed``, validate the export; the validation's numbers and the wall time."""
     dataset_args = dict(preset=preset, **(TINY_DATA if args.tiny else {}))
     experiment = f'{preset}-{seed}'
+    settings = concept_settings(preset)  # one QPM feature per planted concept, as many per class as planted
+    sizes = ['--n-features', str(settings['num_concepts']), '--n-per-class', str(settings['concepts_per_class'])]
     start = time.perf_counter()
     _script('train.py', ['-c', str(ROOT / CONFIG), '--dataset-args', json.dumps(dataset_args), '--seed', str(seed),
                          '--output', str(folder), '--experiment', experiment, '--no-progress',
-                         *(TINY_TRAIN if args.tiny else []), *args.train_args])
+                         *([] if args.tiny else sizes), *(TINY_TRAIN if args.tiny else []), *args.train_args])
     results = folder / f'{experiment}.json'
     _script('validate.py', ['--model', f'local-dir:{folder / experiment / "export"}', '--pretrained',
                             '--dataset-args', json.dumps(dataset_args), '--workers', '0', '--no-progress',

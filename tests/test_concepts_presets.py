@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qpm_timm.data import CONCEPT_VOCABULARY, ConceptsDataset, create_qpm_transform
-from qpm_timm.data.concepts import CONCEPT_PRESETS, SHAPE_FAMILIES, make_shortcut_pairs
+from qpm_timm.data.concepts import CONCEPT_PRESETS, SHAPE_FAMILIES, make_class_concepts, make_shortcut_pairs
 
 from scripts import run_script
 
@@ -67,6 +67,11 @@ def test_presets_turn_the_declared_knobs():
     hard = ConceptsDataset('train', preset='hard', **SMALL)
     assert len(hard.concept_names) == 16 and set(SHAPE_FAMILIES['outlines']) <= set(hard.concept_names)
     assert (hard.class_concepts.sum(1) == 4).all()
+    assert ((hard.placements[..., 0] >= 0).sum(1) == 4).all()  # hard: the four concepts, nothing else, upright
+    assert (hard.placements[..., 4] == 0).all()
+    hardest = ConceptsDataset('train', preset='hardest', **SMALL)
+    assert hardest.concept_names == hard.concept_names and (hardest.placements[..., 4] != 0).mean() > 0.9
+    assert ((hardest.placements[..., 0] >= 16).sum(1) == 1).all()  # one distractor, no concept of any class
     outlines = ConceptsDataset('val', preset='outlines', **SMALL)
     assert set(SHAPE_FAMILIES['outlines']) <= set(outlines.concept_names) and len(outlines.concept_names) == 12
     many = ConceptsDataset('val', preset='many', **SMALL)
@@ -76,7 +81,7 @@ def test_presets_turn_the_declared_knobs():
     assert ((shapes >= 12).sum(1) == 2).all()  # two distractors per image, none of them a concept
     assert np.array_equal(clutter.concept_presence, clutter.class_concepts[clutter.targets])
     assert (clutter.placements[..., 4] != 0).mean() > 0.9  # turned
-    override = ConceptsDataset('val', preset='hard', num_concepts=8, concepts_per_class=2, **SMALL)
+    override = ConceptsDataset('val', preset='hardest', num_concepts=8, concepts_per_class=2, **SMALL)
     assert override.concept_names == list(hard.concept_names[:8])
 
 
@@ -95,8 +100,25 @@ def test_shortcut_pairs_co_occur_in_training_only():
     assert set(np.flatnonzero(extra.any(0))) <= paired
 
 
+def test_sibling_classes_differ_in_exactly_two_family_members_covering_every_pair():
+    family = (2, 5, 7, 9)
+    cc = make_class_concepts(24, 12, 3, seed=4, siblings=family)
+    assert (cc.sum(1) == 3).all() and len({row.tobytes() for row in cc}) == 24 and cc.any(0).all()
+    differences = {tuple(np.flatnonzero(cc[2 * i] ^ cc[2 * i + 1])) for i in range(12)}
+    assert differences == {(a, b) for i, a in enumerate(family) for b in family[i + 1:]}  # 6 pairs, each twice
+    hard = ConceptsDataset('val', preset='hard', images_per_class=1)
+    outlines = [hard.concept_names.index(n) for n in SHAPE_FAMILIES['outlines']]
+    assert all(set(np.flatnonzero(hard.class_concepts[2 * i] ^ hard.class_concepts[2 * i + 1])) <= set(outlines)
+               for i in range(24))
+
+
 @pytest.mark.parametrize('kwargs, message', [
     (dict(preset='harder'), 'unknown concepts preset'),
+    (dict(siblings='curves'), 'must name a family'),
+    (dict(concepts=['disk', 'ring', 'plus', 'square'], num_classes=4, concepts_per_class=2, siblings='outlines'),
+     'fewer than two of its shapes'),
+    (dict(preset='hard', num_classes=47), 'even num_classes'),
+    (dict(preset='hard', num_classes=6), 'do not use all 16 concepts'),
     (dict(concepts=['disk', 'blob']), 'unknown concepts'),
     (dict(concepts=['disk', 'disk', 'ring'], num_classes=2, concepts_per_class=2), 'twice'),
     (dict(scale=(0.4, 0.2)), 'scale'),
@@ -119,15 +141,15 @@ def test_every_preset_builds_a_valid_split():
 def test_preset_sweep_benchmark_prints_every_run_and_the_per_preset_summary(tmp_path, capsys):
     """The sweep's tiny mode: train.py + validate.py on the hardest preset for two seeds, one row each, then the
     preset's mean/min top-1 and median/min recovery over them."""
-    assert run_script('benchmarks/concepts_presets.py', ['--tiny', '--presets', 'hard', '--seeds', '0', '1',
+    assert run_script('benchmarks/concepts_presets.py', ['--tiny', '--presets', 'hardest', '--seeds', '0', '1',
                                                          '--output', tmp_path]) == 0
     out = capsys.readouterr().out
-    rows = re.findall(r'^hard\s+([01])\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+$', out, re.MULTILINE)
+    rows = re.findall(r'^hardest\s+([01])\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+$', out, re.MULTILINE)
     assert [r[0] for r in rows] == ['0', '1'], out
     top1, recovery = [float(r[1]) for r in rows], [float(r[2]) for r in rows]
-    summary = re.search(r'^hard\s+top-1 mean ([\d.]+) % \(min ([\d.]+)\)\s+recovery median ([\d.]+) \(min ([\d.]+)\)'
+    summary = re.search(r'^hardest\s+top-1 mean ([\d.]+) % \(min ([\d.]+)\)\s+recovery median ([\d.]+) \(min ([\d.]+)\)'
                         r'\s+over 2 seeds$', out, re.MULTILINE)
     assert summary, out
     assert float(summary[1]) == pytest.approx(statistics.mean(top1), abs=0.01)
     assert float(summary[4]) == pytest.approx(min(recovery), abs=1e-3)
-    assert (tmp_path / 'hard-1' / 'export').is_dir()
+    assert (tmp_path / 'hardest-1' / 'export').is_dir()

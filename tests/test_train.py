@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import qpm_timm
@@ -88,6 +89,25 @@ def test_every_stage_leaves_its_result_and_the_export_validates_to_the_runs_numb
     assert out.stdout.strip() == 'True (1, 6)', out.stderr[-2000:]
 
 
+def test_val_interval_skips_validations_but_trains_the_same_model(reference, tmp_path):
+    """--val-interval 2 validates epochs 1 and 2 (the last) of the dense stage and the fine-tune's last epoch: the
+    same weights as validating every epoch (each epoch draws from its own seed), blank eval columns where skipped."""
+    _train('--val-interval', '2', '--no-report', '--output', str(tmp_path), '--experiment', 'run')
+
+    def table(exp):
+        with open(exp / 'dense/summary.csv', newline='') as f:
+            return [row['eval_top1'] for row in csv.DictReader(f)]
+    every, some = table(reference), table(tmp_path / 'run')
+    assert some == ['', every[1], every[2]]
+    for stage in ('dense', 'finetune'):
+        ours = torch.load(tmp_path / 'run' / stage / 'last.pth.tar', weights_only=False)['state_dict']
+        theirs = torch.load(reference / stage / 'last.pth.tar', weights_only=False)['state_dict']
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), stage
+    results = json.loads((tmp_path / 'run' / 'results.json').read_text())
+    best = max((1, 2), key=lambda e: float(every[e]))
+    assert (results['dense_top1'], results['dense_best_epoch']) == (float(every[2]), best)
+
+
 def test_the_dense_models_own_validation_accuracy_is_in_the_results_summary_card_and_report(reference):
     with open(reference / 'dense/summary.csv', newline='') as f:
         top1 = [float(row['eval_top1']) for row in csv.DictReader(f)]
@@ -143,6 +163,8 @@ def test_torchrun_with_two_processes_gives_the_assignment_of_one_process(referen
     (['--skip-dense'], '--skip-dense needs a trained dense model (neither --initial-checkpoint nor --pretrained'),
     (['--dataset-args', '[1, 2]'], 'must be a YAML mapping such as "{images_per_class: 10}"'),
     (['--dataset-args', '{no_such_arg: 1}'], "do not fit the concepts dataset"),
+    (['--model-kwargs', '{drop_rate: 0.5}'], "--model-kwargs takes key=value pairs"),
+    (['--val-interval', '0'], '--val-interval must be >= 1'),
     (['-c', 'CONFIG:batch_sise: 8'], "unknown keys ['batch_sise']"),
 ])
 def test_bad_input_exits_non_zero_with_a_clear_message(tmp_path, args, message):

@@ -119,11 +119,16 @@ def make_class_concepts(
         num_concepts: int,
         concepts_per_class: int,
         seed: int = 0,
+        siblings: Sequence[int] = (),
 ) -> np.ndarray:
     """Distinct concept sets, one per class, covering every concept; deterministic for ``seed``.
 
     The concepts are first dealt out in a random order to ``ceil(K / k)`` covering sets (the last
     one topped up at random), the remaining classes get random further distinct ``k``-subsets.
+    With ``siblings`` (indices of a family of similar concepts, docs/METHOD.md "Which stage loses similar
+    concepts"), the classes come in sibling pairs instead: the same ``k - 1`` concepts plus one of two family members,
+    the pairs of members taken in turn (every pair once before any twice), so the labels ask for telling every two
+    members apart; the shared parts cover every other concept first.
     Returns a ``(num_classes, num_concepts)`` bool array with ``concepts_per_class`` per row.
     """
     if not 1 <= concepts_per_class <= num_concepts:
@@ -138,6 +143,8 @@ def make_class_concepts(
         raise ValueError(
             f'{num_classes} classes x {concepts_per_class} concepts cannot use all {num_concepts} concepts; '
             f'use fewer concepts or more classes.')
+    if siblings:
+        return _sibling_classes(num_classes, num_concepts, concepts_per_class, tuple(siblings), seed)
     rng = np.random.default_rng([seed, 7919])
     chosen: List[frozenset] = []
     order = rng.permutation(num_concepts)
@@ -155,6 +162,42 @@ def make_class_concepts(
     class_concepts = np.zeros((num_classes, num_concepts), dtype=bool)
     for c, group in enumerate(chosen[:num_classes]):
         class_concepts[c, sorted(group)] = True
+    return class_concepts
+
+
+def _sibling_classes(num_classes: int, num_concepts: int, k: int, family: Tuple[int, ...], seed: int) -> np.ndarray:
+    """The sibling-pair classes of :func:`make_class_concepts` (``siblings``)."""
+    if len(set(family)) < 2 or not all(0 <= f < num_concepts for f in family):
+        raise ValueError(f'siblings needs two or more distinct concepts among the {num_concepts}, got {list(family)}.')
+    if k < 2 or num_classes % 2:
+        raise ValueError(f'sibling classes need concepts_per_class >= 2 and an even num_classes '
+                         f'(got {k} and {num_classes}).')
+    rng = np.random.default_rng([seed, 7919, 2])
+    pairs = [(a, b) for i, a in enumerate(family) for b in family[i + 1:]]
+    pairs = [pairs[i] for i in rng.permutation(len(pairs))]
+    others = [c for c in range(num_concepts) if c not in family]
+    uncovered = [others[i] for i in rng.permutation(len(others))]
+    chosen: List[frozenset] = []
+    for i in range(num_classes // 2):
+        a, b = pairs[i % len(pairs)]
+        for _ in range(1000):
+            shared = set(uncovered[:k - 1])
+            pool = [c for c in range(num_concepts) if c not in (a, b) and c not in shared]
+            shared |= set(rng.choice(pool, k - 1 - len(shared), replace=False).tolist())
+            twins = (frozenset(shared | {a}), frozenset(shared | {b}))
+            if not set(twins) & set(chosen):
+                break
+        else:
+            raise ValueError(f'{num_classes} sibling classes of {k} out of {num_concepts} concepts do not exist; '
+                             f'use fewer classes or more concepts.')
+        uncovered = [c for c in uncovered if c not in shared]
+        chosen.extend(twins)
+    class_concepts = np.zeros((num_classes, num_concepts), dtype=bool)
+    for c, group in enumerate(chosen):
+        class_concepts[c, sorted(group)] = True
+    if not class_concepts.any(0).all():
+        raise ValueError(f'{num_classes} sibling classes of {k} do not use all {num_concepts} concepts; use more '
+                         f'classes or fewer concepts.')
     return class_concepts
 
 
@@ -299,7 +342,7 @@ def generate_concept_images(
 
 _BASE_SETTINGS: Dict[str, Any] = dict(
     num_concepts=None, num_classes=CONCEPTS_NUM_CLASSES, concepts_per_class=3, img_size=CONCEPTS_IMG_SIZE,
-    concepts=None, scale=(0.2, 0.36), rotation=0.0, distractors=0, shortcut=0.0, shortcut_pairs=2)
+    concepts=None, scale=(0.2, 0.36), rotation=0.0, distractors=0, shortcut=0.0, shortcut_pairs=2, siblings=None)
 _HARD_CONCEPTS = SHAPE_FAMILIES['outlines'] + ('disk', 'square', 'plus', 'x_cross', 'horizontal_stripes',
                                                'vertical_stripes', 'checker', 'dot_cluster', 'bullseye')
 CONCEPT_PRESETS: Dict[str, Dict[str, Any]] = {
@@ -314,9 +357,12 @@ CONCEPT_PRESETS: Dict[str, Dict[str, Any]] = {
     'clutter': dict(distractors=2, rotation=45.0, scale=(0.16, 0.34)),
     # three concept pairs co-occur in 90 % of the training images that hold one of them (never in validation)
     'shortcut': dict(shortcut=0.9, shortcut_pairs=3),
-    # everything at once: 16 concepts with the outline family, 4 per class, a distractor, rotation, shortcuts
-    'hard': dict(concepts=_HARD_CONCEPTS, concepts_per_class=4, distractors=1, rotation=30.0, scale=(0.16, 0.3),
-                 shortcut=0.8, shortcut_pairs=2),
+    # 16 concepts with the seven similar outlines, 4 per class, in sibling classes that differ only in two outlines
+    # (the recovery target of docs/METHOD.md, "Which stage loses similar concepts")
+    'hard': dict(concepts=_HARD_CONCEPTS, concepts_per_class=4, siblings='outlines'),
+    # everything at once: hard's concepts, a distractor, rotation, a smaller scale, shortcuts
+    'hardest': dict(concepts=_HARD_CONCEPTS, concepts_per_class=4, distractors=1, rotation=30.0, scale=(0.16, 0.3),
+                    shortcut=0.8, shortcut_pairs=2),
 }
 
 
@@ -350,6 +396,14 @@ def concept_settings(preset: str = 'default', **overrides) -> Dict[str, Any]:
         raise ValueError('distractors need shapes that are not concepts; use fewer concepts.')
     if not 0 <= settings['shortcut'] <= 1:
         raise ValueError(f'shortcut={settings["shortcut"]} must be a probability in [0, 1].')
+    if settings['siblings']:
+        family = SHAPE_FAMILIES.get(settings['siblings'])
+        if family is None:
+            raise ValueError(f'siblings={settings["siblings"]!r} must name a family of SHAPE_FAMILIES '
+                             f'{sorted(SHAPE_FAMILIES)}.')
+        if len(set(family) & set(settings['concepts'])) < 2:
+            raise ValueError(f'siblings={settings["siblings"]!r}: fewer than two of its shapes {list(family)} are '
+                             f'concepts; add them with concepts=[...].')
     if settings['shortcut'] and not 1 <= settings['shortcut_pairs'] <= num_concepts // 2:
         raise ValueError(f'shortcut_pairs={settings["shortcut_pairs"]} must lie in [1, {num_concepts // 2}] '
                          f'(disjoint pairs of the {num_concepts} concepts).')
@@ -382,6 +436,8 @@ class ConceptsDataset(Dataset):
         distractors: shapes per image that are no concept (drawn from the rest of ``CONCEPT_VOCABULARY``).
         shortcut: in the training split, each of ``shortcut_pairs`` concept pairs co-occurs with this probability
             where the class holds only one of the pair (the shortcut; validation images never show it).
+        siblings: a family of ``SHAPE_FAMILIES`` (``'outlines'``; False: none): the classes come in pairs that differ
+            only in two of its members (:func:`make_class_concepts`), so the labels ask for telling them apart.
         masks: samples are ``(image, target, masks)``, ``masks`` ``(K, H, W)`` bool of every concept as the
             image shows it (:meth:`concept_masks`, through the transform's geometry); off by default (speed).
         transform: applied to the PIL image in ``__getitem__``.
@@ -413,13 +469,14 @@ class ConceptsDataset(Dataset):
             distractors: Optional[int] = None,
             shortcut: Optional[float] = None,
             shortcut_pairs: Optional[int] = None,
+            siblings: Optional[str] = None,
             masks: bool = False,
     ):
         split_id = 0 if is_train_split(split) else 1
         settings = concept_settings(
             preset, num_concepts=num_concepts, num_classes=num_classes, concepts_per_class=concepts_per_class,
             img_size=img_size, concepts=concepts, scale=scale, rotation=rotation, distractors=distractors,
-            shortcut=shortcut, shortcut_pairs=shortcut_pairs)
+            shortcut=shortcut, shortcut_pairs=shortcut_pairs, siblings=siblings)
         img_size, num_classes = settings['img_size'], settings['num_classes']
         if img_size < 16:
             raise ValueError(f'img_size={img_size} is too small to draw concepts; use >= 16.')
@@ -437,7 +494,9 @@ class ConceptsDataset(Dataset):
         self.target_transform = target_transform
         self.concept_names: List[str] = list(settings['concepts'])
         num_concepts = len(self.concept_names)
-        self.class_concepts = make_class_concepts(num_classes, num_concepts, settings['concepts_per_class'], seed)
+        family = SHAPE_FAMILIES[settings['siblings']] if settings['siblings'] else ()
+        self.class_concepts = make_class_concepts(num_classes, num_concepts, settings['concepts_per_class'], seed,
+                                                  [self.concept_names.index(n) for n in family if n in self.concept_names])
         self.classes: List[str] = [
             '+'.join(self.concept_names[k] for k in np.flatnonzero(row)) for row in self.class_concepts]
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}

@@ -17,6 +17,17 @@ __all__ = ['yaml_mapping', 'yaml_pairs', 'finetune_rounds', 'add_data_args', 'ad
            'parse_args_with_config']
 
 
+class KeyValues(ParseKwargs):
+    """timm's ``key=value`` flag parser, with a usage error naming the flag for a value without ``=``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        bad = [value for value in values if value and '=' not in value]
+        if bad:
+            parser.error(f'{option_string} takes key=value pairs (e.g. {option_string} drop_rate=0.4 '
+                         f'"channels=[16, 32]"), not {bad}')
+        super().__call__(parser, namespace, values, option_string)
+
+
 def yaml_mapping(text: str) -> Dict[str, Any]:
     """``--dataset-args``: a YAML mapping (argparse turns the error into a usage message and exit code 2)."""
     try:
@@ -74,7 +85,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                             '"hf-hub:org/repo" or (validate.py) any timm model')
     group.add_argument('--backbone', default=None, metavar='NAME',
                        help='timm backbone for --model qpm: a CNN (resnet18) or a ViT (vit_small_patch14_reg4_dinov2)')
-    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=KeyValues,
                        help='backbone kwargs, e.g. stem_width=16 (YAML: model_kwargs: {stem_width: 16})')
     group.add_argument('--reduced-strides', action=argparse.BooleanOptionalAction, default=None,
                        help='ResNet layer3/layer4 with stride 1 (the recipe for fine-grained data)')

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import time
+from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -59,6 +60,9 @@ def check_train_args(args) -> None:
         raise UsageError(f'--solver-effort must be a positive finite number, got {args.solver_effort}.')
     if args.batch_size < 1:
         raise UsageError(f'-b/--batch-size must be >= 1, got {args.batch_size}.')
+    if args.val_interval < 1 or (args.val_interval > 1 and args.sched == 'plateau'):
+        raise UsageError(f'--val-interval must be >= 1 (1 with --sched plateau, which steps on every validation), '
+                         f'got {args.val_interval}.')
     check_chiqpm_args(args)
     for flag, path in (('--initial-checkpoint', args.initial_checkpoint), ('--pretrained-path', args.pretrained_path)):
         if path and not os.path.isfile(path):
@@ -144,6 +148,9 @@ def _validate(model, loader, device, args) -> Evaluation:
     return evaluate(model, loader, device, args.amp, args.channels_last)
 
 
+NOT_VALIDATED = OrderedDict(loss='', top1='', top5='')  # summary.csv's eval columns of an epoch --val-interval skips
+
+
 def run_stage(name: str, model, loaders, args, device, epochs: int, optimizer, scheduler, folder: Path,
               start_epoch: int) -> Dict[str, float]:
     """Train ``epochs`` epochs, checkpointing every one (``last.pth.tar``) with timm's CheckpointSaver; returns the
@@ -168,14 +175,17 @@ def run_stage(name: str, model, loaders, args, device, epochs: int, optimizer, s
             train_loader.dataset.set_epoch(epoch)
         train_metrics = train_one_epoch(epoch, model, step_model, train_loader, optimizer, scheduler, losses_fn, args,
                                         device)
-        metrics = _validate(model, val_loader, device, args).metrics()
+        validated = (epoch + 1) % args.val_interval == 0 or epoch == epochs - 1
+        metrics = _validate(model, val_loader, device, args).metrics() if validated else NOT_VALIDATED
+        top1 = metrics['top1'] if validated else None
         if scheduler is not None:
-            scheduler.step(epoch + 1, metrics['top1'])
+            scheduler.step(epoch + 1, top1)
         if saver is not None:
             update_summary(epoch, train_metrics, metrics, str(folder / 'summary.csv'),
                            lr=optimizer.param_groups[0]['lr'], write_header=epoch == 0)
-            saver.save_checkpoint(epoch, metric=metrics['top1'])
-        _logger.info(f'{name} epoch {epoch}: train loss {train_metrics["loss"]:.4f}, val top1 {metrics["top1"]:.2f}')
+            saver.save_checkpoint(epoch, metric=top1)
+        _logger.info(f'{name} epoch {epoch}: train loss {train_metrics["loss"]:.4f}, '
+                     + (f'val top1 {top1:.2f}' if validated else 'not validated (--val-interval)'))
     return metrics
 
 
@@ -261,6 +271,9 @@ def dense_accuracy(folder: Path) -> Dict[str, float]:
         with open(folder / 'summary.csv', newline='') as f:
             for row in csv.DictReader(f):
                 rows[int(row['epoch'])] = row  # an epoch rerun after a kill replaces its first row
+    if not rows:
+        return {}
+    rows = {epoch: row for epoch, row in rows.items() if row['eval_top1']}  # epochs skipped by --val-interval
     if not rows:
         return {}
     last = rows[max(rows)]
