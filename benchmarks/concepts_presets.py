@@ -1,16 +1,16 @@
 """Does the QPM recover the planted concepts when they get harder? The README's main command on every named preset
-of the concepts dataset (``CONCEPT_PRESETS``: default, many, outlines, clutter, shortcut, hard,
-hardest), over seeds.
+of the concepts dataset (``CONCEPT_PRESETS``: default, many, outlines, clutter, shortcut, hard, hardest), over seeds.
 
 For every preset and seed: ``train.py -c qpm_timm/configs/concepts.yaml --dataset-args "{preset: P}" --seed S``
 (the embedded default's recipe, with ``--n-features`` / ``--n-per-class`` set to the preset's number of concepts and
-concepts per class: a QPM that can hold every planted concept), then ``validate.py`` on its export, both run in this process as a user
-runs them (``runpy``). Prints one row per run (validation top-1, concept recovery, plausibility, feature
-grounding; docs/METHOD.md, "Interpretability metrics" and "Explanation metrics"), then per preset
+concepts per class: a QPM that can hold every planted concept), then ``validate.py`` on its export, both run in this
+process as a user runs them (``runpy``). Prints one row per run (validation top-1, concept recovery, plausibility,
+feature grounding; docs/METHOD.md, "Interpretability metrics" and "Explanation metrics"), then per preset
 
     <preset>  top-1 mean T % (min t)  recovery median R (min r)  over N seeds
 
-The full sweep is 7 presets x 3 seeds of the 3-4 minute default run (about an hour on 2 idle cores):
+The full sweep is 7 presets x 3 seeds of the 2-4 minute default run (about 40 minutes on 2 idle cores as two
+one-thread processes, each with its own presets and ``OMP_NUM_THREADS=1``; ``benchmarks/RESULTS.md``):
 
     python benchmarks/concepts_presets.py --seeds 0 1 2 --output /tmp/presets
 
