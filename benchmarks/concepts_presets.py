@@ -66,12 +66,15 @@ def run_one(preset: str, seed: int, folder: Path, args) -> Dict[str, float]:
     """Train on ``preset`` with ``seed``, validate the export; the validation's numbers and the wall time."""
     dataset_args = dict(preset=preset, **(TINY_DATA if args.tiny else {}))
     experiment = f'{preset}-{seed}'
-    settings = concept_settings(preset)  # one QPM feature per planted concept, as many per class as planted
-    sizes = ['--n-features', str(settings['num_concepts']), '--n-per-class', str(settings['concepts_per_class'])]
+    if args.tiny:
+        extra = TINY_TRAIN
+    else:  # one QPM feature per planted concept, as many per class as planted
+        settings = concept_settings(preset)
+        extra = ['--n-features', str(settings['num_concepts']), '--n-per-class', str(settings['concepts_per_class'])]
     start = time.perf_counter()
     _script('train.py', ['-c', str(ROOT / CONFIG), '--dataset-args', json.dumps(dataset_args), '--seed', str(seed),
-                         '--output', str(folder), '--experiment', experiment, '--no-progress',
-                         *([] if args.tiny else sizes), *(TINY_TRAIN if args.tiny else []), *args.train_args])
+                         '--output', str(folder), '--experiment', experiment, '--no-progress', *extra,
+                         *args.train_args])
     results = folder / f'{experiment}.json'
     _script('validate.py', ['--model', f'local-dir:{folder / experiment / "export"}', '--pretrained',
                             '--dataset-args', json.dumps(dataset_args), '--workers', '0', '--no-progress',

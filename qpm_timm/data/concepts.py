@@ -495,8 +495,9 @@ class ConceptsDataset(Dataset):
         self.concept_names: List[str] = list(settings['concepts'])
         num_concepts = len(self.concept_names)
         family = SHAPE_FAMILIES[settings['siblings']] if settings['siblings'] else ()
+        siblings = [self.concept_names.index(n) for n in family if n in self.concept_names]
         self.class_concepts = make_class_concepts(num_classes, num_concepts, settings['concepts_per_class'], seed,
-                                                  [self.concept_names.index(n) for n in family if n in self.concept_names])
+                                                  siblings)
         self.classes: List[str] = [
             '+'.join(self.concept_names[k] for k in np.flatnonzero(row)) for row in self.class_concepts]
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}

@@ -271,8 +271,6 @@ def dense_accuracy(folder: Path) -> Dict[str, float]:
         with open(folder / 'summary.csv', newline='') as f:
             for row in csv.DictReader(f):
                 rows[int(row['epoch'])] = row  # an epoch rerun after a kill replaces its first row
-    if not rows:
-        return {}
     rows = {epoch: row for epoch, row in rows.items() if row['eval_top1']}  # epochs skipped by --val-interval
     if not rows:
         return {}
