@@ -28,7 +28,7 @@ __all__ = [
     "sid_at_k", "class_independence", "contrastiveness", "gaussian_mixture_components", "gaussian_mixture_overlaps",
     "feature_correlation", "structural_grounding", "ConceptRecovery", "concept_recovery", "annotation_correlation",
     "match_features", "dilate_masks", "plausibility", "grounding_sums", "feature_grounding", "peak_windows",
-    "blank_windows",
+    "blank_windows", "cosine_similarity",
 ]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
@@ -245,13 +245,21 @@ def feature_correlation(
     return float(sim.max(axis=0).mean())
 
 
+def cosine_similarity(rows: ArrayLike) -> np.ndarray:
+    """``(C, C)`` cosine similarity of the rows (e.g. CUB's class-attribute percentages); 0 for an all-zero row."""
+    a = np.asarray(rows, dtype=np.float64)
+    norm = np.linalg.norm(a, axis=1, keepdims=True)
+    a = np.divide(a, norm, out=np.zeros_like(a), where=norm > 0)
+    return a @ a.T
+
+
 def _cosine_rows(x: np.ndarray, name: str) -> np.ndarray:
+    """:func:`cosine_similarity` with a zero diagonal; an all-zero row is refused."""
     norms = np.linalg.norm(x, axis=1)
     if (norms == 0).any():
         raise ValueError(f"{name} has all-zero rows (classes {np.flatnonzero(norms == 0)[:10].tolist()}); "
                          "cosine similarity is undefined for them")
-    unit = x / norms[:, None]
-    sim = unit @ unit.T
+    sim = cosine_similarity(x)
     np.fill_diagonal(sim, 0.0)
     return sim
 

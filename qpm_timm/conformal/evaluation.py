@@ -7,6 +7,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from ..metrics import cosine_similarity
 from .baselines import BASELINES, baseline_sets
 from .calibration import CALIBRATION_PER_CLASS, DEFAULT_TARGETS, calibrate, calibration_split, check_targets, \
     predict_sets
@@ -24,14 +25,6 @@ def jaccard_similarity(class_concepts: np.ndarray) -> np.ndarray:
     inter = a @ a.T
     union = a.sum(1)[:, None] + a.sum(1)[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
-def cosine_similarity(class_attributes: np.ndarray) -> np.ndarray:
-    """``(C, C)`` cosine similarity of the classes' attribute vectors (CUB's class-attribute percentages)."""
-    a = np.asarray(class_attributes, dtype=np.float64)
-    norm = np.linalg.norm(a, axis=1, keepdims=True)
-    a = np.divide(a, norm, out=np.zeros_like(a), where=norm > 0)
-    return a @ a.T
 
 
 def set_coherence(sets: np.ndarray, similarity: np.ndarray) -> float:
