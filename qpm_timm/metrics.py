@@ -27,7 +27,7 @@ from sklearn.mixture import GaussianMixture
 __all__ = [
     "sid_at_k", "class_independence", "contrastiveness", "gaussian_mixture_components", "gaussian_mixture_overlaps",
     "feature_correlation", "structural_grounding", "ConceptRecovery", "concept_recovery", "annotation_correlation",
-    "match_features", "dilate_masks", "plausibility", "grounding_sums", "feature_grounding", "peak_windows",
+    "match_features", "concept_detectors", "dilate_masks", "plausibility", "grounding_sums", "feature_grounding", "peak_windows",
     "blank_windows", "cosine_similarity",
 ]
 
@@ -355,6 +355,21 @@ def match_features(pooled: ArrayLike, annotations: ArrayLike):
     unmatched = (np.ptp(x, axis=0) == 0) | ~np.isfinite(best)
     matching[unmatched] = -1
     return matching, np.where(unmatched, 0.0, best)
+
+
+def concept_detectors(A: ArrayLike, class_concepts: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
+    """Which stage loses a concept (docs/METHOD.md, "Which stage loses similar concepts"): for every planted concept,
+    the channel whose class profile (its row of the statistics' ``A``, (F, C)) follows the concept's classes best,
+    as a Pearson r over the classes (:func:`annotation_correlation` with the classes in place of images):
+    ``(channel (K,) int, r (K,))``. A concept whose best r is low has no detector in the dense model, which neither
+    the selection nor the assignment can make up for."""
+    a = _as_float64(A, "A", 2)
+    gt = _as_bool(class_concepts, "class_concepts", 2)
+    if gt.shape[0] != a.shape[1]:
+        raise ValueError(f"class_concepts has {gt.shape[0]} classes but A has {a.shape[1]} columns")
+    corr = annotation_correlation(a.T, gt)  # (F, K)
+    channel = corr.argmax(axis=0)
+    return channel, corr[channel, np.arange(corr.shape[1])]
 
 
 def concept_recovery(

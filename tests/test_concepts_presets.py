@@ -81,6 +81,9 @@ def test_presets_turn_the_declared_knobs():
     assert ((shapes >= 12).sum(1) == 2).all()  # two distractors per image, none of them a concept
     assert np.array_equal(clutter.concept_presence, clutter.class_concepts[clutter.targets])
     assert (clutter.placements[..., 4] != 0).mean() > 0.9  # turned
+    similar = ConceptsDataset('val', preset='similar', images_per_class=1)
+    assert len(similar.classes) == 96 and len(similar.concept_names) == 16 and (similar.class_concepts.sum(1) == 4).all()
+    assert {n for f in ('filled', 'stripes') for n in SHAPE_FAMILIES[f]} <= set(similar.concept_names)
     override = ConceptsDataset('val', preset='hardest', num_concepts=8, concepts_per_class=2, **SMALL)
     assert override.concept_names == list(hard.concept_names[:8])
 
@@ -102,7 +105,7 @@ def test_shortcut_pairs_co_occur_in_training_only():
 
 def test_sibling_classes_differ_in_exactly_two_family_members_covering_every_pair():
     family = (2, 5, 7, 9)
-    cc = make_class_concepts(24, 12, 3, seed=4, siblings=family)
+    cc = make_class_concepts(24, 12, 3, seed=4, siblings=[family])
     assert (cc.sum(1) == 3).all() and len({row.tobytes() for row in cc}) == 24 and cc.any(0).all()
     differences = {tuple(np.flatnonzero(cc[2 * i] ^ cc[2 * i + 1])) for i in range(12)}
     assert differences == {(a, b) for i, a in enumerate(family) for b in family[i + 1:]}  # 6 pairs, each twice
@@ -110,6 +113,20 @@ def test_sibling_classes_differ_in_exactly_two_family_members_covering_every_pai
     outlines = [hard.concept_names.index(n) for n in SHAPE_FAMILIES['outlines']]
     assert all(set(np.flatnonzero(hard.class_concepts[2 * i] ^ hard.class_concepts[2 * i + 1])) <= set(outlines)
                for i in range(24))
+    # the shared parts are balanced: every concept is in about as many classes (4 x 48 / 16 = 12) as any other
+    assert set(hard.class_concepts.sum(0)) <= set(range(10, 15))
+
+
+def test_sibling_classes_of_several_families_pair_members_of_the_same_family_only():
+    similar = ConceptsDataset('val', preset='similar', images_per_class=1)
+    names = similar.concept_names
+    families = [{names.index(n) for n in SHAPE_FAMILIES[f] if n in names} for f in ('filled', 'outlines', 'stripes',
+                                                                                   'crosses')]
+    cc = similar.class_concepts
+    differences = {tuple(np.flatnonzero(cc[2 * i] ^ cc[2 * i + 1])) for i in range(48)}
+    within = {(a, b) for family in families for a in family for b in family if a < b}
+    assert differences == within  # 6 + 6 + 3 + 1 = 16 pairs of members, each at least once, and nothing else
+    assert (cc.sum(1) == 4).all() and len({row.tobytes() for row in cc}) == 96
 
 
 @pytest.mark.parametrize('kwargs, message', [
@@ -135,7 +152,7 @@ def test_bad_knobs_are_refused(kwargs, message):
 def test_every_preset_builds_a_valid_split():
     for preset in CONCEPT_PRESETS:
         ds = ConceptsDataset('val', preset=preset, images_per_class=1)
-        assert len(ds) == 48 and ds.class_concepts.any(0).all()
+        assert len(ds) == (96 if preset == 'similar' else 48) and ds.class_concepts.any(0).all()
 
 
 def test_preset_sweep_benchmark_prints_every_run_and_the_per_preset_summary(tmp_path, capsys):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qpm_timm.metrics import (
-    class_independence, concept_recovery, contrastiveness, feature_correlation,
+    class_independence, concept_detectors, concept_recovery, contrastiveness, feature_correlation,
     gaussian_mixture_overlaps, sid_at_k, structural_grounding,
 )
 
@@ -271,6 +271,21 @@ def test_concept_recovery_penalises_classes_using_a_feature_of_a_concept_they_la
     assert result.score == pytest.approx((pairs - mismatched) / (pairs + mismatched))
     assert result.recall == pytest.approx((pairs - mismatched) / pairs)
     assert result.precision == pytest.approx((pairs - mismatched) / pairs)
+
+
+def test_concept_detectors_find_the_channel_whose_class_profile_is_the_concept():
+    class_concepts = np.array([[1, 0], [1, 1], [0, 1], [0, 0], [1, 0], [0, 1]], dtype=bool)  # 6 classes, 2 concepts
+    A = np.array([
+        [0.1, 0.2, 0.1, 0.3, 0.2, 0.1],        # no concept
+        0.9 * class_concepts[:, 0] + 0.05,     # concept 0 exactly (up to scale and shift)
+        [0.1, 0.9, 0.9, 0.1, 0.8, 0.1],        # a mix of both, neither one
+        -1.0 * class_concepts[:, 1],           # fires where concept 1 is absent: the opposite of a detector
+    ])
+    channel, r = concept_detectors(A, class_concepts)
+    assert channel[0] == 1 and r[0] == pytest.approx(1.0)
+    assert channel[1] == 2 and r[1] < 0.6  # concept 1 has no detector: its best channel is the mix
+    with pytest.raises(ValueError, match="6 classes but A has 5 columns"):
+        concept_detectors(A[:, :5], class_concepts)
 
 
 def test_concept_recovery_leaves_a_constant_feature_unmatched():

@@ -21,14 +21,15 @@ planted structure only in some runs (concept recovery 0.85-1.0 over seeds); with
 0.986-1.0 in all 13 seeds tried (``benchmarks/RESULTS.md``).
 
 Harder variants (docs/METHOD.md, "Harder planted concepts"): knobs for the concepts (families of similar shapes),
-concepts per class, distractor shapes, scale and rotation jitter and training-only co-occurring concept pairs (a
-shortcut), and named presets of them (``CONCEPT_PRESETS``); the ``'default'`` preset draws exactly the images of the
+concepts per class, the number of classes, sibling classes that differ in two similar shapes, distractor shapes,
+scale and rotation jitter and training-only co-occurring concept pairs (a shortcut), and named presets of them
+(``CONCEPT_PRESETS``); the ``'default'`` preset draws exactly the images of the
 embedded default. Every image records where it drew each shape, so the mask of every planted concept is known
 (:meth:`ConceptsDataset.concept_masks`; docs/METHOD.md, "Explanation metrics").
 """
 from functools import lru_cache
 from math import comb
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -111,6 +112,9 @@ CONCEPT_VOCABULARY: Tuple[str, ...] = tuple(_SHAPES)
 SHAPE_FAMILIES: Dict[str, Tuple[str, ...]] = {
     'outlines': ('square_outline', 'ring', 'triangle_outline', 'diamond_outline', 'hexagon_outline',
                  'octagon_outline', 'ellipse_outline'),
+    'filled': ('disk', 'square', 'triangle', 'diamond'),
+    'stripes': ('horizontal_stripes', 'vertical_stripes', 'diagonal_stripes'),
+    'crosses': ('plus', 'x_cross', 'hash'),
 }
 
 
@@ -119,16 +123,17 @@ def make_class_concepts(
         num_concepts: int,
         concepts_per_class: int,
         seed: int = 0,
-        siblings: Sequence[int] = (),
+        siblings: Sequence[Sequence[int]] = (),
 ) -> np.ndarray:
     """Distinct concept sets, one per class, covering every concept; deterministic for ``seed``.
 
     The concepts are first dealt out in a random order to ``ceil(K / k)`` covering sets (the last
     one topped up at random), the remaining classes get random further distinct ``k``-subsets.
-    With ``siblings`` (indices of a family of similar concepts, docs/METHOD.md "Which stage loses similar
-    concepts"), the classes come in sibling pairs instead: the same ``k - 1`` concepts plus one of two family members,
-    the pairs of members taken in turn (every pair once before any twice), so the labels ask for telling every two
-    members apart; the shared parts cover every other concept first.
+    With ``siblings`` (families of similar concepts, each a sequence of concept indices; docs/METHOD.md "Which stage
+    loses similar concepts"), the classes come in sibling pairs instead: the same ``k - 1`` concepts plus one of two
+    members of a family, the pairs of members of all families taken in turn (every pair once before any twice), so the
+    labels ask for telling every two members apart; the shared parts take the concepts used least so far (ties at random), so every concept is shared
+    by about as many classes as any other, in varying company.
     Returns a ``(num_classes, num_concepts)`` bool array with ``concepts_per_class`` per row.
     """
     if not 1 <= concepts_per_class <= num_concepts:
@@ -144,7 +149,7 @@ def make_class_concepts(
             f'{num_classes} classes x {concepts_per_class} concepts cannot use all {num_concepts} concepts; '
             f'use fewer concepts or more classes.')
     if siblings:
-        return _sibling_classes(num_classes, num_concepts, concepts_per_class, tuple(siblings), seed)
+        return _sibling_classes(num_classes, num_concepts, concepts_per_class, [tuple(f) for f in siblings], seed)
     rng = np.random.default_rng([seed, 7919])
     chosen: List[frozenset] = []
     order = rng.permutation(num_concepts)
@@ -165,32 +170,36 @@ def make_class_concepts(
     return class_concepts
 
 
-def _sibling_classes(num_classes: int, num_concepts: int, k: int, family: Tuple[int, ...], seed: int) -> np.ndarray:
+def _sibling_classes(num_classes: int, num_concepts: int, k: int, families: List[Tuple[int, ...]], seed: int
+                     ) -> np.ndarray:
     """The sibling-pair classes of :func:`make_class_concepts` (``siblings``)."""
-    if len(set(family)) < 2 or not all(0 <= f < num_concepts for f in family):
-        raise ValueError(f'siblings needs two or more distinct concepts among the {num_concepts}, got {list(family)}.')
+    for family in families:
+        if len(set(family)) < 2 or not all(0 <= f < num_concepts for f in family):
+            raise ValueError(f'siblings: every family needs two or more distinct concepts among the {num_concepts}, '
+                             f'got {list(family)}.')
     if k < 2 or num_classes % 2:
         raise ValueError(f'sibling classes need concepts_per_class >= 2 and an even num_classes '
                          f'(got {k} and {num_classes}).')
     rng = np.random.default_rng([seed, 7919, 2])
-    pairs = [(a, b) for i, a in enumerate(family) for b in family[i + 1:]]
+    pairs = sorted({(min(a, b), max(a, b)) for family in families for i, a in enumerate(family) for b in family[i + 1:]})
     pairs = [pairs[i] for i in rng.permutation(len(pairs))]
-    others = [c for c in range(num_concepts) if c not in family]
-    uncovered = [others[i] for i in rng.permutation(len(others))]
+    used = np.zeros(num_concepts)
     chosen: List[frozenset] = []
     for i in range(num_classes // 2):
         a, b = pairs[i % len(pairs)]
-        for _ in range(1000):
-            shared = set(uncovered[:k - 1])
-            pool = [c for c in range(num_concepts) if c not in (a, b) and c not in shared]
-            shared |= set(rng.choice(pool, k - 1 - len(shared), replace=False).tolist())
+        used[[a, b]] += 1
+        pool = np.array([c for c in range(num_concepts) if c not in (a, b)])
+        for attempt in range(1000):
+            # the least used concepts first, ties at random (and more freely after a clash with an earlier pair)
+            score = used[pool] + rng.random(len(pool)) * (0.99 + attempt / 2)
+            shared = set(pool[np.argsort(score, kind='stable')[:k - 1]].tolist())
             twins = (frozenset(shared | {a}), frozenset(shared | {b}))
             if not set(twins) & set(chosen):
                 break
         else:
             raise ValueError(f'{num_classes} sibling classes of {k} out of {num_concepts} concepts do not exist; '
                              f'use fewer classes or more concepts.')
-        uncovered = [c for c in uncovered if c not in shared]
+        used[sorted(shared)] += 2
         chosen.extend(twins)
     class_concepts = np.zeros((num_classes, num_concepts), dtype=bool)
     for c, group in enumerate(chosen):
@@ -357,9 +366,16 @@ CONCEPT_PRESETS: Dict[str, Dict[str, Any]] = {
     'clutter': dict(distractors=2, rotation=45.0, scale=(0.16, 0.34)),
     # three concept pairs co-occur in 90 % of the training images that hold one of them (never in validation)
     'shortcut': dict(shortcut=0.9, shortcut_pairs=3),
-    # 16 concepts with the seven similar outlines, 4 per class, in sibling classes that differ only in two outlines
-    # (the recovery target of docs/METHOD.md, "Which stage loses similar concepts")
+    # 16 concepts with the seven similar outlines (hexagon, octagon and ring differ by a pixel or two at 64 px), 4 per
+    # class, in sibling classes that differ only in two outlines
     'hard': dict(concepts=_HARD_CONCEPTS, concepts_per_class=4, siblings='outlines'),
+    # the recovery target (docs/METHOD.md, "Which stage loses similar concepts"): 16 concepts in four families of
+    # similar shapes (filled, outlined, stripes, crosses) and three more, 4 per class, 96 classes in sibling pairs that
+    # differ in two members of a family: twice the images per concept of the 48-class presets
+    'similar': dict(concepts=('disk', 'square', 'triangle', 'diamond', 'square_outline', 'ring', 'triangle_outline',
+                              'diamond_outline', 'horizontal_stripes', 'vertical_stripes', 'diagonal_stripes', 'plus',
+                              'x_cross', 'checker', 'dot_cluster', 'bullseye'),
+                    concepts_per_class=4, siblings=('filled', 'outlines', 'stripes', 'crosses'), num_classes=96),
     # everything at once: hard's concepts, a distractor, rotation, a smaller scale, shortcuts
     'hardest': dict(concepts=_HARD_CONCEPTS, concepts_per_class=4, distractors=1, rotation=30.0, scale=(0.16, 0.3),
                     shortcut=0.8, shortcut_pairs=2),
@@ -397,13 +413,15 @@ def concept_settings(preset: str = 'default', **overrides) -> Dict[str, Any]:
     if not 0 <= settings['shortcut'] <= 1:
         raise ValueError(f'shortcut={settings["shortcut"]} must be a probability in [0, 1].')
     if settings['siblings']:
-        family = SHAPE_FAMILIES.get(settings['siblings'])
-        if family is None:
-            raise ValueError(f'siblings={settings["siblings"]!r} must name a family of SHAPE_FAMILIES '
-                             f'{sorted(SHAPE_FAMILIES)}.')
-        if len(set(family) & set(settings['concepts'])) < 2:
-            raise ValueError(f'siblings={settings["siblings"]!r}: fewer than two of its shapes {list(family)} are '
-                             f'concepts; add them with concepts=[...].')
+        names = settings['siblings']
+        settings['siblings'] = names = (names,) if isinstance(names, str) else tuple(names)
+        for name in names:
+            family = SHAPE_FAMILIES.get(name)
+            if family is None:
+                raise ValueError(f'siblings={name!r} must name a family of SHAPE_FAMILIES {sorted(SHAPE_FAMILIES)}.')
+            if len(set(family) & set(settings['concepts'])) < 2:
+                raise ValueError(f'siblings={name!r}: fewer than two of its shapes {list(family)} are concepts; add '
+                                 f'them with concepts=[...].')
     if settings['shortcut'] and not 1 <= settings['shortcut_pairs'] <= num_concepts // 2:
         raise ValueError(f'shortcut_pairs={settings["shortcut_pairs"]} must lie in [1, {num_concepts // 2}] '
                          f'(disjoint pairs of the {num_concepts} concepts).')
@@ -436,8 +454,8 @@ class ConceptsDataset(Dataset):
         distractors: shapes per image that are no concept (drawn from the rest of ``CONCEPT_VOCABULARY``).
         shortcut: in the training split, each of ``shortcut_pairs`` concept pairs co-occurs with this probability
             where the class holds only one of the pair (the shortcut; validation images never show it).
-        siblings: a family of ``SHAPE_FAMILIES`` (``'outlines'``; False: none): the classes come in pairs that differ
-            only in two of its members (:func:`make_class_concepts`), so the labels ask for telling them apart.
+        siblings: a family of ``SHAPE_FAMILIES`` or a list of them (``'outlines'``; False: none): the classes come in
+            pairs that differ only in two members of a family (:func:`make_class_concepts`), so the labels ask for telling them apart.
         masks: samples are ``(image, target, masks)``, ``masks`` ``(K, H, W)`` bool of every concept as the
             image shows it (:meth:`concept_masks`, through the transform's geometry); off by default (speed).
         transform: applied to the PIL image in ``__getitem__``.
@@ -469,7 +487,7 @@ class ConceptsDataset(Dataset):
             distractors: Optional[int] = None,
             shortcut: Optional[float] = None,
             shortcut_pairs: Optional[int] = None,
-            siblings: Optional[str] = None,
+            siblings: Union[None, str, Sequence[str]] = None,
             masks: bool = False,
     ):
         split_id = 0 if is_train_split(split) else 1
@@ -494,8 +512,8 @@ class ConceptsDataset(Dataset):
         self.target_transform = target_transform
         self.concept_names: List[str] = list(settings['concepts'])
         num_concepts = len(self.concept_names)
-        family = SHAPE_FAMILIES[settings['siblings']] if settings['siblings'] else ()
-        siblings = [self.concept_names.index(n) for n in family if n in self.concept_names]
+        siblings = [[self.concept_names.index(n) for n in SHAPE_FAMILIES[name] if n in self.concept_names]
+                    for name in settings['siblings'] or ()]
         self.class_concepts = make_class_concepts(num_classes, num_concepts, settings['concepts_per_class'], seed,
                                                   siblings)
         self.classes: List[str] = [
