@@ -1,5 +1,6 @@
 """Does the QPM recover the planted concepts when they get harder? The README's main command on every named preset
-of the concepts dataset (``CONCEPT_PRESETS``: default, many, outlines, clutter, shortcut, hard, hardest), over seeds.
+of the concepts dataset (``CONCEPT_PRESETS``: default, many, outlines, clutter, shortcut, hard, similar, hardest),
+over seeds.
 
 For every preset and seed: ``train.py -c qpm_timm/configs/concepts.yaml --dataset-args "{preset: P}" --seed S``
 (the embedded default's recipe, with ``--n-features`` / ``--n-per-class`` set to the preset's number of concepts and
@@ -9,10 +10,15 @@ feature grounding; docs/METHOD.md, "Interpretability metrics" and "Explanation m
 
     <preset>  top-1 mean T % (min t)  recovery median R (min r)  over N seeds
 
-The full sweep is 7 presets x 3 seeds of the 2-4 minute default run (about 40 minutes on 2 idle cores as two
+The full sweep is 8 presets x 3 seeds of the 2-4 minute default run (about 50 minutes on 2 idle cores as two
 one-thread processes, each with its own presets and ``OMP_NUM_THREADS=1``; ``benchmarks/RESULTS.md``):
 
     python benchmarks/concepts_presets.py --seeds 0 1 2 --output /tmp/presets
+
+``similar`` (96 classes) is the recovery target with 35 dense epochs (docs/METHOD.md, "What the dense stage needs:
+images per concept"), about 9 minutes a run as one of two one-thread processes:
+
+    python benchmarks/concepts_presets.py --presets similar --seeds 0 1 2 -- --epochs 35
 
 ``--tiny`` trains one epoch at 32 px on 6 classes of 6 images (a smoke test of the sweep, numbers meaningless);
 arguments after ``--`` go to every train.py call.

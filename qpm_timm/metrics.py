@@ -27,8 +27,8 @@ from sklearn.mixture import GaussianMixture
 __all__ = [
     "sid_at_k", "class_independence", "contrastiveness", "gaussian_mixture_components", "gaussian_mixture_overlaps",
     "feature_correlation", "structural_grounding", "ConceptRecovery", "concept_recovery", "annotation_correlation",
-    "match_features", "concept_detectors", "dilate_masks", "plausibility", "grounding_sums", "feature_grounding", "peak_windows",
-    "blank_windows", "cosine_similarity",
+    "match_features", "concept_detectors", "dilate_masks", "plausibility", "grounding_sums", "feature_grounding",
+    "peak_windows", "blank_windows", "cosine_similarity",
 ]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]

@@ -82,7 +82,8 @@ def test_presets_turn_the_declared_knobs():
     assert np.array_equal(clutter.concept_presence, clutter.class_concepts[clutter.targets])
     assert (clutter.placements[..., 4] != 0).mean() > 0.9  # turned
     similar = ConceptsDataset('val', preset='similar', images_per_class=1)
-    assert len(similar.classes) == 96 and len(similar.concept_names) == 16 and (similar.class_concepts.sum(1) == 4).all()
+    assert len(similar.classes) == 96 and len(similar.concept_names) == 16
+    assert (similar.class_concepts.sum(1) == 4).all()
     assert {n for f in ('filled', 'stripes') for n in SHAPE_FAMILIES[f]} <= set(similar.concept_names)
     override = ConceptsDataset('val', preset='hardest', num_concepts=8, concepts_per_class=2, **SMALL)
     assert override.concept_names == list(hard.concept_names[:8])

@@ -6,12 +6,15 @@
   silently lose them. It takes a few minutes on 2 CPU cores: the slowest test of the suite, run by CI as well.
 * The section "Make a QPM from your own timm model" is executed as written.
 * The Models table is the one generated from the variant table.
+* The stage diagnosis the README names (``benchmarks/concept_stages.py``) reads the main command's run.
 """
 import re
 from pathlib import Path
 
 import timm
 import torch
+
+from scripts import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / 'README.md').read_text()
@@ -32,6 +35,21 @@ def test_readme_main_command_reaches_the_claimed_accuracy_and_concept_recovery(e
     results = embedded_default.results
     assert results['top1'] >= 99.0 and results['concept_recovery'] >= 0.97, results
     assert 'concept recovery' in embedded_default.stdout.splitlines()[-1]
+
+
+def test_stage_diagnosis_finds_a_selected_feature_for_every_concept_of_the_embedded_default(embedded_default, capsys):
+    assert 'benchmarks/concept_stages.py' in README
+    assert run_script('benchmarks/concept_stages.py', [embedded_default.folder]) == 0
+    out = capsys.readouterr().out
+    from qpm_timm.data.concepts import ConceptsDataset
+    names = ConceptsDataset('val', images_per_class=1).concept_names
+    rows = re.findall(r'^(\w+)\s+\d+\s+([\d.]+)  (.*)$', out, re.M)
+    assert [r[0] for r in rows] == names and all(r[2] != '-' for r in rows), out  # a selected feature for each
+    assert re.search(r'^concepts the selection covers: 12 of 12$', out, re.M), out
+    wrong = re.search(r'^wrong class -> concept entries: (\d+) of 576$', out, re.M)
+    assert wrong and int(wrong[1]) <= 8, out  # recovery >= 0.97 leaves a few wrong entries at most
+    detectors = re.search(r'^dense detectors \(r >= 0\.9\): (\d+) of 12$', out, re.M)
+    assert detectors and int(detectors[1]) == sum(float(r[1]) >= 0.9 for r in rows), out
 
 
 def test_readme_make_a_qpm_from_your_own_timm_model_runs_as_written(tmp_path, monkeypatch):

@@ -132,8 +132,8 @@ def make_class_concepts(
     With ``siblings`` (families of similar concepts, each a sequence of concept indices; docs/METHOD.md "Which stage
     loses similar concepts"), the classes come in sibling pairs instead: the same ``k - 1`` concepts plus one of two
     members of a family, the pairs of members of all families taken in turn (every pair once before any twice), so the
-    labels ask for telling every two members apart; the shared parts take the concepts used least so far (ties at random), so every concept is shared
-    by about as many classes as any other, in varying company.
+    labels ask for telling every two members apart; the shared parts take the concepts used least so far (ties at
+    random), so every concept is shared by about as many classes as any other, in varying company.
     Returns a ``(num_classes, num_concepts)`` bool array with ``concepts_per_class`` per row.
     """
     if not 1 <= concepts_per_class <= num_concepts:
@@ -181,7 +181,8 @@ def _sibling_classes(num_classes: int, num_concepts: int, k: int, families: List
         raise ValueError(f'sibling classes need concepts_per_class >= 2 and an even num_classes '
                          f'(got {k} and {num_classes}).')
     rng = np.random.default_rng([seed, 7919, 2])
-    pairs = sorted({(min(a, b), max(a, b)) for family in families for i, a in enumerate(family) for b in family[i + 1:]})
+    pairs = sorted({(min(a, b), max(a, b)) for family in families
+                    for i, a in enumerate(family) for b in family[i + 1:]})
     pairs = [pairs[i] for i in rng.permutation(len(pairs))]
     used = np.zeros(num_concepts)
     chosen: List[frozenset] = []
@@ -455,7 +456,8 @@ class ConceptsDataset(Dataset):
         shortcut: in the training split, each of ``shortcut_pairs`` concept pairs co-occurs with this probability
             where the class holds only one of the pair (the shortcut; validation images never show it).
         siblings: a family of ``SHAPE_FAMILIES`` or a list of them (``'outlines'``; False: none): the classes come in
-            pairs that differ only in two members of a family (:func:`make_class_concepts`), so the labels ask for telling them apart.
+            pairs that differ only in two members of a family (:func:`make_class_concepts`), so the labels ask for
+            telling them apart.
         masks: samples are ``(image, target, masks)``, ``masks`` ``(K, H, W)`` bool of every concept as the
             image shows it (:meth:`concept_masks`, through the transform's geometry); off by default (speed).
         transform: applied to the PIL image in ``__getitem__``.
