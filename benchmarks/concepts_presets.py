@@ -15,10 +15,11 @@ one-thread processes, each with its own presets and ``OMP_NUM_THREADS=1``; ``ben
 
     python benchmarks/concepts_presets.py --seeds 0 1 2 --output /tmp/presets
 
-``similar`` (96 classes) is the recovery target with 35 dense epochs (docs/METHOD.md, "What the dense stage needs:
-images per concept"), about 9 minutes a run as one of two one-thread processes:
+``similar`` (96 classes, the recovery target of docs/METHOD.md, "What the dense stage needs: images per concept")
+takes about 8 minutes a run as one of two one-thread processes; its second row in ``benchmarks/RESULTS.md`` adds
+``-- --epochs 35``:
 
-    python benchmarks/concepts_presets.py --presets similar --seeds 0 1 2 -- --epochs 35
+    python benchmarks/concepts_presets.py --presets similar --seeds 0 1 2
 
 ``--tiny`` trains one epoch at 32 px on 6 classes of 6 images (a smoke test of the sweep, numbers meaningless);
 arguments after ``--`` go to every train.py call.
