@@ -24,19 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from qpm_timm.data.concepts import ConceptsDataset  # noqa: E402
-from qpm_timm.metrics import concept_detectors, match_features  # noqa: E402
+from qpm_timm.fit import solvable_channels  # noqa: E402
+from qpm_timm.metrics import concept_detectors, learned_concepts, match_features  # noqa: E402
 from qpm_timm.stats import QPMStatistics  # noqa: E402
 
 DETECTOR_R = 0.9
-
-
-def wrong_entries(assignment: np.ndarray, feature_concept: np.ndarray, class_concepts: np.ndarray) -> np.ndarray:
-    """``(C, K)`` bool: where the class -> concept structure that ``assignment`` (C, F') gives, each feature read as
-    concept ``feature_concept[f]``, differs from the planted ``class_concepts``."""
-    learned = np.zeros_like(class_concepts)
-    for c, row in enumerate(assignment.astype(bool)):
-        learned[c, feature_concept[row]] = True
-    return learned != class_concepts
 
 
 def main(argv=None) -> int:
@@ -55,7 +47,7 @@ def main(argv=None) -> int:
     truth, names = data.class_concepts, data.concept_names
     stats = QPMStatistics.load(args.run / 'statistics.npz')
     solution = json.loads((args.run / 'solution.json').read_text())
-    channels = np.flatnonzero(stats.std > 0)[np.asarray(solution['selected'])]  # as fit.apply_solution
+    channels = solvable_channels(stats)[np.asarray(solution['selected'])]  # the QPM's features, as fit_qpm
     assignment = np.asarray(solution['assignment'], dtype=bool)
 
     best, r = concept_detectors(stats.A, truth)
@@ -64,13 +56,13 @@ def main(argv=None) -> int:
     for k, name in enumerate(names):
         kept = ', '.join(f'{channels[i]} ({read_r[i]:.2f})' for i in np.flatnonzero(read_as == k))
         print(f'{name:<20} {best[k]:>12d} {r[k]:>6.3f}  {kept or "-"}')
-    wrong = wrong_entries(assignment, read_as, truth)
+    wrong = learned_concepts(assignment, read_as, len(names)) != truth
     per_class = int(assignment.sum(1).max())
     top = np.argsort(-stats.A[best].T, axis=1, kind='stable')[:, :per_class]
     allowed = np.zeros_like(truth)
     np.put_along_axis(allowed, top, True, axis=1)
     print(f'dense detectors (r >= {DETECTOR_R}): {int((r >= DETECTOR_R).sum())} of {len(names)}')
-    print(f'concepts the selection covers: {len(set(read_as.tolist()))} of {len(names)}')
+    print(f'concepts the selection covers: {len(set(read_as[read_as >= 0].tolist()))} of {len(names)}')
     print(f'wrong class -> concept entries: {int(wrong.sum())} of {truth.size}')
     print(f'best channel of every concept, each class its top A: {int((allowed != truth).sum())} wrong')
     return 0

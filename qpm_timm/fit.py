@@ -24,7 +24,7 @@ from .solver import QPMProblem, QPMSolution, closest_class_pairs, solve_qpm
 from .stats import QPMStatistics, collect_statistics
 from .timing import timed
 
-__all__ = ['QPMFit', 'fit_qpm', 'problem_from_statistics', 'apply_solution']
+__all__ = ['QPMFit', 'fit_qpm', 'solvable_channels', 'problem_from_statistics', 'apply_solution']
 
 _logger = logging.getLogger(__name__)
 
@@ -45,6 +45,12 @@ class QPMFit:
         return self.channels[self.solution.selected]
 
 
+def solvable_channels(statistics: QPMStatistics) -> np.ndarray:
+    """The channels the problem is solved over, the features of :func:`problem_from_statistics` in order: the
+    non-constant ones (a constant feature, std 0, cannot be normalised by the QPM head)."""
+    return np.flatnonzero(statistics.std > 0)
+
+
 def problem_from_statistics(statistics: QPMStatistics, n_features: int, n_per_class: int,
                             locality: bool = True, rho: float = 0.0, pairs: Optional[Sequence] = None,
                             idealize: bool = False) -> Tuple[QPMProblem, np.ndarray]:
@@ -54,10 +60,10 @@ def problem_from_statistics(statistics: QPMStatistics, n_features: int, n_per_cl
     over all features (:func:`~qpm_timm.solver.closest_class_pairs`), ``pairs`` forces the given ones, ``idealize``
     adds the idealising step.
 
-    A constant feature (std 0) cannot be normalised by the QPM head, so it is left out; returns the problem and
-    the channel of each of its features.
+    Constant features are left out (:func:`solvable_channels`); returns the problem and the channel of each of its
+    features.
     """
-    channels = np.flatnonzero(statistics.std > 0)
+    channels = solvable_channels(statistics)
     if rho > 0:
         pairs = closest_class_pairs(statistics.A, rho)
     problem = QPMProblem(statistics.A[channels], B=statistics.B[channels] if locality else None,

@@ -27,8 +27,8 @@ from sklearn.mixture import GaussianMixture
 __all__ = [
     "sid_at_k", "class_independence", "contrastiveness", "gaussian_mixture_components", "gaussian_mixture_overlaps",
     "feature_correlation", "structural_grounding", "ConceptRecovery", "concept_recovery", "annotation_correlation",
-    "match_features", "concept_detectors", "dilate_masks", "plausibility", "grounding_sums", "feature_grounding",
-    "peak_windows", "blank_windows", "cosine_similarity",
+    "match_features", "concept_detectors", "learned_concepts", "dilate_masks", "plausibility", "grounding_sums",
+    "feature_grounding", "peak_windows", "blank_windows", "cosine_similarity",
 ]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
@@ -372,6 +372,19 @@ def concept_detectors(A: ArrayLike, class_concepts: ArrayLike) -> Tuple[np.ndarr
     return channel, corr[channel, np.arange(corr.shape[1])]
 
 
+def learned_concepts(assignment: ArrayLike, matching: ArrayLike, num_concepts: int) -> np.ndarray:
+    """``(C, K)`` bool: the class → concept pairs a binary ``assignment`` (C, F') gives when feature ``f`` stands for
+    concept ``matching[f]`` (-1: for none, as :func:`match_features` leaves an unmatched feature)."""
+    w = _as_bool(assignment, "assignment", 2)
+    matching = np.asarray(matching, dtype=np.int64)
+    if matching.shape != (w.shape[1],):
+        raise ValueError(f"matching must hold one concept per feature ({w.shape[1]}), got shape {matching.shape}")
+    feature_concept = np.zeros((len(matching), num_concepts), dtype=np.int64)
+    matched = matching >= 0
+    feature_concept[np.flatnonzero(matched), matching[matched]] = 1
+    return (w.astype(np.int64) @ feature_concept) > 0
+
+
 def concept_recovery(
         pooled: ArrayLike,
         concept_presence: ArrayLike,
@@ -417,10 +430,7 @@ def concept_recovery(
         raise ValueError("class_concepts is all False: there is no planted structure to recover")
     matching, best = match_features(x, presence)
 
-    feature_concept = np.zeros((f, gt.shape[1]), dtype=bool)
-    matched = matching >= 0
-    feature_concept[np.flatnonzero(matched), matching[matched]] = True
-    learned = (w.astype(np.int64) @ feature_concept.astype(np.int64)) > 0  # (C, K)
+    learned = learned_concepts(w, matching, gt.shape[1])
     hits = int((learned & gt).sum())
     union = int((learned | gt).sum())
     n_learned = int(learned.sum())

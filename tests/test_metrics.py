@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qpm_timm.metrics import (
-    class_independence, concept_detectors, concept_recovery, contrastiveness, feature_correlation,
+    class_independence, concept_detectors, concept_recovery, contrastiveness, feature_correlation, learned_concepts,
     gaussian_mixture_overlaps, sid_at_k, structural_grounding,
 )
 
@@ -286,6 +286,14 @@ def test_concept_detectors_find_the_channel_whose_class_profile_is_the_concept()
     assert channel[1] == 2 and r[1] < 0.6  # concept 1 has no detector: its best channel is the mix
     with pytest.raises(ValueError, match="6 classes but A has 5 columns"):
         concept_detectors(A[:, :5], class_concepts)
+
+
+def test_learned_concepts_reads_each_assigned_feature_as_its_concept_and_skips_unmatched_ones():
+    assignment = np.array([[1, 1, 0], [0, 1, 1]], dtype=bool)  # 2 classes, 3 features
+    learned = learned_concepts(assignment, np.array([2, 0, -1]), 3)  # feature 2 stands for no concept
+    assert learned.tolist() == [[True, False, True], [True, False, False]]
+    with pytest.raises(ValueError, match="one concept per feature"):
+        learned_concepts(assignment, np.array([0, 1]), 3)
 
 
 def test_concept_recovery_leaves_a_constant_feature_unmatched():
