@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     if run_args.get('dataset') != 'concepts':
         p.error(f'{args.run} is a run on {run_args.get("dataset")!r}; the stages need the planted concepts '
                 f'(--dataset concepts).')
-    data = ConceptsDataset('val', images_per_class=1, **(run_args.get('dataset_args') or {}))
+    data = ConceptsDataset('val', **{**(run_args.get('dataset_args') or {}), 'images_per_class': 1})  # classes only
     truth, names = data.class_concepts, data.concept_names
     stats = QPMStatistics.load(args.run / 'statistics.npz')
     solution = json.loads((args.run / 'solution.json').read_text())

@@ -10,16 +10,17 @@ feature grounding; docs/METHOD.md, "Interpretability metrics" and "Explanation m
 
     <preset>  top-1 mean T % (min t)  recovery median R (min r)  over N seeds
 
-The full sweep is 8 presets x 3 seeds of the 2-4 minute default run (about 50 minutes on 2 idle cores as two
+The full sweep is 8 presets x 3 seeds of the 2-4 minute default run (about an hour on 2 idle cores as two
 one-thread processes, each with its own presets and ``OMP_NUM_THREADS=1``; ``benchmarks/RESULTS.md``):
 
     python benchmarks/concepts_presets.py --seeds 0 1 2 --output /tmp/presets
 
-``similar`` (96 classes, the recovery target of docs/METHOD.md, "What the dense stage needs: images per concept")
-takes about 8 minutes a run as one of two one-thread processes; its second row in ``benchmarks/RESULTS.md`` adds
-``-- --epochs 35``:
+``similar`` (96 classes of 150 training images, the recovery target of docs/METHOD.md, "What the dense stage needs:
+images per concept") takes about 10 minutes a run as one of two one-thread processes; its rows at 100 images per
+class in ``benchmarks/RESULTS.md`` add ``--dataset-args "{preset: similar, images_per_class: 100}"`` (through
+``--``; train.py's own validation then has 100 per class too, the printed numbers are validate.py's on 25):
 
-    python benchmarks/concepts_presets.py --presets similar --seeds 0 1 2
+    python benchmarks/concepts_presets.py --presets similar --seeds 0 1 2 3
 
 ``--tiny`` trains one epoch at 32 px on 6 classes of 6 images (a smoke test of the sweep, numbers meaningless);
 arguments after ``--`` go to every train.py call.

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from qpm_timm.data import CONCEPT_VOCABULARY, ConceptsDataset, create_qpm_transform
-from qpm_timm.data.concepts import CONCEPT_PRESETS, SHAPE_FAMILIES, make_class_concepts, make_shortcut_pairs
+from qpm_timm.data.concepts import (CONCEPT_PRESETS, SHAPE_FAMILIES, concept_settings, make_class_concepts,
+                                    make_shortcut_pairs)
 
 from scripts import run_script
 
@@ -154,6 +155,18 @@ def test_every_preset_builds_a_valid_split():
     for preset in CONCEPT_PRESETS:
         ds = ConceptsDataset('val', preset=preset, images_per_class=1)
         assert len(ds) == (96 if preset == 'similar' else 48) and ds.class_concepts.any(0).all()
+
+
+def test_similar_preset_trains_on_150_images_per_class_and_validates_on_25():
+    """The recovery target's preset sees 3600 training images per concept (docs/METHOD.md, "What the dense stage
+    needs: images per concept"); the other presets keep 100, every validation split 25; images_per_class overrides."""
+    few = dict(num_classes=4, siblings=False)  # four classes cover the 16 concepts: quick to draw
+    assert len(ConceptsDataset('train', preset='similar', **few)) == 4 * 150
+    assert len(ConceptsDataset('val', preset='similar', **few)) == 4 * 25
+    assert len(ConceptsDataset('train', preset='hard', **few)) == 4 * 100
+    assert len(ConceptsDataset('train', preset='similar', images_per_class=3, **few)) == 4 * 3
+    with pytest.raises(ValueError, match='train_images_per_class'):
+        concept_settings('default', train_images_per_class=0)
 
 
 def test_preset_sweep_benchmark_prints_every_run_and_the_per_preset_summary(tmp_path, capsys):

@@ -9,10 +9,12 @@
 * The stage diagnosis the README names (``benchmarks/concept_stages.py``) reads the main command's run.
 """
 import re
+import shutil
 from pathlib import Path
 
 import timm
 import torch
+import yaml
 
 from scripts import run_script
 
@@ -50,6 +52,20 @@ def test_stage_diagnosis_finds_a_selected_feature_for_every_concept_of_the_embed
     assert wrong and int(wrong[1]) <= 8, out  # recovery >= 0.97 leaves a few wrong entries at most
     detectors = re.search(r'^dense detectors \(r >= 0\.9\): (\d+) of 12$', out, re.M)
     assert detectors and int(detectors[1]) == sum(float(r[1]) >= 0.9 for r in rows), out
+
+
+def test_stage_diagnosis_reads_a_run_whose_dataset_args_set_the_images_per_class(embedded_default, tmp_path, capsys):
+    """A run trained with ``--dataset-args "{images_per_class: N}"`` has the same classes: the same diagnosis."""
+    run = Path(embedded_default.folder)
+    for name in ('statistics.npz', 'solution.json'):
+        shutil.copy(run / name, tmp_path / name)
+    args = yaml.safe_load((run / 'args.yaml').read_text())
+    args['dataset_args'] = {**(args.get('dataset_args') or {}), 'images_per_class': 7}
+    (tmp_path / 'args.yaml').write_text(yaml.safe_dump(args))
+    assert run_script('benchmarks/concept_stages.py', [run]) == 0
+    expected = capsys.readouterr().out
+    assert run_script('benchmarks/concept_stages.py', [tmp_path]) == 0
+    assert capsys.readouterr().out == expected
 
 
 def test_readme_make_a_qpm_from_your_own_timm_model_runs_as_written(tmp_path, monkeypatch):

@@ -51,7 +51,7 @@ CONCEPTS_STD = (0.155, 0.155, 0.155)
 CONCEPTS_NUM_CLASSES = 48
 CONCEPTS_IMG_SIZE = 64
 
-_DEFAULT_IMAGES_PER_CLASS = {0: 100, 1: 25}
+_VAL_IMAGES_PER_CLASS = 25  # the training split's number is a knob of the presets (train_images_per_class)
 
 
 # ---- the vocabulary: masks on centred box coordinates u (rows), v (cols) in [-0.5, 0.5) ----
@@ -352,7 +352,8 @@ def generate_concept_images(
 
 _BASE_SETTINGS: Dict[str, Any] = dict(
     num_concepts=None, num_classes=CONCEPTS_NUM_CLASSES, concepts_per_class=3, img_size=CONCEPTS_IMG_SIZE,
-    concepts=None, scale=(0.2, 0.36), rotation=0.0, distractors=0, shortcut=0.0, shortcut_pairs=2, siblings=None)
+    concepts=None, scale=(0.2, 0.36), rotation=0.0, distractors=0, shortcut=0.0, shortcut_pairs=2, siblings=None,
+    train_images_per_class=100)
 _HARD_CONCEPTS = SHAPE_FAMILIES['outlines'] + ('disk', 'square', 'plus', 'x_cross', 'horizontal_stripes',
                                                'vertical_stripes', 'checker', 'dot_cluster', 'bullseye')
 CONCEPT_PRESETS: Dict[str, Dict[str, Any]] = {
@@ -372,11 +373,13 @@ CONCEPT_PRESETS: Dict[str, Dict[str, Any]] = {
     'hard': dict(concepts=_HARD_CONCEPTS, concepts_per_class=4, siblings='outlines'),
     # the recovery target (docs/METHOD.md, "Which stage loses similar concepts"): 16 concepts in four families of
     # similar shapes (filled, outlined, stripes, crosses) and three more, 4 per class, 96 classes in sibling pairs that
-    # differ in two members of a family: twice the images per concept of the 48-class presets
+    # differ in two members of a family, 150 training images per class: three times the images per concept of the
+    # 48-class presets (docs/METHOD.md, "What the dense stage needs: images per concept")
     'similar': dict(concepts=('disk', 'square', 'triangle', 'diamond', 'square_outline', 'ring', 'triangle_outline',
                               'diamond_outline', 'horizontal_stripes', 'vertical_stripes', 'diagonal_stripes', 'plus',
                               'x_cross', 'checker', 'dot_cluster', 'bullseye'),
-                    concepts_per_class=4, siblings=('filled', 'outlines', 'stripes', 'crosses'), num_classes=96),
+                    concepts_per_class=4, siblings=('filled', 'outlines', 'stripes', 'crosses'), num_classes=96,
+                    train_images_per_class=150),
     # everything at once: hard's concepts, a distractor, rotation, a smaller scale, shortcuts
     'hardest': dict(concepts=_HARD_CONCEPTS, concepts_per_class=4, distractors=1, rotation=30.0, scale=(0.16, 0.3),
                     shortcut=0.8, shortcut_pairs=2),
@@ -407,6 +410,8 @@ def concept_settings(preset: str = 'default', **overrides) -> Dict[str, Any]:
                          '(fractions of the image side).')
     if not 0 <= settings['rotation'] <= 180:
         raise ValueError(f'rotation={settings["rotation"]} must lie in [0, 180] degrees.')
+    if settings['train_images_per_class'] < 1:
+        raise ValueError(f'train_images_per_class={settings["train_images_per_class"]} must be >= 1.')
     if settings['distractors'] < 0:
         raise ValueError(f'distractors={settings["distractors"]} must be >= 0.')
     if settings['distractors'] and not set(CONCEPT_VOCABULARY) - set(settings['concepts']):
@@ -447,7 +452,8 @@ class ConceptsDataset(Dataset):
         num_classes: number of classes C; each is a distinct set of concepts.
         concepts_per_class: k, concepts per class (all of them are drawn in every image).
         img_size: side of the square images in pixels.
-        images_per_class: images per class; default 100 for train, 25 for val.
+        images_per_class: images per class; default the preset's ``train_images_per_class`` (100; ``similar``: 150)
+            for train, 25 for val.
         seed: fixes the class definitions and every pixel.
         concepts: the concept shapes by name (e.g. a family of ``SHAPE_FAMILIES``).
         scale: (low, high) side of a shape's box as a fraction of the image side.
@@ -501,7 +507,7 @@ class ConceptsDataset(Dataset):
         if img_size < 16:
             raise ValueError(f'img_size={img_size} is too small to draw concepts; use >= 16.')
         if images_per_class is None:
-            images_per_class = _DEFAULT_IMAGES_PER_CLASS[split_id]
+            images_per_class = settings['train_images_per_class'] if split_id == 0 else _VAL_IMAGES_PER_CLASS
         if images_per_class < 1:
             raise ValueError(f'images_per_class={images_per_class} must be >= 1.')
         self.split = 'train' if split_id == 0 else 'val'
