@@ -17,6 +17,7 @@ from qpm_timm.data import create_qpm_loader, create_qpm_split
 from qpm_timm.models import load_weights
 
 from hub_server import hub_client_env
+from scripts import refused
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONE = 'test_resnet.r160_in1k'  # a tiny timm ResNet with a pretrained tag
@@ -167,6 +168,6 @@ def test_bad_backbones_checkpoints_and_data_exit_2_naming_the_problem_and_write_
     os.replace(tmp_path / 'qpm5' / 'model.safetensors', tmp_path / 'qpm5.safetensors')
     (tmp_path / 'empty' / 'train' / 'a').mkdir(parents=True)
     (tmp_path / 'empty' / 'val' / 'a').mkdir(parents=True)
-    proc = _run([*TINY, *map(str, make_args(tmp_path)), '--output', str(tmp_path / 'out'), '--experiment', 'x'])
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    code, err = refused('train.py', [*TINY, *make_args(tmp_path), '--output', tmp_path / 'out', '--experiment', 'x'])
+    assert code == 2 and message in err, err[-2000:]
     assert not (tmp_path / 'out' / 'x').exists()
