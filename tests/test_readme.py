@@ -16,6 +16,7 @@ import timm
 import torch
 import yaml
 
+from qpm_timm.data.concepts import ConceptsDataset
 from scripts import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,6 @@ def test_stage_diagnosis_finds_a_selected_feature_for_every_concept_of_the_embed
     assert 'benchmarks/concept_stages.py' in README
     assert run_script('benchmarks/concept_stages.py', [embedded_default.folder]) == 0
     out = capsys.readouterr().out
-    from qpm_timm.data.concepts import ConceptsDataset
     names = ConceptsDataset('val', images_per_class=1).concept_names
     rows = re.findall(r'^(\w+)\s+\d+\s+([\d.]+)  (.*)$', out, re.M)
     assert [r[0] for r in rows] == names and all(r[2] != '-' for r in rows), out  # a selected feature for each
@@ -56,7 +56,7 @@ def test_stage_diagnosis_finds_a_selected_feature_for_every_concept_of_the_embed
 
 def test_stage_diagnosis_reads_a_run_whose_dataset_args_set_the_images_per_class(embedded_default, tmp_path, capsys):
     """A run trained with ``--dataset-args "{images_per_class: N}"`` has the same classes: the same diagnosis."""
-    run = Path(embedded_default.folder)
+    run = embedded_default.folder
     for name in ('statistics.npz', 'solution.json'):
         shutil.copy(run / name, tmp_path / name)
     args = yaml.safe_load((run / 'args.yaml').read_text())
