@@ -192,6 +192,10 @@ def model_card(
             where_from = r.source + (f', {r.dataset}' if r.dataset else '') + (f' {r.split} split' if r.split else '')
             lines += [f'| {k} | {v} | {where_from} |' for k, v in r.metrics.items()]
         lines += ['']
+    precision = config.get('training', {}).get('precision')
+    if precision:  # train.py records the precision it resolved (qpm_timm.precision)
+        lines += ['## Training', '', f'Trained in {precision["name"]} ({precision["reason"]}) on {precision["device"]}: '
+                  f'{precision["hardware"]}.', '']
     for section in sections:
         lines += [section.rstrip(), '']
     lines += ['## Classes and their features', '']

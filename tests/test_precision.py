@@ -1,4 +1,5 @@
-"""``--amp`` means one precision, bfloat16 autocast, in every pass over data: a training step, the statistics,
+"""``--amp auto`` picks bfloat16 where the device runs it natively and float32 elsewhere (the rule, tested with the
+hardware mocked), and ``--amp`` means one precision, bfloat16 autocast, in every pass over data: a training step, the statistics,
 the feature cache, validation and the report's scan (qpm_timm/precision.py). Left to its default,
 ``torch.autocast`` picks float16 on CUDA, so a pass that called it without a dtype computed on a GPU in another
 precision than training; every autocast a pass enters is recorded here and must name bfloat16."""
@@ -6,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from torch.utils.data import TensorDataset
 
 import qpm_timm
@@ -14,10 +16,14 @@ from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.explain import scan_dataset
 from qpm_timm.losses import ActivationL1, FeatureDiversityLoss
 from qpm_timm.models.head import placeholder_assignment
-from qpm_timm.precision import AMP_DTYPE
+from qpm_timm import precision
+from qpm_timm.precision import AMP_DTYPE, autocast, resolve_precision
 from qpm_timm.run import evaluate
+from qpm_timm.run.args import resolve_args_precision
+from qpm_timm.run.experiment import restore_args
 from qpm_timm.run.training import WithFeatures, train_one_epoch
 from qpm_timm.stats import collect_statistics
+from scripts import refused
 
 CLASSES, FEATURES, PER_CLASS = 4, 4, 2
 
@@ -87,3 +93,98 @@ def test_without_amp_no_pass_autocasts(autocasts):
     collect_statistics(_model(), loader, CLASSES)
     evaluate(_model(), loader, 'cpu')
     assert autocasts == []
+
+
+# --- the rule of --amp auto, with the hardware mocked (never the machine the suite runs on) ------------------------
+@pytest.fixture
+def cpu_with(monkeypatch):
+    """Make the CPU report bf16 units or not (x86: AVX512-BF16 / AMX), without an ISA cap unless a test sets one."""
+    monkeypatch.delenv('ONEDNN_MAX_CPU_ISA', raising=False)
+    monkeypatch.delenv('DNNL_MAX_CPU_ISA', raising=False)
+    monkeypatch.setattr(precision.platform, 'machine', lambda: 'x86_64')
+
+    def set_units(avx512_bf16: bool, amx: bool = False):
+        monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: amx)
+    return set_units
+
+
+@pytest.mark.parametrize('avx512_bf16, amx', [(True, False), (False, True), (True, True)])
+def test_auto_picks_bfloat16_on_a_cpu_with_native_bf16_units(cpu_with, avx512_bf16, amx):
+    cpu_with(avx512_bf16, amx)
+    chosen = resolve_precision('auto', 'cpu')
+    assert chosen.amp and chosen.name == 'bfloat16' and chosen.requested == 'auto'
+    assert 'native bf16 kernels' in chosen.reason and ('AMX' if amx else 'AVX512-BF16') in chosen.hardware
+
+
+def test_auto_picks_float32_on_a_cpu_without_bf16_units(cpu_with):
+    cpu_with(False)
+    chosen = resolve_precision('auto', 'cpu')
+    assert not chosen.amp and chosen.name == 'float32' and 'no native bf16' in chosen.reason
+    assert 'no bf16 units' in chosen.hardware
+
+
+@pytest.mark.parametrize('cap, amp', [('AVX2', False), ('avx512_core', False), ('AVX512_CORE_VNNI', False),
+                                      ('AVX512_CORE_BF16', True), ('AVX512_CORE_AMX', True), ('ALL', True)])
+def test_onednn_isa_cap_below_bf16_makes_a_bf16_cpu_pick_float32(cpu_with, monkeypatch, cap, amp):
+    cpu_with(True, True)
+    monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', cap)
+    chosen = resolve_precision('auto', 'cpu')
+    assert chosen.amp is amp and f'ONEDNN_MAX_CPU_ISA={cap.upper()}' in chosen.hardware
+
+
+def test_the_older_dnnl_name_of_the_isa_cap_counts_too(cpu_with, monkeypatch):
+    cpu_with(True)
+    monkeypatch.setenv('DNNL_MAX_CPU_ISA', 'AVX2')
+    assert not resolve_precision('auto', 'cpu').amp
+
+
+@pytest.mark.parametrize('units', [True, False])
+def test_forced_flags_win_over_the_rule(cpu_with, units):
+    cpu_with(units)
+    on, off = resolve_precision(True, 'cpu'), resolve_precision(False, 'cpu')
+    assert on.amp and on.requested == 'on' and 'forced by --amp' in on.reason
+    assert not off.amp and off.requested == 'off' and 'forced by --no-amp' in off.reason
+    # forcing against the hardware says what the rule would have said
+    assert ('no native bf16' in on.reason) is (not units) and ('native bf16 kernels' in off.reason) is units
+
+
+@pytest.mark.parametrize('capability, supported, amp', [((8, 0), True, True), ((9, 0), True, True),
+                                                         ((7, 5), True, False), ((8, 6), False, False)])
+def test_auto_on_cuda_needs_bf16_tensor_cores(monkeypatch, capability, supported, amp):
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: supported)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'a GPU')
+    chosen = resolve_precision('auto', 'cuda')
+    assert chosen.amp is amp and chosen.device == 'cuda'
+    assert f'compute capability {capability[0]}.{capability[1]}' in chosen.hardware
+
+
+def test_auto_on_another_device_is_float32():
+    assert not resolve_precision('auto', 'meta').amp
+
+
+def test_an_unresolved_auto_cannot_enter_a_pass():
+    with pytest.raises(ValueError, match='resolve'):
+        autocast('cpu', 'auto')
+
+
+def test_a_config_amp_that_is_not_auto_true_or_false_is_refused(tmp_path):
+    config = tmp_path / 'bad.yaml'
+    config.write_text('amp: sometimes\n')
+    code, err = refused('train.py', ['-c', config, '--output', tmp_path / 'out'])
+    assert code == 2 and 'amp must be auto, true or false' in err and 'sometimes' in err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_the_resolved_precision_is_recorded_and_a_resumed_run_keeps_it(cpu_with, tmp_path, capsys):
+    cpu_with(True)  # a machine with bf16 units resumes a run that started in float32 on one without
+    args = SimpleNamespace(amp='auto', rank=0)
+    saved = SimpleNamespace(amp=False, rank=0)
+    chosen, text = resolve_args_precision(args, 'cpu', 'amp: auto\nseed: 0\n')
+    assert chosen.amp and args.amp is True and yaml.safe_load(text) == dict(amp=True, seed=0)
+    assert capsys.readouterr().out.count('precision: bfloat16') == 1
+    (tmp_path / 'args.yaml').write_text(yaml.safe_dump(dict(amp=False, seed=0)))
+    restore_args(saved, tmp_path)
+    kept, _ = resolve_args_precision(saved, 'cpu', resumed=True)
+    assert not kept.amp and 'kept from the resumed run' in kept.reason

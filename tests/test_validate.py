@@ -29,7 +29,9 @@ from scripts import ROOT, read_results, run_script
 NUM_CLASSES, N_FEATURES, N_PER_CLASS, IMG = 6, 8, 2, 48
 DATA_ARGS = {'images_per_class': 3, 'num_classes': NUM_CLASSES, 'img_size': IMG}
 DATA = ['--dataset-args', json.dumps(DATA_ARGS), '--img-size', str(IMG), '--workers', '0', '-b', '16']
-TIMM_FIELDS = ['model', 'top1', 'top1_err', 'top5', 'top5_err', 'param_count', 'img_size', 'crop_pct', 'interpolation']
+# timm's fields, then the precision the run resolved (qpm_timm/precision.py)
+TIMM_FIELDS = ['model', 'top1', 'top1_err', 'top5', 'top5_err', 'param_count', 'img_size', 'crop_pct', 'interpolation',
+               'precision']
 BASE_FIELDS = [f'sid@{N_PER_CLASS}', 'class_independence', 'contrastiveness', 'feature_correlation']
 QPM_FIELDS = BASE_FIELDS + ['concept_recovery', 'plausibility', 'feature_grounding']
 NOT_QPM = 'is not a QPM (solve and fine-tune it with train.py first)'

@@ -11,10 +11,11 @@ import torch
 import yaml
 from timm.utils import ParseKwargs
 
+from ..precision import AUTO, Precision, parse_amp, resolve_precision
 from .cli import UsageError
 
 __all__ = ['yaml_mapping', 'yaml_pairs', 'finetune_rounds', 'add_data_args', 'add_model_args', 'add_weights_args', 'add_device_args',
-           'parse_args_with_config']
+           'parse_args_with_config', 'resolve_args_precision']
 
 
 class KeyValues(ParseKwargs):
@@ -110,9 +111,12 @@ def add_device_args(parser: argparse.ArgumentParser, batch_size: int) -> argpars
     group = parser.add_argument_group('Device and precision')
     group.add_argument('-b', '--batch-size', type=int, default=batch_size, metavar='N')
     group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    group.add_argument('--amp', action=argparse.BooleanOptionalAction, default=False,
-                       help='bfloat16 autocast in every pass: training, statistics, cache, validation, report')
-    group.add_argument('--channels-last', action='store_true', default=False, help='channels-last images')
+    group.add_argument('--amp', action=argparse.BooleanOptionalAction, default=AUTO,
+                       help='bfloat16 autocast in every pass (training, statistics, cache, validation, report); '
+                            'default auto: bfloat16 where the device runs it natively, float32 elsewhere '
+                            '(qpm_timm/precision.py); --no-amp: float32')
+    group.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=False,
+                       help='channels-last images and weights (faster convolutions with oneDNN and cuDNN)')
     group.add_argument('--no-progress', action='store_true', default=False, help='no progress bars')
     return group
 
@@ -141,3 +145,23 @@ def parse_args_with_config(parser: argparse.ArgumentParser,
         parser.set_defaults(**values)
     args = parser.parse_args(remaining)
     return args, yaml.safe_dump(args.__dict__, default_flow_style=False)
+
+
+def resolve_args_precision(args, device, args_text: Optional[str] = None,
+                           resumed: bool = False) -> Tuple[Precision, Optional[str]]:
+    """``--amp auto|on|off`` resolved once for the run (:func:`qpm_timm.precision.resolve_precision`): sets
+    ``args.amp`` to the resolved bool, prints the decision once (rank 0) and returns it with ``args_text`` (the
+    run's ``args.yaml``) recording the resolved value, so that a run ``resumed`` from it keeps it."""
+    try:
+        requested = parse_amp(args.amp)
+    except ValueError as e:
+        raise UsageError(f'--amp / config key amp: {e} (auto: bfloat16 where the device runs it natively).') from e
+    precision = resolve_precision(requested, device, kept=resumed)
+    args.amp = precision.amp
+    if getattr(args, 'rank', 0) == 0:
+        print(precision.describe(), flush=True)
+    if args_text is not None:
+        saved = yaml.safe_load(args_text)
+        saved['amp'] = precision.amp
+        args_text = yaml.safe_dump(saved, default_flow_style=False)
+    return precision, args_text

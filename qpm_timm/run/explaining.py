@@ -14,6 +14,7 @@ from ..explain import (
     FeatureGallery, GalleryCollector, check_report_folder, load_images, require_qpm, resolve_class, write_report,
 )
 from ..stats import forward_pass
+from .args import resolve_args_precision
 from .cli import UsageError
 from .data import build_eval_dataset, class_names_of, eval_data_config, resolve_dataset
 from .model import check_eval_args, check_eval_model, checkpoint_classes, create_eval_model, read_checkpoint
@@ -60,6 +61,7 @@ def explain(args) -> Path:
                          '--data-dir), or leave --gallery out to explain the model alone.')
     gallery = FeatureGallery.load(args.gallery) if args.gallery else None
     device = torch.device(args.device)
+    resolve_args_precision(args, device)
     progress = not args.no_progress
 
     state_dict = read_checkpoint(args)

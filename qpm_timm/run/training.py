@@ -28,10 +28,10 @@ from ..explain import FeatureGallery, GalleryCollector, model_feature_table, wri
 from ..fit import QPMFit, fit_qpm
 from ..losses import ActivationL1, FeatureDiversityLoss, FeatureGroundingLoss
 from ..models.head import check_qpm_sizes
-from ..precision import autocast, to_device
+from ..precision import Precision, autocast, to_device
 from ..solver import pair_shares, sharing_pairs
 from ..timing import reset_timings, stage_seconds, timed
-from .args import finetune_rounds
+from .args import finetune_rounds, resolve_args_precision
 from .cli import UsageError
 from .data import build_train_data, eval_data_config, resolve_dataset
 from .evaluate import Evaluation, evaluate, recovery_of
@@ -303,7 +303,8 @@ def chiqpm_settings(args, solution) -> Dict[str, Any]:
                 class_pairs_sharing=len(sharing_pairs(solution.assignment, shared)))
 
 
-def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_config, device) -> Dict[str, Any]:
+def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_config, device,
+                      precision: Precision) -> Dict[str, Any]:
     """Rank 0: the prediction sets and concept recovery (one pass over the validation images), the explanation
     report, the export (with the sets' calibration) and the results; returns the results."""
     train_eval_set, val_set, class_names = data
@@ -337,12 +338,13 @@ def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_c
     chiqpm = chiqpm_settings(args, solution)
     if chiqpm:
         results['chiqpm'] = chiqpm
+    results['precision'] = precision.as_dict()
     card = {k: v for k, v in results.items() if isinstance(v, float) and not isinstance(v, bool)}
     with timed(EXPORT):
         hub.save_pretrained(model.eval(), exp / EXPORT, label_names=class_names, data_config=data_config,
                             feature_names=names, report_dir=report.folder if report else None, calibration=calibration,
                             results=[hub.RunResults('train.py', card, dataset=args.dataset, split=args.val_split)],
-                            training=dict(chiqpm=chiqpm) if chiqpm else None)
+                            training=dict(precision=precision.as_dict(), **(dict(chiqpm=chiqpm) if chiqpm else {})))
     print(model_feature_table(model, class_names, max_rows=50, names=names))
     if recovery is not None:
         print(recovery.format(getattr(val_set, 'concept_names', None)))
@@ -366,8 +368,9 @@ def train(args, args_text: str) -> Dict[str, Any]:
     resolve_dataset(args)
     exp = experiment_folder(args)
     if args.resume:
-        restore_args(args, exp)
+        restore_args(args, exp)  # the precision it started with, among the rest
         resolve_dataset(args)
+    precision, args_text = resolve_args_precision(args, device, args_text, resumed=bool(args.resume))
 
     data_config = eval_data_config(args)
     train_set, train_eval_set, val_set, class_names = build_train_data(args, data_config)
@@ -397,7 +400,7 @@ def train(args, args_text: str) -> Dict[str, Any]:
     results = {}
     if args.rank == 0:
         results = export_and_report(args, model, fit, metrics, exp, (train_eval_set, val_set, class_names),
-                                    data_config, device)
+                                    data_config, device, precision)
         results['wall_time_s'] = round(time.time() - started, 1)
         results['timings'] = stage_seconds()  # where the time went (measured, never read back)
         with atomic_write(exp / RESULTS, 'w') as fh:

@@ -17,6 +17,7 @@ from ..data import with_transform
 from ..data.loader import create_qpm_loader
 from ..explain.grounding import ExplanationCollector
 from ..metrics import class_independence, contrastiveness, feature_correlation, structural_grounding
+from .args import resolve_args_precision
 from .cli import UsageError
 from .data import build_eval_dataset, class_names_of, eval_data_config, resolve_dataset
 from .evaluate import Evaluation, evaluate, recovery_of
@@ -98,6 +99,7 @@ def validate(args) -> Dict[str, Any]:
         raise UsageError(f'--faithfulness-images must be >= 1, got {faithfulness_images}.')
     check_set_args(args)
     device = torch.device(args.device)
+    precision, _ = resolve_args_precision(args, device)
     resolve_dataset(args)
     eval_set = build_eval_dataset(args, args.split)
     if args.prediction_sets:
@@ -131,7 +133,7 @@ def validate(args) -> Dict[str, Any]:
         top5=round(evaluated.top5, 4), top5_err=round(100 - evaluated.top5, 4),
         param_count=round(param_count / 1e6, 2),
         img_size=data_config['input_size'][-1], crop_pct=data_config['crop_pct'],
-        interpolation=data_config['interpolation'])
+        interpolation=data_config['interpolation'], precision=precision.name)
     _logger.info(f' * Acc@1 {results["top1"]:.3f} ({results["top1_err"]:.3f}) '
                  f'Acc@5 {results["top5"]:.3f} ({results["top5_err"]:.3f})')
 
