@@ -8,7 +8,7 @@ after the last finished epoch or stage and ends with the assignment of an uninte
 multi-node: ``torchrun --nproc_per_node=N train.py ...`` (DDP); the statistics are all-reduced and the solve runs
 on rank 0 and is broadcast. The pipeline itself is :func:`qpm_timm.run.train`; this file holds its flags.
 
-The embedded default (no download, CPU, a few minutes):  python train.py -c qpm_timm/configs/concepts.yaml
+The embedded default (no download, CPU):  python train.py -c qpm_timm/configs/concepts.yaml
 """
 import argparse
 import logging
@@ -68,8 +68,8 @@ group.add_argument('--skip-dense', action='store_true', default=False,
                         'when its classifier fits the classes (as the authors do for ImageNet)')
 group.add_argument('--solver-effort', type=float, default=DEFAULT_EFFORT,
                    help='work budget of the solve in deterministic units: the same inputs, seed and effort give the '
-                        'same assignment on an idle or a busy machine (default 10: ~8 s at CUB scale on 2 idle '
-                        'cores; 40-100 for a better solution)')
+                        'same assignment on an idle or a busy machine (default 10; 40-100 for a better solution; '
+                        'seconds per effort and hardware: benchmarks/RESULTS.md)')
 group.add_argument('--solver-time-limit', type=float, default=DEFAULT_TIME_LIMIT,
                    help='wall-clock safety cap of the solve in seconds; a solve it cuts is reported (log, '
                         'solution.json, results.json) and may depend on machine load')

@@ -328,3 +328,25 @@ def test_script_explains_an_image_with_the_export_alone_names_from_the_export_tr
     code, err = refused('explain.py', ['--model', f'local-dir:{run.root / "export"}', '--pretrained', '--gallery',
                                        run.root / 'gallery.npz', '--output', out])
     assert code == 2 and '--gallery indexes the training images of a dataset' in err
+
+
+@pytest.mark.parametrize('cpus, jobs, workers', [(1, 40, None), (2, 3, None), (2, 40, 2), (8, 40, 8), (16, 40, 10),
+                                                 (4, 6, 1)])
+def test_the_report_draws_with_one_process_per_available_cpu_and_four_pictures_each(monkeypatch, cpus, jobs, workers):
+    from qpm_timm.explain import report
+    started = []
+
+    class FakePool:
+        def __init__(self, processes, initializer=None):
+            started.append(processes)
+
+        def map_async(self, fn, items, chunksize=1):
+            return SimpleNamespace(get=lambda: [])
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(report.os, 'sched_getaffinity', lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setattr(report.multiprocessing, 'get_context', lambda method: SimpleNamespace(Pool=FakePool))
+    pending = report._draw_plain_pictures(None, Path('.'), [('global', None)] * jobs, {})
+    assert (pending is None) is (workers is None) and started == ([] if workers is None else [workers])

@@ -489,6 +489,7 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
     return Report(folder, folder / 'index.html', names, files)
 
 
+_JOBS_PER_WORKER = 4  # at least this many pictures per drawing process
 _DRAWING: Optional[Tuple] = None  # what the worker processes of _draw_plain_pictures draw from (inherited by fork)
 _PAGE = {'feature': 'feature', 'class': 'cls', 'pair': 'pair'}  # job kind -> its pages in the summary
 
@@ -524,13 +525,16 @@ def _draw_job(job) -> Tuple[str, str]:
 
 
 def _draw_plain_pictures(pictures: _Pictures, root: Path, jobs: List, options: Dict):
-    """Start drawing ``jobs`` in forked worker processes (one per CPU, at most 2), while the caller draws the
-    pictures that run the model; returns the pending result (the files of every job, in order), or None where
-    forking is unavailable or there is a single CPU (then the caller draws them itself). Matplotlib draws on one
-    core, so this halves the report's time on two. The pictures are the same either way."""
+    """Start drawing ``jobs`` in forked worker processes, while the caller draws the pictures that run the model;
+    returns the pending result (the files of every job, in order), or None where forking is unavailable or there is
+    a single CPU (then the caller draws them itself). The rule (docs/TRAINING.md, "Precision and speed"): one process
+    per CPU this process may run on (``os.sched_getaffinity``), and no more than one per 4 jobs, so that every fork
+    has work to pay for itself. Matplotlib draws on one core, so this divides the drawing time by about the number of
+    CPUs. The pictures are the same either way."""
     global _DRAWING
-    workers = min(2, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1)
-    if workers < 2 or len(jobs) < 4 or 'fork' not in multiprocessing.get_all_start_methods():
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    workers = min(cpus, len(jobs) // _JOBS_PER_WORKER)
+    if cpus < 2 or workers < 1 or 'fork' not in multiprocessing.get_all_start_methods():
         return None
     _DRAWING = (pictures, root, options)
     try:
