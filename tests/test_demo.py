@@ -243,3 +243,22 @@ def test_bad_command_lines_exit_2_and_write_nothing(tmp_path, capsys):
     assert main(['export-space', str(tmp_path), str(tmp_path / 'space'), '--hub-id', 'qpm-timm/demo']) == 2
     assert not (tmp_path / 'space').exists()
     assert 'no export folder' in capsys.readouterr().err
+
+
+def test_an_edit_that_keeps_the_assignment_over_another_channel_has_no_calibrated_set():
+    """A re-solve can give a switched-off feature's classes to its replacement: the same binary W over other
+    channels, which the calibration (made for the exported channels) does not fit."""
+    from qpm_timm import create_qpm
+    from qpm_timm.conformal import assignment_digest
+    from qpm_timm.demo.sets import prediction_set
+    from qpm_timm.models.head import placeholder_assignment
+    torch.manual_seed(0)
+    exported = create_qpm('test_resnet', num_classes=4, n_features=4, n_per_class=2, head='dense')
+    assignment = placeholder_assignment(4, 4, 2)
+    exported.set_qpm_head(torch.arange(4), assignment, torch.zeros(4), torch.ones(4))
+    edited = create_qpm('test_resnet', num_classes=4, n_features=4, n_per_class=2, head='dense')
+    edited.set_qpm_head(torch.tensor([0, 1, 2, 5]), assignment, torch.zeros(4), torch.ones(4))
+    sets = SimpleNamespace(model=exported, calibration=SimpleNamespace(
+        assignment=assignment_digest(exported.class_weights.detach())))
+    assert torch.equal(edited.class_weights, exported.class_weights)
+    assert prediction_set(sets, None, None, edited) is None

@@ -39,9 +39,11 @@ def load_sets(demo: DemoModel) -> Optional[TreeSets]:
 
 def prediction_set(sets: TreeSets, demo: DemoModel, analysis: Analysis, model) -> Optional[PredictionSet]:
     """The set and local tree of the analysed image, or None for a model the calibration was not made for (an
-    edited one)."""
+    edited one: another assignment, or the same assignment over other channels, when a re-solve gave a switched-off
+    feature's classes to its replacement)."""
     weights = model.class_weights.detach().cpu()
-    if assignment_digest(weights) != sets.calibration.assignment:
+    if assignment_digest(weights) != sets.calibration.assignment or not torch.equal(
+            model.head.selection.cpu(), sets.model.head.selection.cpu()):
         return None
     inputs = sets.inputs(torch.as_tensor(analysis.pooled)[None])
     classes = sets.prediction_set(inputs)
