@@ -53,7 +53,7 @@ def _hub_reason(error: Exception) -> str:
 
 def weights_unavailable_message(variant: str, repo_id: str, reason: str, backbone: str = '') -> str:
     """Names the variant and the repository and says the two ways to weights: convert the authors' release and
-    push it (README, "Release notes for maintainers"), or train with the variant's recipe."""
+    push it (docs/RELEASING.md), or train with the variant's recipe."""
     push = f'python -m qpm_timm.hub push <folder> --repo-id {repo_id}'
     first = f'push an export of trained weights (qpm_timm.hub.save_pretrained): {push}'
     dataset = variant_dataset(variant) if variant in VARIANT_ARGS else None

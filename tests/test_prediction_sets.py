@@ -138,7 +138,7 @@ def test_exported_calibration_gives_the_same_sets_after_loading_and_fits_only_it
     restored = hub.load_calibration(loaded)
     assert restored == calibration
     assert 'prediction_sets.json' in hub.push_to_hub(tmp_path / 'export', 'org/name', dry_run=True).files
-    readme = (ROOT / 'README.md').read_text(encoding='utf-8').split('## CHiQPM prediction sets', 1)[1]
+    readme = (ROOT / 'docs' / 'PREDICTION_SETS.md').read_text(encoding='utf-8')
     code = readme.split('```python\n', 1)[1].split('```', 1)[0]
     namespace = {}
     exec(code.replace('output/train/qpm_resnet10t-concepts/export', str(tmp_path / 'export')), namespace)

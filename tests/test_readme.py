@@ -1,12 +1,13 @@
 """What the README shows runs and says what the README claims.
 
-* The main command (first line of the set-up block) trains the embedded default (the ``embedded_default``
-  fixture, tests/embedded.py); its validation top-1 and concept
-  recovery must stay at the README's claims (top-1 >= 99 %, recovery >= 0.97), so no refactor of train.py can
-  silently lose them. It takes a few minutes on 2 CPU cores: the slowest test of the suite, run by CI as well.
-* The section "Make a QPM from your own timm model" is executed as written.
+* Its two set-up lines are the main command (``tests/embedded.py``'s ``MAIN_COMMAND``) and the test command that
+  ``.ci/run`` runs.
+* The main command trains the embedded default (the ``embedded_default`` fixture, tests/embedded.py); its validation
+  top-1 and concept recovery must stay at the README's claims (top-1 >= 99 %, recovery >= 0.97) in whatever precision
+  the machine picks, so no refactor of train.py can silently lose them.
+* The first Python example runs on that run's export as written; "Make a QPM from your own timm model" too.
 * The Models table is the one generated from the variant table.
-* The stage diagnosis the README names (``benchmarks/concept_stages.py``) reads the main command's run.
+* The stage diagnosis docs/TRAINING.md names (``benchmarks/concept_stages.py``) reads the main command's run.
 """
 import re
 import shutil
@@ -17,6 +18,7 @@ import torch
 import yaml
 
 from qpm_timm.data.concepts import ConceptsDataset
+from embedded import MAIN_COMMAND
 from scripts import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,14 +36,33 @@ def test_models_table_has_not_drifted_from_the_variant_table():
         "the README's Models table drifted: run python -m qpm_timm.hub write-models-table README.md"
 
 
+def test_readme_set_up_lines_are_the_main_command_and_the_command_ci_runs():
+    main, tests = _code_block('# qpm-timm', 'bash').splitlines()[:2]
+    assert main.split('#')[0].split() == ['pip', 'install', '-e', '.', '&&', 'python', *MAIN_COMMAND]
+    ci = [line.split() for line in (ROOT / '.ci' / 'run').read_text().splitlines() if line and line[0] != '#']
+    install, pytest_line = ci[-2], ci[-1]
+    assert install[:2] == ['pip', 'install'] and [w for w in install if w != '-q'] == tests.split('&&')[0].split()
+    assert pytest_line == tests.split('&&')[1].split('#')[0].split() == ['python', '-m', 'pytest', '-q']
+
+
 def test_readme_main_command_reaches_the_claimed_accuracy_and_concept_recovery(embedded_default):
     results = embedded_default.results
     assert results['top1'] >= 99.0 and results['concept_recovery'] >= 0.97, results
-    assert 'concept recovery' in embedded_default.stdout.splitlines()[-1]
+    assert results['precision']['name'] in ('float32', 'bfloat16')  # whatever the machine picks, recorded
+    lines = embedded_default.stdout.splitlines()
+    assert 'concept recovery' in lines[-1] and sum(line.startswith('precision: ') for line in lines) == 1
+
+
+def test_readme_first_example_runs_on_the_main_commands_export(embedded_default, capsys):
+    code = _code_block('# qpm-timm', 'python')  # the first Python block
+    exec(compile(code.replace('output/train/qpm_resnet10t-concepts/export', str(embedded_default.export)),
+                 'README.md', 'exec'), {})
+    table = capsys.readouterr().out
+    assert table.count('\n') >= 48 and 'disk' in table  # every class, with the named features of the run
 
 
 def test_stage_diagnosis_finds_a_selected_feature_for_every_concept_of_the_embedded_default(embedded_default, capsys):
-    assert 'benchmarks/concept_stages.py' in README
+    assert 'benchmarks/concept_stages.py' in (ROOT / 'docs' / 'TRAINING.md').read_text()
     assert run_script('benchmarks/concept_stages.py', [embedded_default.folder]) == 0
     out = capsys.readouterr().out
     names = ConceptsDataset('val', images_per_class=1).concept_names

@@ -48,8 +48,8 @@ def _data_args(recipe: str, root: Path):
     return ['--dataset', 'folder', '--data-dir', str(root / 'tree')]  # cars / aircraft layouts are tested in data tests
 
 
-def test_the_readme_names_exactly_the_recipes_in_the_configs_folder():
-    readme = (ROOT / 'README.md').read_text()
+def test_the_models_page_names_exactly_the_recipes_in_the_configs_folder():
+    readme = (ROOT / 'docs' / 'MODELS.md').read_text()
     section = readme.split("## The paper's recipes")[1].split('\n## ')[0]
     assert set(re.findall(r'`(\w+)\.yaml`', section)) == set(RECIPES)
 

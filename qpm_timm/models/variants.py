@@ -133,7 +133,7 @@ class Variant:
         source = f"no authors' release: {train}"
         if releases:
             source = (f"source: the authors' releases ({', '.join(r.name for r in releases)}), converted with "
-                      f'`qpm_timm.convert` ("Release notes for maintainers"), or {train}')
+                      f'`qpm_timm.convert` (docs/RELEASING.md), or {train}')
         status = '**published**' if self.published else '**not published**'
         return '; '.join(part for part in (status, self.setting, source) if part)
 
