@@ -29,9 +29,9 @@ in percent.
     python validate.py --model resnet50 --pretrained --dataset imagenet --data-dir /data/in1k --no-interpretability
 
 Bad input (a missing data folder, a model that is not a QPM while the metrics need one, weights of another
-architecture, an unwritable results file, a coverage target outside (0, 1), a split without every class) ends with a message on stderr and exit code 2; the results file is
-written atomically after every metric succeeded, so an earlier one is never damaged. The work itself is
-:func:`qpm_timm.run.validate`; this file holds its flags.
+architecture, an unwritable results file, a coverage target outside (0, 1), a split without every class) ends with
+a message on stderr and exit code 2; the results file is written atomically after every metric succeeded, so an
+earlier one is never damaged. The work itself is :func:`qpm_timm.run.validate`; this file holds its flags.
 """
 import argparse
 import logging

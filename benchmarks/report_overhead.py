@@ -8,7 +8,8 @@ solver's answer is fixed by its effort (not by the clock), so the runs differ on
 
 Prints one row per run (wall and CPU seconds), the medians, the files of the last report and
 ``ratio: R (target <= 1.15)`` with R the ratio of the median wall times report / no-report, then the same ratio of
-CPU seconds (user + system of the train.py process), which a busy machine disturbs much less than wall time. Arguments after ``--`` go to both train.py runs (a smaller run for a test).
+CPU seconds (user + system of the train.py process), which a busy machine disturbs much less than wall time.
+Arguments after ``--`` go to both train.py runs (a smaller run for a test).
 
 Example (CPU, 2 cores; about 10 minutes):
 

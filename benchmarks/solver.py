@@ -140,18 +140,33 @@ def _mip_arrays(p: QPMProblem):
     cost = np.concatenate([p.B, (p.z_a_factor * p.A.T).ravel(), -p.penalty[pairs[:, 0], pairs[:, 1]]])
     rows, cols, vals, lo, hi = [], [], [], [], []
     r = 0
-    rows.append(np.zeros(F, int)); cols.append(np.arange(F)); vals.append(np.ones(F))
-    lo.append([n]); hi.append([n]); r += 1
+    rows.append(np.zeros(F, int))
+    cols.append(np.arange(F))
+    vals.append(np.ones(F))
+    lo.append([n])
+    hi.append([n])
+    r += 1
     w = F + np.arange(C * F)
-    rows.append(np.repeat(r + np.arange(C), F)); cols.append(w); vals.append(np.ones(C * F))
-    lo.append(np.full(C, k)); hi.append(np.full(C, k)); r += C
+    rows.append(np.repeat(r + np.arange(C), F))
+    cols.append(w)
+    vals.append(np.ones(C * F))
+    lo.append(np.full(C, k))
+    hi.append(np.full(C, k))
+    r += C
     rr = r + np.arange(C * F)  # W_cf - s_f <= 0
-    rows += [rr, rr]; cols += [w, np.tile(np.arange(F), C)]; vals += [np.ones(C * F), -np.ones(C * F)]
-    lo.append(np.full(C * F, -np.inf)); hi.append(np.zeros(C * F)); r += C * F
+    rows += [rr, rr]
+    cols += [w, np.tile(np.arange(F), C)]
+    vals += [np.ones(C * F), -np.ones(C * F)]
+    lo.append(np.full(C * F, -np.inf))
+    hi.append(np.zeros(C * F))
+    r += C * F
     rp = r + np.arange(P)  # s_f + s_g - y <= 1
-    rows += [rp, rp, rp]; cols += [pairs[:, 0], pairs[:, 1], F + C * F + np.arange(P)]
+    rows += [rp, rp, rp]
+    cols += [pairs[:, 0], pairs[:, 1], F + C * F + np.arange(P)]
     vals += [np.ones(P), np.ones(P), -np.ones(P)]
-    lo.append(np.full(P, -np.inf)); hi.append(np.ones(P)); r += P
+    lo.append(np.full(P, -np.inf))
+    hi.append(np.ones(P))
+    r += P
     return (n_col, r, cost, np.concatenate(rows), np.concatenate(cols), np.concatenate(vals),
             np.concatenate(lo), np.concatenate(hi))
 

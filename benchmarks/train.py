@@ -2,7 +2,8 @@
 
 Measured: the wall time of one optimisation step on the same batches, in one process, alternately (after warm-up):
 
-* A, QPM fine-tune step (docs/METHOD.md, "Pipeline" 4): a QPM (``timm.create_model('qpm', backbone=...)``) with a solved-looking
+* A, QPM fine-tune step (docs/METHOD.md, "Pipeline" 4): a QPM (``timm.create_model('qpm', backbone=...)``) with a
+  solved-looking
   binary head (random distinct selection, valid assignment, random mean/std), ``forward_with_features``,
   cross-entropy + :class:`qpm_timm.losses.FeatureDiversityLoss` on the selected feature maps, backward, SGD step;
 * B, plain timm step: ``timm.create_model(backbone, num_classes=...)`` with its own pooled linear head,

@@ -172,7 +172,8 @@ class EditResult:
     def table(self, class_names: Optional[Sequence[str]] = None, names: Optional[Dict[int, str]] = None) -> str:
         """Markdown table of the classes whose features changed (before -> after), then the channels dropped and
         added; ``names``: a label per channel (default ``ch <k>``)."""
-        label = (lambda ch: (names or {}).get(ch, f'ch {ch}'))
+        def label(ch: int) -> str:
+            return (names or {}).get(ch, f'ch {ch}')
         cls = (lambda c: class_names[c]) if class_names else (lambda c: f'class {c}')
         lines = ['| class | before | after |', '|---|---|---|']
         lines += [f'| {cls(c)} | {", ".join(map(label, b))} | {", ".join(map(label, a))} |'

@@ -194,8 +194,8 @@ def model_card(
         lines += ['']
     precision = config.get('training', {}).get('precision')
     if precision:  # train.py records the precision it resolved (qpm_timm.precision)
-        lines += ['## Training', '', f'Trained in {precision["name"]} ({precision["reason"]}) on {precision["device"]}: '
-                  f'{precision["hardware"]}.', '']
+        lines += ['## Training', '', f'Trained in {precision["name"]} ({precision["reason"]}) on '
+                  f'{precision["device"]}: {precision["hardware"]}.', '']
     for section in sections:
         lines += [section.rstrip(), '']
     lines += ['## Classes and their features', '']

@@ -1,6 +1,6 @@
 """``--amp auto`` picks bfloat16 where the device runs it natively and float32 elsewhere (the rule, tested with the
-hardware mocked), and ``--amp`` means one precision, bfloat16 autocast, in every pass over data: a training step, the statistics,
-the feature cache, validation and the report's scan (qpm_timm/precision.py). Left to its default,
+hardware mocked), and ``--amp`` means one precision, bfloat16 autocast, in every pass over data: a training step,
+the statistics, the feature cache, validation and the report's scan (qpm_timm/precision.py). Left to its default,
 ``torch.autocast`` picks float16 on CUDA, so a pass that called it without a dtype computed on a GPU in another
 precision than training; every autocast a pass enters is recorded here and must name bfloat16."""
 from types import SimpleNamespace

@@ -64,7 +64,8 @@ def test_recipe_runs_every_stage_with_its_own_values(tmp_path, data, recipe):
     config = yaml.safe_load((CONFIGS / f'{recipe}.yaml').read_text())
     assert (config['n_features'], config['n_per_class'], config['pretrained']) == (50, 5, True)
     vit = 'dinov2' in recipe  # 56 px: 4 x 4 patches of 14 px
-    short = ['--epochs', '1', '--finetune-epochs', '1', '--finetune-rounds', '1', '--img-size', '56' if vit else '64', '--solver-effort', '1',
+    short = ['--epochs', '1', '--finetune-epochs', '1', '--finetune-rounds', '1', '--img-size', '56' if vit else '64',
+             '--solver-effort', '1',
              '--solver-time-limit', '30', '--workers', '0', '--no-progress', '--no-report',
              '--pretrained-path', str(data / (f'vit_{"small" if "small" in recipe else "base"}.safetensors' if vit else
                                               'resnet50.safetensors'))]

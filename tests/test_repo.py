@@ -5,6 +5,7 @@ comment or document that points there ("issue 12", "the spec", "../shared/...") 
 """
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,10 @@ def test_no_tracked_file_cites_a_document_outside_the_repository():
              for number, line in enumerate(text.splitlines(), 1)
              if OUTSIDE_CITATION.search(line)]
     assert not found, 'citations of documents outside the repository:\n' + '\n'.join(found)
+
+
+def test_the_code_passes_the_linter():
+    """ruff with the rules of pyproject.toml (pyflakes, pycodestyle, 120 columns) over the whole repository."""
+    proc = subprocess.run([sys.executable, '-m', 'ruff', 'check', '--no-cache', str(ROOT)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

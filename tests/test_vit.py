@@ -104,7 +104,8 @@ class _TokensOnly(nn.Module):
         pass
 
 
-default_cfgs = generate_default_cfgs({'tokens_only_test_backbone': dict(input_size=(3, 8, 8))})  # read by timm's registry
+# read by timm's registry
+default_cfgs = generate_default_cfgs({'tokens_only_test_backbone': dict(input_size=(3, 8, 8))})
 
 
 @register_model

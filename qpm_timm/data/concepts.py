@@ -219,8 +219,8 @@ def _place_boxes(rng: np.random.Generator, n: int, img_size: int, min_frac: floa
         boxes = []
         for s in sizes:
             top, left = rng.integers(0, img_size - s + 1, 2)
-            if any(top < t + ts + 1 and t < top + s + 1 and left < l + ts + 1 and l < left + s + 1
-                   for t, l, ts in boxes):
+            if any(top < t + ts + 1 and t < top + s + 1 and left < lf + ts + 1 and lf < left + s + 1
+                   for t, lf, ts in boxes):
                 break
             boxes.append((int(top), int(left), int(s)))
         if len(boxes) == n:

@@ -259,7 +259,7 @@ def build_feature_cache(
         meta.update(complete=True, maps_bytes=maps_file.stat().st_size, targets_bytes=targets_file.stat().st_size)
         _write_sidecar(folder, meta)
     except BaseException:
-        maps = None  # release the memory map before its file is deleted
+        maps = None  # noqa: F841  (release the memory map before its file is deleted)
         _remove(maps_tmp, targets_tmp)
         raise
     finally:

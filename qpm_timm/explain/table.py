@@ -32,7 +32,8 @@ def class_feature_table(
     class_names = list(class_names) if class_names is not None else [f'class {c}' for c in range(num_classes)]
     names = list(names) if names is not None else [f'f{j}' for j in range(n)]
     if len(class_names) != num_classes or len(names) != n:
-        raise ValueError(f'need {num_classes} class names and {n} feature names, got {len(class_names)} and {len(names)}.')
+        raise ValueError(f'need {num_classes} class names and {n} feature names, '
+                         f'got {len(class_names)} and {len(names)}.')
     lines = ['| class | features |', '|---|---|']
     rows = class_features(assignment)
     for c, feats in enumerate(rows[:max_rows] if max_rows else rows):

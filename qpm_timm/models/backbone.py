@@ -32,7 +32,8 @@ def reduce_resnet_strides(model: ResNet) -> None:
     """Reduced strides of the recipe: layer3 and layer4 keep stride 1, no dilation (224 px -> 28 x 28 maps);
     the model's ``feature_info`` reductions follow (at most 8)."""
     if not isinstance(model, ResNet):
-        raise ValueError(f'reduced_strides applies to timm ResNet backbones (layer3/layer4), not {type(model).__name__}.')
+        raise ValueError(f'reduced_strides applies to timm ResNet backbones (layer3/layer4), '
+                         f'not {type(model).__name__}.')
     for layer in (model.layer3, model.layer4):
         block = layer[0]
         for parent in block.modules():

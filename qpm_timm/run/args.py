@@ -14,7 +14,8 @@ from timm.utils import ParseKwargs
 from ..precision import AUTO, Precision, parse_amp, resolve_precision
 from .cli import UsageError
 
-__all__ = ['yaml_mapping', 'yaml_pairs', 'finetune_rounds', 'add_data_args', 'add_model_args', 'add_weights_args', 'add_device_args',
+__all__ = ['yaml_mapping', 'yaml_pairs', 'finetune_rounds', 'add_data_args', 'add_model_args', 'add_weights_args',
+           'add_device_args',
            'parse_args_with_config', 'resolve_args_precision']
 
 

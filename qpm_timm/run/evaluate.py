@@ -65,8 +65,8 @@ def evaluate(model: nn.Module, loader, device: Union[str, torch.device], amp: bo
 
 
 def recovery_of(model: nn.Module, evaluation: Evaluation, dataset):
-    """Concept recovery (:func:`qpm_timm.metrics.concept_recovery`) of the QPM from an evaluation of the generated concepts
-    dataset with ``keep_features``; None for a dataset that plants no concepts."""
+    """Concept recovery (:func:`qpm_timm.metrics.concept_recovery`) of the QPM from an evaluation of the generated
+    concepts dataset with ``keep_features``; None for a dataset that plants no concepts."""
     if not (hasattr(dataset, 'class_concepts') and hasattr(dataset, 'concept_presence')):
         return None
     return concept_recovery(evaluation.pooled, dataset.concept_presence, model.class_weights.detach().float().cpu(),

@@ -237,8 +237,8 @@ def train_and_fit(args, model, loaders, stats_data, exp: Path, device, image_siz
     # stages 2-3: statistics of the dense model on the un-augmented training set (the explanations' feature
     # gallery rides along), solve (rank 0), QPM head
     collector = GalleryCollector(image_size=image_size if model.input_is_backbone_maps else None)
-    stats_loader = create_qpm_loader(stats_data, args.validation_batch_size or args.batch_size, num_workers=args.workers,
-                                     shard=True)
+    stats_loader = create_qpm_loader(stats_data, args.validation_batch_size or args.batch_size,
+                                     num_workers=args.workers, shard=True)
     with timed('statistics_and_solve'):
         fit = fit_qpm(model, stats_loader, statistics_path=exp / STATISTICS, solution_path=exp / SOLUTION,
                       device=device, amp=args.amp, progress=not args.no_progress and args.rank == 0,
