@@ -14,7 +14,6 @@ outputs of onnxruntime (CPU) or of the loaded program against eager PyTorch on s
 2, the largest absolute difference printed and refused above ``--atol`` (1e-4). The file is written beside and
 renamed into place, so a failed export leaves an earlier file intact.
 """
-import argparse
 import os
 import sys
 import tempfile
@@ -27,11 +26,11 @@ from torch import nn
 
 from .models import QPMModel
 
-__all__ = ['ExportWrapper', 'export_program', 'export_onnx', 'export_pt2', 'onnx_session', 'check_onnx',
-           'check_pt2', 'main']
+__all__ = ['ATOL', 'KINDS', 'ExportWrapper', 'export_program', 'export_onnx', 'export_pt2', 'onnx_session',
+           'check_onnx', 'check_pt2', 'input_size', 'load_model']
 
 ATOL = 1e-4
-_KINDS = {'onnx': '.onnx', 'pt2': '.pt2'}
+KINDS = {'onnx': '.onnx', 'pt2': '.pt2'}
 
 
 class ExportWrapper(nn.Module):
@@ -155,79 +154,28 @@ def check_pt2(model: QPMModel, path, *, with_maps: bool = False, img_size: Optio
     return _max_diffs(model, run, input_size(model, img_size), with_maps, batches)
 
 
-# --- the command line -----------------------------------------------------------------------------------------
+# --- a model by name (the command line's input) ---------------------------------------------------------------
 def load_model(name: str, pretrained: bool = False, checkpoint: str = '') -> QPMModel:
-    """A QPM by its timm name (module docstring); a missing export, checkpoint or unknown name is bad input."""
+    """A QPM by its timm name (module docstring); a missing export, checkpoint or unknown name is bad input (a
+    ValueError naming the fix)."""
     import timm
-    from .run.cli import UsageError
     if name.startswith('local-dir:') and not (Path(name[len('local-dir:'):]) / 'config.json').is_file():
-        raise UsageError(f'{name}: no export there (config.json and model.safetensors); give an export folder.')
+        raise ValueError(f'{name}: no export there (config.json and model.safetensors); give an export folder.')
     if checkpoint and not os.path.isfile(checkpoint):
-        raise UsageError(f'--checkpoint {checkpoint} does not exist.')
+        raise ValueError(f'--checkpoint {checkpoint} does not exist.')
     hub = name.startswith(('local-dir:', 'hf-hub:'))
     try:
         model = timm.create_model(name, pretrained=pretrained or hub, checkpoint_path=checkpoint or None)
     except RuntimeError as e:
         if 'Unknown model' not in str(e):
             raise
-        raise UsageError(f'{name}: {e}; give a QPM variant (qpm_resnet50_cub, ...), local-dir:<export> or '
+        raise ValueError(f'{name}: {e}; give a QPM variant (qpm_resnet50_cub, ...), local-dir:<export> or '
                          f'hf-hub:<repo>.') from e
     if not isinstance(model, QPMModel):
-        raise UsageError(f'{name} is not a QPM ({type(model).__name__}); this command exports QPM models.')
+        raise ValueError(f'{name} is not a QPM ({type(model).__name__}); this command exports QPM models.')
     return model.eval()
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='python -m qpm_timm.export', description=__doc__.split('\n\n')[0])
-    p.add_argument('kind', choices=sorted(_KINDS), help='onnx (onnxruntime) or pt2 (torch.export program)')
-    p.add_argument('model', help='a QPM variant, local-dir:<export> or hf-hub:<repo>')
-    p.add_argument('file', help='the file to write (.onnx or .pt2)')
-    p.add_argument('--with-maps', action='store_true', help='also output the kept features\' maps (heatmaps)')
-    p.add_argument('--img-size', type=int, default=None, help='input size the check uses (default: the model\'s)')
-    p.add_argument('--pretrained', action='store_true', help='a registered name: load its published weights')
-    p.add_argument('--checkpoint', default='', help='load these weights (.safetensors or timm checkpoint)')
-    p.add_argument('--opset', type=int, default=None, help='ONNX opset (default: torch.onnx\'s)')
-    p.add_argument('--atol', type=float, default=ATOL, help='refuse the file above this difference to eager')
-    return p
-
-
-def run(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
-    """``python -m qpm_timm.export``; returns the check's largest differences."""
-    from .run.cli import UsageError
-    args = _parser().parse_args(argv)
-    path = Path(args.file)
-    if path.suffix != _KINDS[args.kind]:
-        raise UsageError(f'{args.file}: a {args.kind} file ends in {_KINDS[args.kind]}.')
-    if not path.parent.is_dir():
-        raise UsageError(f'{path.parent} does not exist; create the folder for {path.name} first.')
-    if args.img_size is not None and args.img_size < 1:
-        raise UsageError(f'--img-size must be >= 1, got {args.img_size}.')
-    model = load_model(args.model, args.pretrained, args.checkpoint)
-    kw = dict(with_maps=args.with_maps, img_size=args.img_size)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        staged = Path(tmp) / path.name
-        if args.kind == 'onnx':
-            export_onnx(model, staged, opset=args.opset, **kw)
-            diffs = check_onnx(model, staged, **kw)
-        else:
-            export_pt2(model, staged, **kw)
-            diffs = check_pt2(model, staged, **kw)
-        worst = max(diffs.values())
-        report = ', '.join(f'{k} {v:.2e}' for k, v in diffs.items())
-        if not worst <= args.atol:
-            raise ValueError(f'the exported model differs from eager PyTorch by {worst:.2e} > --atol {args.atol} '
-                             f'({report}); nothing written.')
-        os.replace(staged, path)
-    size = input_size(model, args.img_size)
-    print(f'{args.kind}: {path} ({path.stat().st_size / 1e6:.1f} MB), input images (N, {size[0]}, {size[1]}, '
-          f'{size[2]}), batch dynamic; max |{args.kind} - eager| at batch 1 and 2: {report}')
-    return diffs
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .run.cli import exit_code
-    return exit_code(run, argv)
-
-
-if __name__ == '__main__':
+if __name__ == '__main__':  # the command line lives in the run layer, as train.py's does
+    from qpm_timm.run.exporting import main
     sys.exit(main())

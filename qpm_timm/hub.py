@@ -38,7 +38,7 @@ from timm.models._hub import save_config_for_hf
 from .atomic import atomic_folder
 from .conformal import Calibration, assignment_digest
 from .explain import model_feature_table
-from .hub_errors import unreadable_checkpoint_message
+from .models.load_errors import unreadable_checkpoint_message
 from .models.qpm import LOAD_TIME_ARGS, QPMModel
 from .models.variants import DATASET_NAMES, VARIANT_ARGS, models_table, variant_dataset
 

@@ -37,20 +37,16 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..timing import timed
+from .configs import CONCEPTS_IMG_SIZE, CONCEPTS_MEAN, CONCEPTS_NUM_CLASSES, CONCEPTS_STD
+from .masks import masks_through_transform
 from .splits import is_train_split
+from .transforms import batched_transform
 
 __all__ = ['ConceptsDataset', 'CONCEPT_VOCABULARY', 'CONCEPTS_MEAN', 'CONCEPTS_STD', 'CONCEPTS_NUM_CLASSES',
            'CONCEPTS_IMG_SIZE', 'CONCEPT_PRESETS', 'SHAPE_FAMILIES', 'make_class_concepts', 'generate_concept_images',
            'concept_settings', 'make_shortcut_pairs', 'shape_mask']
 
-# Per-channel pixel mean/std of the default dataset (measured over the default train split,
-# 0..1 scale; colours are symmetric around 0.5 by construction).
-CONCEPTS_MEAN = (0.5, 0.5, 0.5)
-CONCEPTS_STD = (0.155, 0.155, 0.155)
-# Default number of classes (why 48: module docstring) and image side in pixels.
-CONCEPTS_NUM_CLASSES = 48
-CONCEPTS_IMG_SIZE = 64
-
+# CONCEPTS_MEAN / STD / NUM_CLASSES / IMG_SIZE: qpm_timm/data/configs.py (the data config of every dataset)
 _VAL_IMAGES_PER_CLASS = 25  # the training split's number is a knob of the presets (train_images_per_class)
 
 
@@ -562,7 +558,6 @@ class ConceptsDataset(Dataset):
         return len(self.targets)
 
     def _sample_masks(self, indices: List[int]) -> List[torch.Tensor]:
-        from .masks import masks_through_transform  # here: masks.py reads transforms.py, which imports this module
         return list(masks_through_transform(self.transform, torch.from_numpy(self.concept_masks(indices))))
 
     def __getitems__(self, indices: List[int]) -> list:
@@ -570,7 +565,6 @@ class ConceptsDataset(Dataset):
         images go through the transform together where it has a batched equivalent that gives the same tensors
         (:func:`~qpm_timm.data.transforms.batched_transform`: the training shift + flip and the eval
         normalisation at the rendering size), else one by one."""
-        from .transforms import batched_transform  # here: transforms.py imports this module's constants
         batch = batched_transform(self.transform, self.images.shape[1:3])
         if batch is None or self.masks:
             return [self[i] for i in indices]

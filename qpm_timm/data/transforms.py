@@ -1,4 +1,5 @@
-"""Train / eval transforms of the QPM recipe and the per-dataset data config (docs/METHOD.md, "Recipe").
+"""Train / eval transforms of the QPM recipe (docs/METHOD.md, "Recipe"); the per-dataset data config is
+:mod:`.configs`.
 
 The **eval** transform of every dataset is timm's own (``timm.data.create_transform``) built from a timm data
 config (``input_size``, ``mean``, ``std``, ``crop_pct``, ``crop_mode``, ``interpolation``): the config a training
@@ -16,69 +17,17 @@ pipeline (RandomResizedCrop, flip, colour jitter 0.1; eval resize to 1/0.875 and
 The concepts dataset is only flipped and shifted: TrivialAugment's rotations and shears would
 turn one concept into another (horizontal into vertical stripes, a square into a diamond).
 """
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import create_transform
 from timm.data.transforms import MaybeToTensor
 from torchvision import transforms as T
 
-from .concepts import CONCEPTS_IMG_SIZE, CONCEPTS_MEAN, CONCEPTS_NUM_CLASSES, CONCEPTS_STD
+from .configs import QPMDataConfig, canonical_name, qpm_data_config, resolve_qpm_data_config
 
 __all__ = ['QPMDataConfig', 'resolve_qpm_data_config', 'qpm_data_config', 'create_qpm_transform', 'ShiftFlip',
            'batched_transform']
-
-
-@dataclass(frozen=True)
-class QPMDataConfig:
-    """Normalisation, default input size and eval crop of a dataset."""
-    mean: Tuple[float, float, float]
-    std: Tuple[float, float, float]
-    img_size: int
-    num_classes: Optional[int] = None
-    crop_pct: float = 1.0
-    interpolation: str = 'bilinear'
-
-
-# Per-dataset statistics as used by the authors (configs/dataset_params.py of ThomasNorr/QPM);
-# ImageNet's for ImageNet and for any other natural-image folder.
-_CONFIGS = {
-    'concepts': QPMDataConfig(CONCEPTS_MEAN, CONCEPTS_STD, CONCEPTS_IMG_SIZE, CONCEPTS_NUM_CLASSES),
-    'cub': QPMDataConfig((0.4853, 0.4964, 0.4295), (0.2300, 0.2258, 0.2625), 224, 200),
-    'cars': QPMDataConfig((0.4593, 0.4466, 0.4453), (0.2920, 0.2910, 0.2988), 224, 196),
-    'aircraft': QPMDataConfig((0.4827, 0.5130, 0.5352), (0.2236, 0.2170, 0.2478), 224, 100),
-    'imagenet': QPMDataConfig(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 224, 1000, crop_pct=0.875),
-}
-_ALIASES = {'cub200': 'cub', 'cub2011': 'cub', 'cub_200_2011': 'cub', 'stanford_cars': 'cars',
-            'stanfordcars': 'cars', 'fgvc_aircraft': 'aircraft', 'fgvcaircraft': 'aircraft'}
-_NATURAL_FOLDER = QPMDataConfig(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 224, None)
-
-
-def canonical_name(name: str) -> str:
-    """Lower-case dataset key with aliases resolved (``'CUB2011'`` -> ``'cub'``)."""
-    key = (name or '').lower().replace('-', '_')
-    return _ALIASES.get(key, key)
-
-
-def resolve_qpm_data_config(name: str) -> QPMDataConfig:
-    """Mean, std, default image size (and class count when fixed) of a dataset name.
-
-    Unknown names (a class-per-folder tree, anything timm's ``create_dataset`` reads) get
-    ImageNet's mean/std at 224 px and ``num_classes=None``.
-    """
-    return _CONFIGS.get(canonical_name(name), _NATURAL_FOLDER)
-
-
-def qpm_data_config(name: str, img_size: Optional[int] = None, crop_to_bbox: bool = True) -> Dict[str, Any]:
-    """The timm data config (``input_size``, ``mean``, ``std``, ``crop_pct``, ``crop_mode``, ``interpolation``) a
-    model trained on dataset ``name`` is evaluated with; ``img_size`` overrides the dataset's side. CUB's box
-    crops (``crop_to_bbox``) are squashed to a square, everything else keeps its aspect ratio."""
-    key = canonical_name(name)
-    cfg = resolve_qpm_data_config(key)
-    size = img_size or cfg.img_size
-    return dict(input_size=(3, size, size), mean=tuple(cfg.mean), std=tuple(cfg.std), crop_pct=cfg.crop_pct,
-                crop_mode='squash' if key == 'cub' and crop_to_bbox else 'center', interpolation=cfg.interpolation)
 
 
 def create_qpm_transform(

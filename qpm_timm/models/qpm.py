@@ -27,7 +27,7 @@ import torch.nn as nn
 import timm
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..hub_errors import explained_load_errors
+from .load_errors import explained_load_errors
 from .adapter import TokenMLPAdapter, check_adapter_args
 from .authors import filter_authors_weights
 from .backbone import check_backbone, create_backbone, is_token_backbone, last_block_map, reduce_resnet_strides

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..data.transforms import qpm_data_config, resolve_qpm_data_config
+from ..data.configs import qpm_data_config, resolve_qpm_data_config
 from .authors import releases_of
 
 __all__ = ['DATASET_NAMES', 'HF_HUB_ORG', 'VARIANTS', 'VARIANT_ARGS', 'Variant', 'get_variant', 'models_table',

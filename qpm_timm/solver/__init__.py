@@ -6,11 +6,13 @@
     solution.bound, solution.gap, solution.cut_by_wall_clock, solution.summary()
     check_solution(problem, solution); solution.save(path); QPMSolution.load(path, problem)
 """
+from .edit import EDIT_EFFORT, EditImpossible, solve_edit
 from .forced import PairsInfeasible
 from .pairs import closest_class_pairs, pair_shares, sharing_pairs
 from .problem import QPMProblem, derive_redundancy
 from .solution import QPMSolution, check_solution
 from .solve import DEFAULT_EFFORT, DEFAULT_TIME_LIMIT, solve_qpm
 
-__all__ = ["DEFAULT_EFFORT", "DEFAULT_TIME_LIMIT", "PairsInfeasible", "QPMProblem", "QPMSolution", "check_solution",
-           "closest_class_pairs", "derive_redundancy", "pair_shares", "sharing_pairs", "solve_qpm"]
+__all__ = ["DEFAULT_EFFORT", "DEFAULT_TIME_LIMIT", "EDIT_EFFORT", "EditImpossible", "PairsInfeasible",
+           "QPMProblem", "QPMSolution", "check_solution",
+           "closest_class_pairs", "derive_redundancy", "pair_shares", "sharing_pairs", "solve_edit", "solve_qpm"]

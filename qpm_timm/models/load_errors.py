@@ -15,8 +15,8 @@ from huggingface_hub.errors import (
 from safetensors import SafetensorError
 from timm.models import resolve_pretrained_cfg
 
-from .models.authors import AUTHORS_EVAL_DATASETS, releases_of
-from .models.variants import VARIANT_ARGS, variant_dataset
+from .authors import AUTHORS_EVAL_DATASETS, releases_of
+from .variants import VARIANT_ARGS, variant_dataset
 
 __all__ = ['PretrainedWeightsUnavailableError', 'explained_load_errors', 'load_error', 'unreadable_checkpoint_message',
            'weights_unavailable_message']

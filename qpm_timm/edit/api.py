@@ -1,70 +1,27 @@
-""" Editing a trained QPM: forbid or require features and re-solve the assignment on the run's statistics
-(docs/METHOD.md, "Editing").
-
-A QPM's decision is the binary class -> feature table the solver found, so "never use feature 7" or "class 3 must
-not rely on feature 2" is one more constraint and a re-solve on the statistics the run saved: no pass over the
-data. Every QPM constraint stays (``n_f*`` kept features, ``n_wc`` per class, all classes different).
-
-Python API (stable)::
-
-    from qpm_timm.edit import Edit, edit_from_features, edit_model
-    edit = edit_from_features(model, forbid_features=[2], forbid=[(3, 1)], require=[(5, 7)])  # the model's f<j>
-    edit = Edit(forbid_channels=(57,), forbid_pairs=((3, 12),), require_pairs=((5, 40),))     # or backbone channels
-    result = edit_model(model, statistics, edit, *, effort=EDIT_EFFORT, seed=0, locality=True)  # -> EditResult
-    result.model                 # a new QPMModel with the edited head (``model`` itself is unchanged)
-    result.selection             # (n_f*,) kept channels, the new head's feature order
-    result.assignment            # (C, n_f*) bool W of the new head
-    result.objective, result.bound, result.gap, result.status   # Z, its proven bound and gap, of the re-solve
-    result.before_objective      # Z of the model's own assignment on the same statistics
-    result.changes               # EditChanges: .classes [(class, channels before, channels after)], .dropped, .added
-    result.table(class_names, names)   # markdown: changed classes before -> after, dropped/added ({channel: label})
-
-``edit_model`` raises :class:`EditImpossible` (a ValueError) naming the reason when no QPM satisfies the edit
-(contradictory constraints, too few features left, two classes forced to the same set) or when the re-solve found
-none within its effort. The command line (exit code 2 on bad input, nothing written)::
-
-    python -m qpm_timm.edit <experiment-or-export> --forbid-feature F ... --forbid CLASS:FEATURE ...
-        --require CLASS:FEATURE ... --output <folder> [--finetune-epochs N] [--with-statistics] [--effort E] [--seed S]
-        [--resolve-all]
-
-Classes by index or label name; features by index ``j`` (or ``f<j>``) of the model's kept features, by their name
-(the report's label or its annotation), or by backbone channel ``ch<k>``.
-"""
-import argparse
+"""The edit API of :mod:`qpm_timm.edit` (its docstring): constraints, the edited model, reading a run, exporting."""
 import copy
 import json
-import math
-import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import timm
 import yaml
 
-from . import hub
-from .explain import feature_names
-from .explain.contrastive import resolve_class
-from .fit import apply_solution, problem_from_statistics
-from .models import QPMModel
-from .run.cli import UsageError, exit_code
-from .run.editing import finetune_edited
-from .solver import DEFAULT_TIME_LIMIT, QPMProblem, QPMSolution, check_solution, solve_qpm
-from .stats import QPMStatistics
+from .. import hub
+from ..explain import feature_names
+from ..explain.contrastive import resolve_class
+from ..fit import apply_solution, problem_from_statistics
+from ..models import QPMModel
+from ..solver import DEFAULT_TIME_LIMIT, QPMSolution
+from ..solver.edit import EDIT_EFFORT, EditImpossible, solve_edit
+from ..stats import QPMStatistics
 
 __all__ = ['Edit', 'EditChanges', 'EditResult', 'EditImpossible', 'EDIT_EFFORT', 'edit_from_features', 'edit_model',
-           'kept_pairs', 'solve_edit', 'main']
-
-EDIT_EFFORT = 2.0  # deterministic units (qpm_timm.solver.solve), as the embedded default's solve; the re-solve starts
-# from the model's own solution (on the README's edit of the embedded default, effort 5 gives the same Z)
-
-
-class EditImpossible(ValueError):
-    """No QPM satisfies the edit (or the re-solve found none within its effort); the message says why."""
-
+           'kept_pairs', 'solve_edit', 'EditSource', 'read_source', 'resolve_feature', 'parse_edit', 'result_labels',
+           'export_edit']
 
 @dataclass(frozen=True)
 class Edit:
@@ -196,125 +153,6 @@ class EditResult:
                     solver=self.solution.to_dict())
 
 
-# --- the constrained re-solve ---------------------------------------------------------------------------------
-def _violation_margin(problem: QPMProblem) -> float:
-    """More than any two QPM solutions' Z can differ by (in Z units): ``Z_A`` by at most ``z_a_factor * n_c * n_wc *
-    (max A - min A)`` (2000 for a normalised A), ``Z_R`` by the largest ``n_f*(n_f* - 1)/2`` penalties, ``Z_B`` by
-    ``n_f* (max B - min B)``."""
-    n, k, C = problem.n_features, problem.n_per_class, problem.num_classes
-    z_a = problem.z_a_factor * C * k * float(problem.A.max() - problem.A.min())
-    z_r = n * (n - 1) / 2 * float(problem.penalty.max(initial=0.0))
-    z_b = n * float(problem.B.max() - problem.B.min())
-    return z_a + z_r + z_b + 1.0
-
-
-def _check_feasible(problem: QPMProblem, allowed: np.ndarray, forbid: Sequence[Tuple[int, int]],
-                    require: Sequence[Tuple[int, int]], label: Callable[[int], str]) -> None:
-    """Refuse edits no QPM satisfies, naming why (``allowed``: features not forbidden; pairs over problem indices;
-    ``label(f)`` names a feature)."""
-    def name(c: int, f: int) -> str:
-        return f'class {c} : {label(f)}'
-
-    n, k, C = problem.n_features, problem.n_per_class, problem.num_classes
-    both = sorted(set(forbid) & set(require))
-    if both:
-        raise EditImpossible(f'contradictory edit: {name(*both[0])} is both forbidden and required.')
-    for c, f in require:
-        if not allowed[f]:
-            raise EditImpossible(f'contradictory edit: {name(c, f)} is required but its feature is forbidden.')
-    if allowed.sum() < n:
-        raise EditImpossible(f'only {int(allowed.sum())} features remain after the forbidden ones, but a QPM keeps '
-                             f'n_f* = {n}; forbid fewer features.')
-    per_class: Dict[int, set] = {}
-    for c, f in require:
-        per_class.setdefault(c, set()).add(f)
-    for c, fs in per_class.items():
-        if len(fs) > k:
-            raise EditImpossible(f'class {c} is required to use {len(fs)} features, but every class uses exactly '
-                                 f'n_wc = {k}.')
-    required = {f for _, f in require}
-    if len(required) > n:
-        raise EditImpossible(f'{len(required)} different features are required, but a QPM keeps n_f* = {n}.')
-    full = {}
-    for c, fs in per_class.items():
-        if len(fs) == k:
-            other = full.setdefault(frozenset(fs), c)
-            if other != c:
-                raise EditImpossible(f'classes {other} and {c} are both required to use the same {k} features, but '
-                                     f'no two classes may share their set.')
-    forbidden_for = np.tile(allowed, (C, 1))
-    for c, f in forbid:
-        forbidden_for[c, f] = False
-    short = np.flatnonzero(forbidden_for.sum(axis=1) < k)
-    if short.size:
-        raise EditImpossible(f'class {int(short[0])} has fewer than n_wc = {k} features left that it may use.')
-
-
-def _start_selection(problem: QPMProblem, current: np.ndarray, required: np.ndarray) -> np.ndarray:
-    """The model's own selection, repaired: required features in, then the best of the current ones, then the best
-    others by summed A (the problem is already restricted to the allowed features)."""
-    n = problem.n_features
-    score = problem.A.clip(min=0).sum(axis=1) + problem.B
-    keep = list(dict.fromkeys(int(f) for f in required))
-    for group in (current, np.arange(problem.num_all_features)):
-        for f in sorted((int(f) for f in group), key=lambda f: (-score[f], f)):
-            if len(keep) == n:
-                break
-            if f not in keep:
-                keep.append(f)
-    return np.sort(np.asarray(keep[:n], dtype=np.int64))
-
-
-def solve_edit(problem: QPMProblem, current: np.ndarray, forbid_features: Sequence[int] = (),
-               forbid: Sequence[Tuple[int, int]] = (), require: Sequence[Tuple[int, int]] = (), *,
-               effort: float = EDIT_EFFORT, seed: int = 0, time_limit: float = DEFAULT_TIME_LIMIT,
-               workers: Optional[int] = None, log: bool = False,
-               label: Callable[[int], str] = lambda f: f'feature {f}') -> QPMSolution:
-    """The QPM problem with an edit's constraints (docs/METHOD.md, "Editing"), indices into ``problem``'s features:
-    ``forbid_features`` leave the problem; a forbidden ``(class, feature)`` pair has its ``A`` lowered and a
-    required one raised by ``M`` (:func:`_violation_margin` over ``z_a_factor``), so every solution that keeps
-    the edit beats every one that breaks it and, among those that keep it, the order by ``Z`` is unchanged. The
-    search starts from ``current`` (the model's own selection). Returns a solution of ``problem`` (Z recomputed, the
-    bound shifted back, so still a proven bound of the edited problem), checked against every constraint; ``label``
-    names a feature in the refusals."""
-    allowed = np.ones(problem.num_all_features, dtype=bool)
-    allowed[list(forbid_features)] = False
-    forbid, require = sorted(set(forbid)), sorted(set(require))
-    _check_feasible(problem, allowed, forbid, require, label)
-    keep = np.flatnonzero(allowed)
-    position = -np.ones(problem.num_all_features, dtype=np.int64)
-    position[keep] = np.arange(keep.size)
-    margin = _violation_margin(problem) / problem.z_a_factor
-    A = problem.A[keep].copy()
-    for c, f in forbid:
-        if allowed[f]:
-            A[position[f], c] -= margin
-    for c, f in require:
-        A[position[f], c] += margin
-    sub = problem.restricted(keep, A)
-    start = _start_selection(sub, position[np.intersect1d(current, keep)], position[[f for _, f in require]])
-    found = solve_qpm(sub, effort=effort, time_limit=time_limit, seed=seed, workers=workers, log=log, start=start)
-    S = keep[found.selected]
-    W = np.asarray(found.assignment, dtype=bool)
-    uses = {(c, int(S[j])) for c, j in zip(*np.nonzero(W))}
-    broken = [p for p in require if p not in uses] + [p for p in forbid if p in uses]
-    if broken:
-        raise EditImpossible(f'the re-solve found no QPM that keeps the edit within effort {effort:g} (e.g. class '
-                             f'{broken[0][0]} : {label(broken[0][1])}); the edit may be impossible: forbid less, '
-                             f'or raise the effort.')
-    shift = problem.z_a_factor * margin * len(require)
-    bound = None if found.bound is None else float(found.bound) - shift
-    Z = problem.objective(S, W)
-    status = 'optimal' if bound is not None and bound <= Z + 1e-9 * max(1.0, abs(Z)) else 'feasible'
-    solution = QPMSolution(
-        selected=S, assignment=W, objective=float(Z), bound=None if bound is None else max(bound, float(Z)),
-        status=status, wall_time=found.wall_time, settings={**found.settings, 'edit': True},
-        input_hash=problem.input_hash(), effort=found.effort, effort_used=found.effort_used,
-        time_limit=found.time_limit, cut_by_wall_clock=found.cut_by_wall_clock)
-    check_solution(problem, solution)
-    return solution
-
-
 def _changes(before_sel: Sequence[int], before_W: np.ndarray, after_sel: Sequence[int],
              after_W: np.ndarray) -> EditChanges:
     before = [sorted(int(before_sel[j]) for j in np.flatnonzero(row)) for row in before_W]
@@ -427,7 +265,7 @@ def read_source(folder: str) -> EditSource:
         export, run, locality = root, None, bool(record.get('locality', True))
         earlier = Edit.from_dict(record.get('edit', {}))
     else:
-        raise UsageError(f'{folder} holds no model with its statistics: give a train.py experiment folder '
+        raise ValueError(f'{folder} holds no model with its statistics: give a train.py experiment folder '
                          f'(statistics.npz and export/) or an export written with --with-statistics.')
     model = timm.create_model(f'local-dir:{export}', pretrained=True).eval()
     labels, annotations = _feature_labels(export, model.head.selection.tolist())
@@ -472,7 +310,7 @@ def parse_edit(forbid_features: Sequence[str], forbid: Sequence[str], require: S
                 tuple(pair(p) for p in require))
 
 
-def _names(result: EditResult, source: EditSource) -> Tuple[Dict[int, str], List[Dict[str, Any]]]:
+def result_labels(result: EditResult, source: EditSource) -> Tuple[Dict[int, str], List[Dict[str, Any]]]:
     """Labels of every channel before and after (the old label for a kept channel, ``ch <k> (new)`` for an added
     one) and the new features' records (label, annotation) for the export."""
     old = {int(ch): (label, ann) for ch, label, ann in zip(result.before_selection, source.labels, source.annotations)}
@@ -503,7 +341,7 @@ def export_edit(result: EditResult, source: EditSource, output: Path, class_name
                 extra: Dict[str, Any]) -> Optional[int]:
     """Write the edited model as an export (:func:`qpm_timm.hub.save_pretrained`) whose card and ``edit.json``
     record the edit; ``with_statistics`` copies ``statistics.npz`` in. Returns the statistics' size in bytes."""
-    labels, features = _names(result, source)
+    labels, features = result_labels(result, source)
     size = source.statistics.stat().st_size if with_statistics else None
     config = json.loads((source.export / 'config.json').read_text())
     record = dict(result.to_dict(), source=str(source.export), locality=source.locality, features=features,
@@ -517,82 +355,3 @@ def export_edit(result: EditResult, source: EditSource, output: Path, class_name
                             card_sections=[_card_section(result, class_names, labels, source, size)],
                             extra_files=files)
     return size
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='python -m qpm_timm.edit', description=__doc__.split('\n\n')[0])
-    p.add_argument('experiment', help='a train.py experiment folder, or an export written with --with-statistics')
-    p.add_argument('--forbid-feature', nargs='+', action='extend', default=[], metavar='F',
-                   help='no class may use feature F (index j, f<j>, ch<k> or its name)')
-    p.add_argument('--forbid', nargs='+', action='extend', default=[], metavar='CLASS:FEATURE',
-                   help='this class may not use this feature')
-    p.add_argument('--require', nargs='+', action='extend', default=[], metavar='CLASS:FEATURE',
-                   help='this class must use this feature')
-    p.add_argument('--output', required=True, metavar='FOLDER', help='the edited export (a new folder)')
-    p.add_argument('--with-statistics', action='store_true', help='copy statistics.npz into the export')
-    p.add_argument('--finetune-epochs', type=int, default=0, metavar='N',
-                   help='fine-tune the edited model N epochs with the run\'s recipe (needs the experiment folder)')
-    p.add_argument('--effort', type=float, default=EDIT_EFFORT, help='solver effort (deterministic units)')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--resolve-all', action='store_true',
-                   help='re-solve every class (default: the classes the edit does not touch keep their features)')
-    p.add_argument('--time-limit', type=float, default=DEFAULT_TIME_LIMIT, help='wall-clock cap of the re-solve (s)')
-    p.add_argument('--device', default='cpu', help='device of the fine-tune')
-    return p
-
-
-def run(argv: Optional[Sequence[str]] = None) -> EditResult:
-    """``python -m qpm_timm.edit``: refuses bad input before writing anything (:class:`~qpm_timm.run.cli.UsageError`,
-    :class:`EditImpossible`)."""
-    args = _parser().parse_args(argv)
-    output = Path(args.output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise UsageError(f'--output {output} already exists; choose a new folder (an edit never overwrites).')
-    if not (math.isfinite(args.effort) and args.effort > 0):
-        raise UsageError(f'--effort must be a positive number, got {args.effort}.')
-    if args.finetune_epochs < 0:
-        raise UsageError(f'--finetune-epochs must be >= 0, got {args.finetune_epochs}.')
-    source = read_source(args.experiment)
-    if args.finetune_epochs and source.run is None:
-        raise UsageError('--finetune-epochs needs the experiment folder (its args.yaml names the data and recipe).')
-    model = source.model
-    config = json.loads((source.export / 'config.json').read_text())
-    class_names = config.get('label_names') or [f'class {c}' for c in range(model.num_classes)]
-    selection = model.head.selection.tolist()
-    edit = parse_edit(args.forbid_feature, args.forbid, args.require, class_names,
-                      lambda spec: resolve_feature(spec, selection, source.labels, source.annotations,
-                                                   model.num_features))
-    if edit.empty:
-        raise UsageError('nothing to edit: give --forbid-feature, --forbid or --require.')
-    if not source.earlier.empty:
-        print(f'keeping the constraints of the edit that made {source.export}: '
-              + '; '.join(source.earlier.describe(class_names)))
-        edit = source.earlier + edit
-    statistics = QPMStatistics.load(source.statistics)
-    started = time.perf_counter()
-    result = edit_model(model, statistics, edit, effort=args.effort, seed=args.seed, locality=source.locality,
-                        time_limit=args.time_limit, keep_others=not args.resolve_all)
-    solve_seconds = time.perf_counter() - started
-    extra: Dict[str, Any] = dict(seed=args.seed, effort=args.effort, solve_seconds=round(solve_seconds, 2),
-                                 keep_others=not args.resolve_all)
-    if args.finetune_epochs:
-        extra['finetune'] = finetune_edited(result.model, source.run, args.finetune_epochs, args.device)
-    size = export_edit(result, source, output, class_names, args.with_statistics, extra)
-    labels, _ = _names(result, source)
-    print(result.table(class_names, labels))
-    print(f'\nZ before the edit {result.before_objective:.4f}; re-solve: {result.solution.summary()} '
-          f'(solve {solve_seconds:.1f} s)')
-    if 'finetune' in extra:
-        print(f'fine-tuned {args.finetune_epochs} epochs: validation top-1 {extra["finetune"]["top1"]:.2f} %')
-    if size is not None:
-        print(f'statistics.npz ({size / 1e6:.2f} MB) carried in the export')
-    print(f'edited model exported to {output}')
-    return result
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    return exit_code(run, argv)
-
-
-if __name__ == '__main__':
-    sys.exit(main())
