@@ -25,7 +25,8 @@ from qpm_timm.explain import (
 )
 from qpm_timm.metrics import concept_recovery
 from qpm_timm.models.head import placeholder_assignment
-from qpm_timm.stats import collect_statistics, forward_pass
+from qpm_timm.forward import forward_pass
+from qpm_timm.stats import collect_statistics
 
 ASSIGNMENT = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]], dtype=torch.bool)
 SIZE, GRID = 64, 8  # image side, feature map side

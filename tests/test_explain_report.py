@@ -27,7 +27,8 @@ from qpm_timm.explain.report import _example_classes
 from qpm_timm.metrics import concept_recovery
 from qpm_timm.solver import QPMProblem, solve_qpm
 from qpm_timm.explain.grounding import ExplanationCollector
-from qpm_timm.stats import collect_statistics, forward_pass
+from qpm_timm.forward import forward_pass
+from qpm_timm.stats import collect_statistics
 
 from scripts import ROOT, refused, run_script
 

@@ -12,7 +12,7 @@ from qpm_timm.explain.grounding import ExplanationCollector
 from qpm_timm.metrics import (
     blank_windows, dilate_masks, feature_grounding, grounding_sums, peak_windows, plausibility,
 )
-from qpm_timm.stats import forward_pass
+from qpm_timm.forward import forward_pass
 
 
 def _grid_mask(h, w, rows, cols):

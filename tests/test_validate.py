@@ -21,7 +21,7 @@ from qpm_timm.data import create_qpm_dataset, create_qpm_transform, qpm_data_con
 from qpm_timm.data import create_qpm_loader
 from qpm_timm.data.masks import dataset_masks as masks
 from qpm_timm.explain.grounding import ExplanationCollector
-from qpm_timm.stats import forward_pass
+from qpm_timm.forward import forward_pass
 from qpm_timm.models.head import placeholder_assignment
 
 from scripts import ROOT, read_results, run_script

@@ -2,7 +2,7 @@
 
 :class:`GalleryCollector` keeps, per feature channel, the ``k`` images with the largest pooled activation
 seen so far, with their label, the maximum of the feature's map on them and where it lies. It rides along a
-pass over a dataset as an observer of :func:`qpm_timm.stats.forward_pass` / ``collect_statistics``, so the
+pass over a dataset as an observer of :func:`qpm_timm.forward.forward_pass` / ``collect_statistics``, so the
 training run's statistics pass over the un-augmented training set gives the gallery of every dense channel
 for free; memory is ``O(F * k)``, whatever the number of images. The report later keeps the rows of the
 selected channels (:meth:`FeatureGallery.select`) and re-reads the images through their dataset indices.
@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from ..atomic import atomic_write
-from ..stats import ForwardBatch
+from ..forward import ForwardBatch
 
 __all__ = ['FeatureGallery', 'GalleryCollector', 'patch_box', 'PATCH_FRACTION', 'GALLERY_K']
 
@@ -136,7 +136,7 @@ def _pad(k: int, score, index, label, peak, location) -> Tuple[torch.Tensor, ...
 
 class GalleryCollector:
     """Streaming top-``k`` images per feature channel (module docstring); an observer of
-    :func:`qpm_timm.stats.forward_pass` and ``collect_statistics(..., observers=[collector])``.
+    :func:`qpm_timm.forward.forward_pass` and ``collect_statistics(..., observers=[collector])``.
 
     Args:
         k: images kept per channel.

@@ -1,7 +1,7 @@
 """ The explanation metrics of a QPM over a dataset: Plausibility, Feature grounding, Faithfulness (docs/METHOD.md,
 "Explanation metrics").
 
-:class:`ExplanationCollector` rides on a :func:`qpm_timm.stats.forward_pass` over an unshuffled loader (it reads
+:class:`ExplanationCollector` rides on a :func:`qpm_timm.forward.forward_pass` over an unshuffled loader (it reads
 each image's masks by its dataset index) and gathers, per batch:
 
 * Plausibility, where the dataset has object masks (the concepts dataset: the union of the planted concepts;
@@ -27,7 +27,7 @@ from ..data.masks import dataset_masks, has_masks
 from ..metrics import (
     blank_windows, dilate_masks, feature_grounding, grounding_sums, match_features, peak_windows, plausibility,
 )
-from ..stats import ForwardBatch
+from ..forward import ForwardBatch
 
 __all__ = ['Deletion', 'ExplanationMetrics', 'ExplanationCollector', 'FAITHFULNESS_IMAGES', 'WINDOW_CELLS']
 
@@ -88,7 +88,7 @@ def _nanmean(x: np.ndarray) -> float:
 
 
 class ExplanationCollector:
-    """Observer of :func:`qpm_timm.stats.forward_pass` gathering the explanation metrics of QPM ``model`` over
+    """Observer of :func:`qpm_timm.forward.forward_pass` gathering the explanation metrics of QPM ``model`` over
     ``dataset`` (module docstring); :meth:`result` after the pass."""
 
     def __init__(self, model, dataset, faithfulness: bool = False, max_images: int = FAITHFULNESS_IMAGES,

@@ -13,7 +13,7 @@ import torch
 
 from ..data.loader import create_qpm_loader
 from ..metrics import sid_at_k
-from ..stats import ForwardBatch, forward_pass
+from ..forward import ForwardBatch, forward_pass
 from .gallery import GALLERY_K, FeatureGallery, GalleryCollector
 
 __all__ = ['DatasetScan', 'scan_dataset', 'class_examples']

@@ -1,5 +1,5 @@
 """The one evaluation loop: accuracy (and, on request, SID@k and the pooled features) over a loader, on
-:func:`qpm_timm.stats.forward_pass` like every other pass over data."""
+:func:`qpm_timm.forward.forward_pass` like every other pass over data."""
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
@@ -10,7 +10,7 @@ from torch import nn
 from timm.utils import accuracy
 
 from ..metrics import concept_recovery, sid_at_k
-from ..stats import ForwardBatch, forward_pass
+from ..forward import ForwardBatch, forward_pass
 
 __all__ = ['Evaluation', 'evaluate', 'recovery_of']
 
@@ -37,7 +37,7 @@ def evaluate(model: nn.Module, loader, device: Union[str, torch.device], amp: bo
              channels_last: bool = False, sid_k: Optional[int] = None, keep_features: bool = False,
              progress: bool = False, desc: str = 'evaluation',
              observers: Sequence[Callable[[ForwardBatch], None]] = ()) -> Evaluation:
-    """One :func:`~qpm_timm.stats.forward_pass` over ``loader`` (every rank sees all of it); ``observers`` ride
+    """One :func:`~qpm_timm.forward.forward_pass` over ``loader`` (every rank sees all of it); ``observers`` ride
     along on the same pass."""
     sums = dict(top1=0.0, top5=0.0, loss=0.0, count=0)
     sid, pooled, labels = [], [], []

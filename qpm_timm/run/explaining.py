@@ -13,7 +13,7 @@ from ..data.loader import create_qpm_loader
 from ..explain import (
     FeatureGallery, GalleryCollector, check_report_folder, load_images, require_qpm, resolve_class, write_report,
 )
-from ..stats import forward_pass
+from ..forward import forward_pass
 from .args import resolve_args_precision
 from .cli import UsageError
 from .data import build_eval_dataset, class_names_of, eval_data_config, resolve_dataset
