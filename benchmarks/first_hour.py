@@ -14,7 +14,7 @@ each other there); seeds listed in ``--baseline-seeds`` are run with both, the o
 
 Prints the hardware (CPU model, torch's CPU capability, bf16 units, the ISA cap), one row per run (wall and CPU
 seconds, top-1, concept recovery, the precision it ran in, load average), the stage breakdown of every new run (from
-the ``timings`` its ``results.json`` records, ``qpm_timm/timing.py``; "start" is the process start, imports and
+the ``timings`` its ``results.json`` records, ``qpm_timm/run/timing.py``; "start" is the process start, imports and
 argument parsing: the wall time the run's own clock does not see), then
 
     ratio: R (new/baseline median wall; target <= 150 s wall)

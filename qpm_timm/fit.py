@@ -22,7 +22,6 @@ import torch.distributed as dist
 from .models import QPMModel
 from .solver import QPMProblem, QPMSolution, closest_class_pairs, solve_qpm
 from .stats import QPMStatistics, collect_statistics
-from .timing import timed
 
 __all__ = ['QPMFit', 'fit_qpm', 'solvable_channels', 'problem_from_statistics', 'apply_solution']
 
@@ -97,8 +96,7 @@ def _solve(statistics: QPMStatistics, n_features: int, n_per_class: int, path: O
     problem, channels = problem_from_statistics(statistics, n_features, n_per_class, locality, **chiqpm)
     if path is not None and path.is_file():  # a finished solve of these statistics (checked by its input hash)
         return QPMSolution.load(path, problem), channels
-    with timed('solve'):
-        solution = solve_qpm(problem, **solver_kwargs)
+    solution = solve_qpm(problem, **solver_kwargs)
     if path is not None:
         solution.save(path)
     (_logger.warning if solution.cut_by_wall_clock else _logger.info)('solved: ' + solution.summary())

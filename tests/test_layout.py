@@ -1,6 +1,6 @@
 """The package's rooms import downwards only, and no module imports itself back through others.
 
-The rooms, bottom to top (docs/DEVELOPING.md, "Layout"): precision / atomic / timing, ``data``, ``models``,
+The rooms, bottom to top (docs/DEVELOPING.md, "Layout"): precision / atomic, ``data``, ``models``,
 ``forward`` / ``losses``, ``stats``, ``solver``, ``fit``, ``hub`` / ``convert``, then ``explain``, ``conformal``,
 ``metrics``, ``edit``, ``export`` side by side, ``run`` (what the scripts share) and ``demo``. Every import counts,
 at module level or inside a function, except a script entry point (``__main__.py`` or an ``if __name__ ==
@@ -14,7 +14,7 @@ import networkx as nx
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / 'qpm_timm'
-RANK = {'precision': 0, 'atomic': 0, 'timing': 0, 'data': 1, 'models': 2, 'forward': 3, 'losses': 3, 'stats': 4,
+RANK = {'precision': 0, 'atomic': 0, 'data': 1, 'models': 2, 'forward': 3, 'losses': 3, 'stats': 4,
         'solver': 5, 'fit': 6, 'hub': 7, 'convert': 7, 'explain': 8, 'conformal': 8, 'metrics': 8, 'edit': 8,
         'export': 8, 'run': 9, 'demo': 10}
 # Known arrows the wrong way, each to go with the change named: the model card (hub.py) renders the class table

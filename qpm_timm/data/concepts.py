@@ -36,7 +36,6 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..timing import timed
 from .configs import CONCEPTS_IMG_SIZE, CONCEPTS_MEAN, CONCEPTS_NUM_CLASSES, CONCEPTS_STD
 from .masks import masks_through_transform
 from .splits import is_train_split
@@ -324,21 +323,20 @@ def generate_concept_images(
     images = np.empty((len(class_concepts) * images_per_class, img_size, img_size, 3), dtype=np.uint8)
     most = int(class_concepts.sum(1).max()) + len(shortcut_pairs) * (shortcut > 0) + num_distractors
     placements = np.full((len(images), most, 5), -1.0, dtype=np.float32)
-    with timed('data_generation'):
-        for index in range(len(images)):
-            rng = np.random.default_rng([seed, split_id, index])
-            shown = class_concepts[index // images_per_class]
-            ids = np.flatnonzero(shown)
-            ids = [int(ids[j]) for j in rng.permutation(len(ids))]
-            if shortcut > 0 and split_id == 1:  # the training split (ConceptsDataset passes 1 + its split id)
-                ids += _shortcut_extras(rng, shown, shortcut_pairs, shortcut)
-            if num_distractors:
-                ids += (num_concepts + rng.choice(len(distractors), num_distractors,
-                                                  replace=num_distractors > len(distractors))).tolist()
-            images[index], where = render_concepts([names_all[k] for k in ids], img_size, rng, scale,
-                                                   rotation=rotation)
-            placements[index, :len(ids), 0] = ids
-            placements[index, :len(ids), 1:] = where
+    for index in range(len(images)):
+        rng = np.random.default_rng([seed, split_id, index])
+        shown = class_concepts[index // images_per_class]
+        ids = np.flatnonzero(shown)
+        ids = [int(ids[j]) for j in rng.permutation(len(ids))]
+        if shortcut > 0 and split_id == 1:  # the training split (ConceptsDataset passes 1 + its split id)
+            ids += _shortcut_extras(rng, shown, shortcut_pairs, shortcut)
+        if num_distractors:
+            ids += (num_concepts + rng.choice(len(distractors), num_distractors,
+                                              replace=num_distractors > len(distractors))).tolist()
+        images[index], where = render_concepts([names_all[k] for k in ids], img_size, rng, scale,
+                                               rotation=rotation)
+        placements[index, :len(ids), 0] = ids
+        placements[index, :len(ids), 1:] = where
     images.flags.writeable = False
     placements.flags.writeable = False
     return images, placements

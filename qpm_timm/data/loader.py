@@ -5,30 +5,11 @@ timm's ``create_loader`` installs timm's own transform pipeline on the dataset; 
 this package, so the scripts build plain ``DataLoader``s around datasets that carry that transform.
 """
 
-import time
-
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from ..timing import add_loading_time
 
 __all__ = ['create_qpm_loader']
-
-
-class _TimedLoader(DataLoader):
-    """A DataLoader that reports the seconds it spends producing batches (:mod:`qpm_timm.timing`)."""
-
-    def __iter__(self):
-        it = super().__iter__()
-        while True:
-            start = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            finally:
-                add_loading_time(time.perf_counter() - start)
-            yield batch
 
 
 def create_qpm_loader(
@@ -39,6 +20,7 @@ def create_qpm_loader(
         distributed: bool = False,
         shard: bool = False,
         pin_memory: bool = False,
+        loader_class: type = DataLoader,
 ) -> DataLoader:
     """A loader over ``dataset``.
 
@@ -48,6 +30,7 @@ def create_qpm_loader(
         distributed: training shards through ``DistributedSampler`` (call ``loader.sampler.set_epoch``).
         shard: every rank reads the disjoint slice ``rank::world_size`` with no padding, so sums over
             ranks count every image exactly once (the statistics pass).
+        loader_class: the ``DataLoader`` (sub)class to build (the run layer's times its batches).
     """
     sampler = None
     if distributed and is_training:
@@ -55,7 +38,7 @@ def create_qpm_loader(
     elif shard and torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         dataset = Subset(dataset, range(rank, len(dataset), world))
-    return _TimedLoader(
+    return loader_class(
         dataset, batch_size=batch_size, shuffle=is_training and sampler is None, sampler=sampler,
         num_workers=num_workers, drop_last=is_training and len(dataset) > batch_size, pin_memory=pin_memory,
         persistent_workers=False)

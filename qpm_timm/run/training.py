@@ -30,7 +30,6 @@ from ..losses import ActivationL1, FeatureDiversityLoss, FeatureGroundingLoss
 from ..models.head import check_qpm_sizes
 from ..precision import Precision, autocast, to_device
 from ..solver import pair_shares, sharing_pairs
-from ..timing import reset_timings, stage_seconds, timed
 from .args import finetune_rounds, resolve_args_precision
 from .cli import UsageError
 from .data import build_train_data, eval_data_config, resolve_dataset
@@ -41,6 +40,7 @@ from .experiment import (
 )
 from .model import check_input_size, create_train_model
 from .sets import check_set_args, run_sets
+from .timing import TimedLoader, add_seconds, reset_timings, stage_seconds, timed
 
 __all__ = ['check_train_args', 'finetune', 'train']
 
@@ -238,13 +238,16 @@ def train_and_fit(args, model, loaders, stats_data, exp: Path, device, image_siz
     # gallery rides along), solve (rank 0), QPM head
     collector = GalleryCollector(image_size=image_size if model.input_is_backbone_maps else None)
     stats_loader = create_qpm_loader(stats_data, args.validation_batch_size or args.batch_size,
-                                     num_workers=args.workers, shard=True)
+                                     num_workers=args.workers, shard=True, loader_class=TimedLoader)
+    solving = not (exp / SOLUTION).is_file()  # else a resumed run reads the solution back
     with timed('statistics_and_solve'):
         fit = fit_qpm(model, stats_loader, statistics_path=exp / STATISTICS, solution_path=exp / SOLUTION,
                       device=device, amp=args.amp, progress=not args.no_progress and args.rank == 0,
                       observers=[collector] if args.report else (), effort=args.solver_effort,
                       time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log, locality=args.locality,
                       rho=args.rho, pairs=args.pairs, idealize=args.idealize)
+    if solving:
+        add_seconds('solve', fit.solution.wall_time)
     if collector.seen:  # the pass ran in this process (not read back after a resume)
         gallery = collector.gather(all_ranks=True)
         if args.rank == 0:
@@ -316,7 +319,7 @@ def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_c
                    solver_effort=solution.effort, solver_effort_used=solution.effort_used,
                    solver_cut_by_wall_clock=solution.cut_by_wall_clock)
     with timed('prediction_sets'):
-        loader = create_qpm_loader(val_set, vb, num_workers=args.workers)
+        loader = create_qpm_loader(val_set, vb, num_workers=args.workers, loader_class=TimedLoader)
         evaluation = evaluate(model, loader, device, args.amp, args.channels_last, keep_features=True)
         try:
             calibration, set_results, set_table = run_sets(model, evaluation, val_set, args)
@@ -373,7 +376,8 @@ def train(args, args_text: str) -> Dict[str, Any]:
     precision, args_text = resolve_args_precision(args, device, args_text, resumed=bool(args.resume))
 
     data_config = eval_data_config(args)
-    train_set, train_eval_set, val_set, class_names = build_train_data(args, data_config)
+    with timed('data_generation'):  # the concepts dataset renders its images here
+        train_set, train_eval_set, val_set, class_names = build_train_data(args, data_config)
     num_classes = args.num_classes or len(class_names)
     try:
         check_qpm_sizes(num_classes, args.n_features, args.n_per_class)
@@ -392,8 +396,10 @@ def train(args, args_text: str) -> Dict[str, Any]:
         train_data, stats_data, val_data = feature_caches(args, model, train_set, train_eval_set, val_set,
                                                           exp / FEATURE_CACHE, device)
         reading = model.reading_backbone_maps()
-    loaders = (create_qpm_loader(train_data, args.batch_size, True, args.workers, args.distributed),
-               create_qpm_loader(val_data, args.validation_batch_size or args.batch_size, num_workers=args.workers))
+    loaders = (create_qpm_loader(train_data, args.batch_size, True, args.workers, args.distributed,
+                                 loader_class=TimedLoader),
+               create_qpm_loader(val_data, args.validation_batch_size or args.batch_size, num_workers=args.workers,
+                                 loader_class=TimedLoader))
     with reading:
         fit, metrics = train_and_fit(args, model, loaders, stats_data, exp, device, data_config['input_size'][-2:])
 
