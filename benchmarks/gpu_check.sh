@@ -32,7 +32,7 @@ timeout 90 python3 benchmarks/train.py --device cuda --amp --channels-last --red
 echo "== 3. README main command"
 run_train default
 echo "== 4. CUB recipe, pretrained backbone from a local file, generated folder tree, 224 px"
-python3 tests/folder_tree.py /tmp/gpu_tree 20 16 300 400
+python3 tests/helpers/folder_tree.py /tmp/gpu_tree 20 16 300 400
 python3 -c "import timm, torch; from safetensors.torch import save_file; \
 save_file(timm.create_model('resnet50').state_dict(), '/tmp/gpu_resnet50.safetensors')"
 t0=$SECONDS

@@ -1,5 +1,5 @@
-"""Shared pytest fixtures: ``hub_server``, a local Hugging Face Hub (see tests/hub_server.py), and
-``embedded_default``, the README's main command run once per test session (see :mod:`embedded`).
+"""Shared pytest fixtures: ``hub_server``, a local Hugging Face Hub (see tests/helpers/hub_server.py), and
+``embedded_default``, the README's main command run once per test session (see :mod:`helpers.embedded`).
 
 Under pytest-xdist (``-n auto`` in setup.cfg) every worker process, and every script a test starts, uses one
 torch thread: the workers already keep every core busy, and more threads than cores only slow them down.
@@ -8,8 +8,8 @@ import os
 
 import torch
 
-from embedded import embedded_default  # noqa: F401  (pytest fixture)
-from hub_server import hub_server  # noqa: F401  (pytest fixture)
+from helpers.embedded import embedded_default  # noqa: F401  (pytest fixture)
+from helpers.hub_server import hub_server  # noqa: F401  (pytest fixture)
 
 if os.environ.get('PYTEST_XDIST_WORKER'):
     os.environ['OMP_NUM_THREADS'] = '1'

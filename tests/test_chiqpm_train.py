@@ -10,7 +10,7 @@ import yaml
 
 from qpm_timm.solver import closest_class_pairs, pair_shares
 from qpm_timm.stats import QPMStatistics
-from scripts import ROOT, refused, run_script
+from helpers.scripts import ROOT, refused, run_script
 
 CONFIG = ROOT / 'qpm_timm' / 'configs' / 'concepts_chiqpm.yaml'
 

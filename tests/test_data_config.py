@@ -12,8 +12,8 @@ import qpm_timm
 from qpm_timm import hub
 from qpm_timm.data import create_qpm_transform, qpm_data_config
 
-from folder_tree import make_folder_tree
-from scripts import read_results, run_script
+from helpers.folder_tree import make_folder_tree
+from helpers.scripts import read_results, run_script
 
 
 def _export(folder, data_config, num_classes=4):

@@ -30,7 +30,7 @@ from qpm_timm.explain.grounding import ExplanationCollector
 from qpm_timm.forward import forward_pass
 from qpm_timm.stats import collect_statistics
 
-from scripts import ROOT, refused, run_script
+from helpers.scripts import ROOT, refused, run_script
 
 IMG, CLASSES, FEATURES, PER_CLASS = 64, 6, 6, 2
 DATA_ARGS = dict(num_classes=CLASSES, num_concepts=6, images_per_class=8)

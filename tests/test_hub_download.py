@@ -1,7 +1,7 @@
 """``timm.create_model("qpm_resnet50_cub", pretrained=True)`` downloads its weights through the Hub path.
 
 The weights of a QPM with a random (non-placeholder) head are exported with ``qpm_timm.hub.save_pretrained``
-into a folder that the local Hub (tests/hub_server.py) serves under the variant's ``hf_hub_id``; a fresh
+into a folder that the local Hub (tests/helpers/hub_server.py) serves under the variant's ``hf_hub_id``; a fresh
 interpreter pointed at it with ``HF_ENDPOINT`` must download, cache and load them, then load them again
 with ``HF_HUB_OFFLINE=1`` and no request at all.
 """
@@ -15,7 +15,7 @@ import qpm_timm  # noqa: F401  (registers the qpm_* models)
 from qpm_timm.hub import save_pretrained
 from qpm_timm.models.qpm import default_cfgs
 
-from hub_server import hub_cache_repo_folder
+from helpers.hub_server import hub_cache_repo_folder
 
 VARIANT = "qpm_resnet50_cub"
 

@@ -1,4 +1,4 @@
-"""``python -m qpm_timm.hub push``: one commit to the local Hub (tests/hub_server.py), then
+"""``python -m qpm_timm.hub push``: one commit to the local Hub (tests/helpers/hub_server.py), then
 ``timm.create_model("hf-hub:ORG/NAME", pretrained=True)`` downloads the same model back from it."""
 import json
 

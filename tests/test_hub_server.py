@@ -1,4 +1,4 @@
-"""The local Hub (tests/hub_server.py) serves folders the way ``huggingface_hub`` and timm need."""
+"""The local Hub (tests/helpers/hub_server.py) serves folders the way ``huggingface_hub`` and timm need."""
 import hashlib
 import json
 import os
@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from hub_server import git_blob_sha1, hub_cache_repo_folder
+from helpers.hub_server import git_blob_sha1, hub_cache_repo_folder
 
 REPO = "qpm-test/plain"
 

@@ -23,7 +23,7 @@ from qpm_timm.run.args import resolve_args_precision
 from qpm_timm.run.experiment import restore_args
 from qpm_timm.run.training import WithFeatures, train_one_epoch
 from qpm_timm.stats import collect_statistics
-from scripts import refused
+from helpers.scripts import refused
 
 CLASSES, FEATURES, PER_CLASS = 4, 4, 2
 

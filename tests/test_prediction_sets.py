@@ -19,7 +19,7 @@ from qpm_timm.conformal import (
 from qpm_timm.conformal.tree import tree_json
 from qpm_timm.data import create_qpm_loader, create_qpm_split
 from qpm_timm.run import evaluate
-from scripts import ROOT, read_results, refused, run_script
+from helpers.scripts import ROOT, read_results, refused, run_script
 
 FAST = ['--no-interpretability', '--workers', '0', '-b', '200', '--no-progress']
 # 4 classes x 2 of 4 features: a = {0, 1}, b = {0, 2}, c = {1, 3}, d = {2, 3}

@@ -16,8 +16,8 @@ import qpm_timm
 from qpm_timm.data import create_qpm_loader, create_qpm_split
 from qpm_timm.models import load_weights
 
-from hub_server import hub_client_env
-from scripts import refused
+from helpers.hub_server import hub_client_env
+from helpers.scripts import refused
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONE = 'test_resnet.r160_in1k'  # a tiny timm ResNet with a pretrained tag

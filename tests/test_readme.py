@@ -1,10 +1,10 @@
 """What the README shows runs and says what the README claims.
 
-* Its two set-up lines are the main command (``tests/embedded.py``'s ``MAIN_COMMAND``) and the test command that
-  ``.ci/run`` runs.
-* The main command trains the embedded default (the ``embedded_default`` fixture, tests/embedded.py); its validation
-  top-1 and concept recovery must stay at the README's claims (top-1 >= 99 %, recovery >= 0.97) in whatever precision
-  the machine picks, so no refactor of train.py can silently lose them.
+* Its two set-up lines are the main command (``MAIN_COMMAND`` of tests/helpers/embedded.py) and the test command
+  that ``.ci/run`` runs.
+* The main command trains the embedded default (the ``embedded_default`` fixture, tests/helpers/embedded.py); its
+  validation top-1 and concept recovery must stay at the README's claims (top-1 >= 99 %, recovery >= 0.97) in
+  whatever precision the machine picks, so no refactor of train.py can silently lose them.
 * The first Python example runs on that run's export as written; "Make a QPM from your own timm model" too.
 * The Models table is the one generated from the variant table.
 * The stage diagnosis docs/TRAINING.md names (``benchmarks/concept_stages.py``) reads the main command's run.
@@ -18,8 +18,8 @@ import torch
 import yaml
 
 from qpm_timm.data.concepts import ConceptsDataset
-from embedded import MAIN_COMMAND
-from scripts import run_script
+from helpers.embedded import MAIN_COMMAND
+from helpers.scripts import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / 'README.md').read_text()

@@ -14,8 +14,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from folder_tree import make_folder_tree
-from scripts import ROOT, run_script
+from helpers.folder_tree import make_folder_tree
+from helpers.scripts import ROOT, run_script
 from test_data_cub import make_cub_tree
 
 CONFIGS = ROOT / 'qpm_timm' / 'configs'

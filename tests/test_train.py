@@ -14,9 +14,9 @@ import torch
 import yaml
 
 import qpm_timm
-from folder_tree import make_folder_tree
+from helpers.folder_tree import make_folder_tree
 from qpm_timm.run.model import check_input_size
-from scripts import read_results, refused, run_script
+from helpers.scripts import read_results, refused, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--model', 'qpm', '--backbone', 'test_resnet', '--img-size', '40', '--n-features', '6', '--n-per-class', '2',

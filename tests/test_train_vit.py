@@ -12,7 +12,7 @@ import torch
 import qpm_timm  # noqa: F401  (registers the qpm models)
 from qpm_timm.explain import FeatureGallery
 
-from scripts import refused
+from helpers.scripts import refused
 from test_train import TINY, _kill_when, _solution, _train
 
 VIT = ['--backbone', 'vit_small_patch14_reg4_dinov2', '--model-kwargs', 'embed_dim=64', 'depth=2', 'num_heads=2',

@@ -24,7 +24,7 @@ from qpm_timm.explain.grounding import ExplanationCollector
 from qpm_timm.forward import forward_pass
 from qpm_timm.models.head import placeholder_assignment
 
-from scripts import ROOT, read_results, run_script
+from helpers.scripts import ROOT, read_results, run_script
 
 NUM_CLASSES, N_FEATURES, N_PER_CLASS, IMG = 6, 8, 2, 48
 DATA_ARGS = {'images_per_class': 3, 'num_classes': NUM_CLASSES, 'img_size': IMG}

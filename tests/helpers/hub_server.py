@@ -61,7 +61,7 @@ import pytest
 
 PathLike = Union[str, os.PathLike]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Stored through git-LFS on the Hub by default (the Hub's default .gitattributes), like weights.
 LFS_SUFFIXES = (

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Sequence, Tuple
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_script(name: str, argv: Sequence[str]) -> int:

@@ -21,6 +21,6 @@ def make_folder_tree(root, classes: int = 4, per_class: int = 2, splits: Sequenc
     return root
 
 
-if __name__ == '__main__':  # python tests/folder_tree.py ROOT CLASSES PER_CLASS HEIGHT WIDTH
+if __name__ == '__main__':  # python tests/helpers/folder_tree.py ROOT CLASSES PER_CLASS HEIGHT WIDTH
     import sys
     make_folder_tree(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), size=(int(sys.argv[4]), int(sys.argv[5])))
