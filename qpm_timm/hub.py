@@ -7,20 +7,18 @@ states (input size, mean, std, crop, interpolation, head sizes) is the one timm 
 
     python -m qpm_timm.hub push <experiment-or-export-folder> --repo-id ORG/NAME [--private] [--revision REV]
         [--results validate.json] [--dry-run]
-    python -m qpm_timm.hub write-configs hub_configs      (also: --write-configs hub_configs)
-    python -m qpm_timm.hub write-models-table README.md
+    python -m qpm_timm.hub write-configs hub_configs
 
 ``push`` (:func:`push_to_hub`) uploads, in one commit, the export's weights and config.json (and the prediction sets'
 calibration, ``prediction_sets.json``, when the export has one: :func:`load_calibration`), a model card naming
 the repository and the run's results (``results.json`` of train.py, a validate.py JSON), and the run's
 ``args.yaml`` / ``results.json``; ``write-configs`` regenerates ``hub_configs/<variant>/`` (config.json + model card)
-of every registered variant, and ``write-models-table`` the README's Models table, from the variant table
-(:mod:`qpm_timm.models.variants`).
+of every registered variant, from the variant table (:mod:`qpm_timm.models.variants`, which also writes the README's
+Models table: ``python -m qpm_timm.models write-models-table README.md``).
 """
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -31,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import timm
 import yaml
+from huggingface_hub import EvalResult, ModelCardData
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from timm.models._hub import save_config_for_hf
@@ -40,9 +39,9 @@ from .conformal import Calibration, assignment_digest
 from .explain import model_feature_table
 from .models.load_errors import unreadable_checkpoint_message
 from .models.qpm import LOAD_TIME_ARGS, QPMModel
-from .models.variants import DATASET_NAMES, VARIANT_ARGS, models_table, variant_dataset
+from .models.variants import DATASET_NAMES, VARIANT_ARGS, variant_dataset
 
-__all__ = ['save_pretrained', 'read_weights', 'model_card', 'write_hub_configs', 'with_models_table', 'push_to_hub',
+__all__ = ['save_pretrained', 'read_weights', 'model_card', 'write_hub_configs', 'push_to_hub',
            'PushPlan', 'RunResults', 'load_calibration']
 
 WEIGHTS_NAME = 'model.safetensors'
@@ -51,7 +50,6 @@ CARD_NAME = 'README.md'
 CALIBRATION_NAME = 'prediction_sets.json'  # the calibration of the prediction sets (qpm_timm.conformal)
 RUN_FILES = ('args.yaml', 'results.json')  # what train.py leaves beside export/, uploaded with it
 VALIDATE_RESULTS_NAME = 'validate_results.json'
-MODELS_HEADING = '## Models'
 # config.json fields a model card states: the architecture, the head sizes, the evaluation transform, provenance
 _CARD_PRETRAINED_FIELDS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std', 'license',
                            'origin_url', 'notes')
@@ -110,22 +108,21 @@ _INDEX_ENTRIES = (
 )
 
 
-def _model_index(name: str, results: Sequence[RunResults]) -> List[Dict[str, Any]]:
-    """Hub ``model-index`` metadata: the accuracy of every result whose dataset is known, the dense model's (train.py's
-    ``dense_*``) as an entry of its own."""
-    entries = []
+def _eval_results(results: Sequence[RunResults]) -> List[EvalResult]:
+    """The Hub's ``model-index`` as huggingface_hub's :class:`~huggingface_hub.EvalResult` rows: the accuracy of every
+    result whose dataset is known, and the dense model's it came from (train.py's ``dense_*``), each metric named
+    (huggingface_hub groups the rows of one dataset and split into one entry)."""
+    rows = []
     for r in results:
         if not r.dataset:
             continue
-        dataset = dict(name=DATASET_NAMES.get(r.dataset, r.dataset), type=r.dataset)
-        if r.split:
-            dataset['split'] = r.split
         for keys in _INDEX_ENTRIES:
-            metrics = [dict(type='accuracy', value=r.metrics[k], name=label) for k, label in keys if k in r.metrics]
-            if metrics:
-                entries.append(dict(task=dict(type='image-classification', name='Image Classification'),
-                                    dataset=dict(dataset), metrics=metrics))  # a copy: no YAML alias in the card
-    return [dict(name=name, results=entries)] if entries else []
+            rows += [EvalResult(task_type='image-classification', task_name='Image Classification',
+                                dataset_type=r.dataset,
+                                dataset_name=DATASET_NAMES.get(r.dataset, r.dataset), dataset_split=r.split,
+                                metric_type='accuracy', metric_value=r.metrics[k], metric_name=label)
+                     for k, label in keys if k in r.metrics]
+    return rows
 
 
 def _drop_load_time_args(config_path: Path) -> None:
@@ -155,17 +152,16 @@ def model_card(
     before the class table."""
     cfg, args = config['pretrained_cfg'], config.get('model_args', {})
     name = repo_id.split('/')[-1] if repo_id else config['architecture']
-    front = dict(tags=['image-classification', 'timm', 'qpm', 'interpretable'], library_name='timm',
-                 license=cfg.get('license', 'apache-2.0'))
-    index = _model_index(name, results)
-    if index:
-        front['model-index'] = index
+    evals = _eval_results(results)
+    front = ModelCardData(tags=['image-classification', 'timm', 'qpm', 'interpretable'], library_name='timm',
+                          license=cfg.get('license', 'apache-2.0'), model_name=name if evals else None,
+                          eval_results=evals or None)
     where = f'hf-hub:{repo_id}' if repo_id else f'local-dir:{local_dir or "<folder>"}'
     paper = f', {cfg["paper_ids"]}' if cfg.get('paper_ids') else ''
     relu = ' The normalised features pass a ReLU before the binary layer (CHiQPM\'s head).' \
         if args.get('relu_after_norm') else ''
     lines = [
-        '---', yaml.safe_dump(front, sort_keys=False).rstrip(), '---', '',
+        '---', front.to_yaml(), '---', '',
         f'# {name}', '',
         f'A QPM (Norrenbrock et al., ICLR 2025{paper}): a globally interpretable classifier whose final layer is a '
         f'binary class x feature assignment. Its {config["num_classes"]} classes share {args.get("n_features")} '
@@ -314,28 +310,6 @@ def write_hub_configs(out_dir: str) -> None:
         atomic_folder(Path(out_dir) / variant, write, keep_files=True)
 
 
-def with_models_table(readme: str) -> str:
-    """``readme`` with the Markdown table under its Models heading replaced by the variant table's."""
-    lines = readme.split('\n')
-    if MODELS_HEADING not in lines:
-        raise ValueError(f'no "{MODELS_HEADING}" heading to put the Models table under.')
-    start = lines.index(MODELS_HEADING) + 1
-    while start < len(lines) and not lines[start].startswith('|'):
-        start += 1
-    end = start
-    while end < len(lines) and lines[end].startswith('|'):
-        end += 1
-    if start == end:
-        raise ValueError(f'no table under "{MODELS_HEADING}".')
-    return '\n'.join(lines[:start] + models_table().split('\n') + lines[end:])
-
-
-def write_models_table(readme_path: str) -> None:
-    """Regenerate the Models table of the README at ``readme_path``."""
-    path = Path(readme_path)
-    path.write_text(with_models_table(path.read_text(encoding='utf-8')), encoding='utf-8')
-
-
 # --- push ---------------------------------------------------------------------------------------------------------
 @dataclass
 class PushPlan:
@@ -355,8 +329,14 @@ class PushPlan:
 
 
 def _check_repo_id(repo_id: str) -> None:
-    if not isinstance(repo_id, str) or not re.fullmatch(r'[\w.-]+/[\w.-]+', repo_id) or '--' in repo_id \
-            or '..' in repo_id:
+    """huggingface_hub's own rule for a repository id, and a namespace (ORG/NAME): the Hub's error, named."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f'--repo-id must be ORG/NAME (letters, digits, "-", "_", "."), got {repo_id!r}: {e}') from e
+    if not isinstance(repo_id, str) or repo_id.count('/') != 1:
         raise ValueError(f'--repo-id must be ORG/NAME (letters, digits, "-", "_", "."), got {repo_id!r}.')
 
 
@@ -458,7 +438,6 @@ def push_to_hub(
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      epilog='Exit code 2 on bad input, 1 when the Hub refuses the push.')
-    parser.add_argument('--write-configs', metavar='DIR', default=None, help='same as the write-configs command')
     commands = parser.add_subparsers(dest='command')
     push = commands.add_parser('push', help='upload an export or a train.py experiment folder to the Hub')
     push.add_argument('folder', help='export folder (model.safetensors + config.json) or experiment folder')
@@ -469,17 +448,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     push.add_argument('--dry-run', action='store_true', default=False, help='list files and target, no network')
     configs = commands.add_parser('write-configs', help='config.json + model card of every registered variant')
     configs.add_argument('dir', metavar='DIR')
-    table = commands.add_parser('write-models-table', help="the README's Models table, from the variant table")
-    table.add_argument('readme', metavar='README')
     args = parser.parse_args(argv)
-    if args.command == 'write-configs' or (args.command is None and args.write_configs):
-        write_hub_configs(args.dir if args.command else args.write_configs)
-        return 0
-    if args.command == 'write-models-table':
-        write_models_table(args.readme)
+    if args.command == 'write-configs':
+        write_hub_configs(args.dir)
         return 0
     if args.command != 'push':
-        parser.error('give a command: push, write-configs or write-models-table')
+        parser.error('give a command: push or write-configs')
     from huggingface_hub.errors import HfHubHTTPError
     try:
         plan = push_to_hub(args.folder, args.repo_id, args.private, args.revision, args.dry_run, args.results)

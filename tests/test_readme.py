@@ -31,9 +31,9 @@ def _code_block(after_heading: str, language: str) -> str:
 
 
 def test_models_table_has_not_drifted_from_the_variant_table():
-    from qpm_timm import hub
-    assert README == hub.with_models_table(README), \
-        "the README's Models table drifted: run python -m qpm_timm.hub write-models-table README.md"
+    from qpm_timm.models.variants import with_models_table
+    assert README == with_models_table(README), \
+        "the README's Models table drifted: run python -m qpm_timm.models write-models-table README.md"
 
 
 def test_readme_set_up_lines_are_the_main_command_and_the_command_ci_runs():
@@ -104,3 +104,11 @@ def test_readme_make_a_qpm_from_your_own_timm_model_runs_as_written(tmp_path, mo
     export = re.search(r'save_pretrained\(fit\.model, "([^"]+)"', code).group(1)
     reloaded = timm.create_model(f'local-dir:{tmp_path / export}', pretrained=True)
     assert torch.equal(reloaded.class_weights, fit.model.class_weights.cpu())
+
+
+def test_the_models_table_command_rewrites_a_drifted_table(tmp_path):
+    from qpm_timm.models.__main__ import main
+    drifted = tmp_path / 'README.md'
+    drifted.write_text(README.replace('| `qpm_resnet50_cub` | ResNet-50 |', '| `qpm_resnet50_cub` | ResNet-5 |', 1))
+    assert drifted.read_text() != README
+    assert main(['write-models-table', str(drifted)]) == 0 and drifted.read_text() == README

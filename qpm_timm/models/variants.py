@@ -2,11 +2,13 @@
 
 Everything else a variant is written as comes from :data:`VARIANTS`: the architecture arguments
 (:data:`VARIANT_ARGS`), timm's ``default_cfgs`` and the ``@register_model`` entry points (:mod:`qpm_timm.models.qpm`),
-``hub_configs/`` and the README's Models table (``python -m qpm_timm.hub write-configs`` / ``write-models-table``).
+``hub_configs/`` and the README's Models table (``python -m qpm_timm.hub write-configs`` / ``python -m qpm_timm.models
+write-models-table``).
 The rows encode the recipes of docs/METHOD.md, "Recipe" (ResNets from torchvision's ImageNet weights, reduced
 strides for fine-grained data) and "ViT backbones and the adapter" (frozen DINOv2 with a token-wise MLP adapter).
 """
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -15,7 +17,7 @@ from ..data.configs import qpm_data_config, resolve_qpm_data_config
 from .authors import releases_of
 
 __all__ = ['DATASET_NAMES', 'HF_HUB_ORG', 'VARIANTS', 'VARIANT_ARGS', 'Variant', 'get_variant', 'models_table',
-           'qpm_cfg', 'variant_dataset']
+           'qpm_cfg', 'variant_dataset', 'MODELS_HEADING', 'with_models_table', 'write_models_table']
 
 HF_HUB_ORG = 'qpm-timm'  # the Hugging Face organisation that publishes every registered variant
 QPM_ORIGIN = 'https://github.com/ThomasNorr/QPM'
@@ -186,3 +188,28 @@ def models_table(variants: Tuple[Variant, ...] = VARIANTS) -> str:
     rows += [f'| `{v.name}` | {v.describe_backbone()} | {v.num_classes} | {v.describe_maps()} | `{v.hub_id}` | '
              f'{v.describe_weights()} |' for v in variants]
     return '\n'.join(rows)
+
+
+MODELS_HEADING = '## Models'
+
+
+def with_models_table(readme: str) -> str:
+    """``readme`` with the Markdown table under its Models heading replaced by the variant table's."""
+    lines = readme.split('\n')
+    if MODELS_HEADING not in lines:
+        raise ValueError(f'no "{MODELS_HEADING}" heading to put the Models table under.')
+    start = lines.index(MODELS_HEADING) + 1
+    while start < len(lines) and not lines[start].startswith('|'):
+        start += 1
+    end = start
+    while end < len(lines) and lines[end].startswith('|'):
+        end += 1
+    if start == end:
+        raise ValueError(f'no table under "{MODELS_HEADING}".')
+    return '\n'.join(lines[:start] + models_table().split('\n') + lines[end:])
+
+
+def write_models_table(readme_path: str) -> None:
+    """Regenerate the Models table of the README at ``readme_path``."""
+    path = Path(readme_path)
+    path.write_text(with_models_table(path.read_text(encoding='utf-8')), encoding='utf-8')
