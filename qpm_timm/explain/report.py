@@ -20,7 +20,6 @@ example images of the contrastive pictures) and reads the gallery images back fr
 it never passes over the training set. The folder is written beside and swapped in at the end, so an error
 leaves an earlier report intact.
 """
-import html
 import json
 import multiprocessing
 import os
@@ -34,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
@@ -490,6 +490,8 @@ def _write_checked(model, folder: Path, gallery, train_set, val_set, class_names
 
 
 _JOBS_PER_WORKER = 4  # at least this many pictures per drawing process
+_TEMPLATES = Environment(loader=PackageLoader('qpm_timm.explain', 'templates'), autoescape=select_autoescape(['j2']),
+                         keep_trailing_newline=True)
 _DRAWING: Optional[Tuple] = None  # what the worker processes of _draw_plain_pictures draw from (inherited by fork)
 _PAGE = {'feature': 'feature', 'class': 'cls', 'pair': 'pair'}  # job kind -> its pages in the summary
 
@@ -591,44 +593,6 @@ def _explanation_summary(measured: ExplanationMetrics, annotations) -> Dict[str,
                 summary={k: _number(v) for k, v in measured.summary().items()}, features=features)
 
 
-def _metrics_html(metrics: Dict[str, Any], pictures: _Pictures) -> List[str]:
-    """The "Explanation metrics" section of index.html."""
-    def cell(x, digits=2):
-        return '&ndash;' if x is None else f'{x:.{digits}f}'
-    grounded = any('grounding' in f for f in metrics['features'])
-    plaus = metrics['plausibility']
-    out = ['<h2 id="metrics">Explanation metrics</h2><p class="small">Plausibility (DINO-QPM): the share of the '
-           'predicted class\'s evidence map (its features\' maps summed, shifted to a minimum of 0) that lies on '
-           'the object, its mask grown by one feature-map cell: ' +
-           (f'<b>{100 * plaus:.1f} %</b> over the validation images (chance, an evidence map spread evenly: '
-            f'{100 * metrics["plausibility_chance"]:.1f} %, the share of the grid the grown object covers).'
-            if plaus is not None else
-            'not measured (the dataset has no object masks).') +
-           (' Grounding: the share of a feature\'s map mass inside the mask of the concept it is matched to, over '
-            'the images holding that concept (chance: the share of the grid the concept covers).' if grounded
-            else '') +
-           ' Deletion: blanking the 3 &times; 3-cell window around a feature\'s maximum vs a random window of the '
-           'same size; the mean drop of the feature\'s activation and of the predicted class\'s logit, over the '
-           'images whose predicted class uses the feature (a fixed random subset), and their ratio (peak / random; '
-           'above 1: the feature depends on where it fires). See docs/METHOD.md, "Explanation metrics".</p>',
-           '<table><tr><th>feature</th>' + ('<th>matched concept</th><th>grounding</th><th>chance</th>'
-                                            if grounded else '') +
-           '<th>images</th><th>activation drop: peak / random (ratio)</th><th>logit drop: peak / random (ratio)'
-           '</th></tr>']
-    for f in metrics['features']:
-        row = f'<tr><td>{_feature_tag(pictures, f["feature"])}</td>'
-        if grounded:
-            row += (f'<td>{html.escape(f["grounding_concept"] or "-")}</td><td>{cell(f["grounding"])}</td>'
-                    f'<td>{cell(f["grounding_chance"])}</td>')
-        row += (f'<td>{f["deletion_images"]}</td><td>{cell(f["activation_drop_peak"], 3)} / '
-                f'{cell(f["activation_drop_random"], 3)} ({cell(f["activation_drop_ratio"])})</td><td>'
-                f'{cell(f["logit_drop_peak"], 3)} / {cell(f["logit_drop_random"], 3)} ({cell(f["logit_drop_ratio"])})'
-                '</td></tr>')
-        out.append(row)
-    out.append('</table>')
-    return out
-
-
 def _tree_example(scan: DatasetScan, sets) -> int:
     """The validation image whose tree the report shows: the first correctly classified one whose prediction set
     holds several classes (a branch to see), else the first correctly classified one, else the first."""
@@ -647,128 +611,9 @@ def _model_title(model) -> str:
     return f'{arch} ({model.backbone_name} backbone)'
 
 
-_CSS = '''
-body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em;color:#222}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #eee;padding:.35em;text-align:left;
-vertical-align:top}img{max-width:100%}.swatch{display:inline-block;width:1em;height:1em;border-radius:2px;
-vertical-align:middle;margin-right:.3em}.feat{white-space:nowrap;font-weight:600}.small{font-size:.85em;color:#555}
-details{margin:.3em 0}summary{cursor:pointer}nav a{margin-right:1em}
-'''
-
-
-def _data_sentence(summary: Dict) -> str:
-    """The first paragraph's account of the data behind the report: accuracy (the dense model's beside it when known),
-    galleries and names; or, for the model alone, what is missing and how to get it."""
-    esc = html.escape
-    dense = summary['dense_validation_accuracy']
-    dense_text = (f'; of the dense model it was made from: {dense["dense_top1"]:.2f} % (last dense epoch; best '
-                  f'{dense["dense_best_top1"]:.2f} % at epoch {dense["dense_best_epoch"]})' if dense else '')
-    if not summary['dataset_given']:
-        return ('No dataset was given: the model alone explains the images given to it. Without a dataset there are '
-                'no feature galleries, no class cards, no feature names (features are named by their backbone '
-                'channel), no validation accuracy and no example images for contrastive pairs, and heatmaps are '
-                'scaled per map; give the dataset (explain.py --dataset / --data-dir) for them.')
-    return (f'Validation top-1 of this model: {summary["validation_accuracy"]:.2f} %{dense_text}. Feature galleries: '
-            f'top images of the {esc(summary["gallery_source"])} ({summary["gallery_images_seen"]} images seen). '
-            f'Feature names: {esc(summary["annotations"] or "none (no annotations): backbone channel")}.')
-
-
-def _trees_html(sets: Dict, trees: List) -> str:
-    """The section of the prediction trees (explain/tree.py)."""
-    esc = html.escape
-    if sets['calibrated']:
-        how = (f'The green paths lead to the classes of the CHiQPM prediction set at coverage {sets["target"]:g} '
-               f'(depth {sets["level"]} of the prediction\'s path shared, {esc(sets["source"])}).')
-    else:
-        how = f'The bold path is the prediction\'s; {esc(sets["source"])}.'
-    out = ['<h2 id="trees">Prediction trees</h2><p class="small">For one image, every class\'s features ordered by '
-           'their activation on it, from the root down: classes that rank the same features first share a branch. '
-           'Node size: the activation; the local tree keeps the classes whose strongest feature is the '
-           f'prediction\'s. {how}</p>']
-    for name, pictures in trees:
-        out.append(f'<h3>{esc(name)}</h3>')
-        for kind in ('local', 'global'):
-            png, data = pictures[kind]
-            out.append(f'<a href="{png}"><img loading="lazy" src="{png}" alt="{kind} tree of {esc(name)}"></a>'
-                       f'<br><a class="small" href="{data}">{data}</a>')
-    return '\n'.join(out)
-
-
-def _feature_tag(pictures: _Pictures, j: int) -> str:
-    return (f'<a class="feat" href="#f{j}" style="color:{pictures.colour_hex(j, text=True)}"><span class="swatch" '
-            f'style="background:{pictures.colour_hex(j)}"></span>{html.escape(pictures.names.labels[j])}</a>')
-
-
 def _index_html(summary: Dict, pages: Dict, pictures: _Pictures) -> str:
-    esc = html.escape
-    names = summary['class_names']
-    out = [f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>QPM report: {esc(summary["title"])}'
-           f'</title><style>{_CSS}</style></head><body>',
-           f'<h1>QPM explanations: {esc(summary["title"])}</h1>',
-           f'<p>{summary["num_classes"]} classes share {summary["n_features"]} features; every class uses exactly '
-           f'{summary["n_per_class"]} of them (a binary class &times; feature assignment), so its logit is the sum '
-           f'of its features\' normalised activations. {_data_sentence(summary)}</p>',
-           '<nav><a href="#global">global picture</a><a href="#features">features</a><a href="#classes">classes</a>'
-           '<a href="#pairs">contrastive pairs</a>' + ('<a href="#metrics">explanation metrics</a>' if
-                                                      summary['explanation_metrics'] is not None else '') +
-           ('<a href="#local">local explanations</a>' if pages['local'] else '') +
-           ('<a href="#trees">prediction trees</a>' if pages['trees'] else '') +
-           '<a href="report.json">report.json</a></nav>',
-           '<h2 id="global">Global picture</h2><p class="small">A coloured cell: the class (row) uses the feature '
-           '(column). Rows are grouped so that classes sharing features sit together; columns are ordered by how '
-           'many classes use the feature (bars above). Numbers: <a href="global.json">global.json</a>.</p>',
-           f'<a href="{pages["global"][0]}"><img src="{pages["global"][0]}" alt="class x feature assignment"></a>',
-           '<h2 id="features">Features</h2><p class="small">' + (
-               'Each feature\'s name is the annotation its activation correlates with best (Pearson r over the '
-               'validation images). Gallery: its most activating images, the frame marks the patch around the '
-               'maximum of its feature map; below, the patches.' if summary['dataset_given'] else
-               'Every feature\'s backbone channel and the classes that use it (no dataset: no names, no '
-               'galleries).') + '</p>']
-    for info in summary['features']:
-        j = info['feature']
-        tops = ', '.join(f'{esc(t["name"])} ({t["r"]:.2f})' for t in info['top_annotations']) or '&ndash;'
-        users = ', '.join(f'<a href="#c{c}">{esc(names[c])}</a>' for c in info['classes'])
-        gallery = 'no gallery (no dataset given)'
-        if j in pages['feature']:
-            png, data = pages['feature'][j]
-            gallery = (f'<a href="{png}"><img loading="lazy" src="{png}" alt="gallery of f{j}"></a><br><a '
-                       f'class="small" href="{data}">{data}</a>')
-        out.append(f'<div id="f{j}"><h3>{_feature_tag(pictures, j)}</h3><p class="small">backbone channel '
-                   f'{info["channel"]}; most correlated annotations: {tops}<br>used by: {users}</p>{gallery}</div>')
-    out.append('<h2 id="classes">Classes</h2><p class="small">Open a class for its card: its features with '
-               'their best gallery patches.</p>')
-    for c, name in enumerate(names):
-        feats = ' '.join(_feature_tag(pictures, j) for j in summary['class_features'][c])
-        if c not in pages['cls']:  # the model alone: no gallery patches for a card
-            out.append(f'<p id="c{c}"><b>{esc(name)}</b> &mdash; {feats}</p>')
-            continue
-        png, data = pages['cls'][c]
-        out.append(f'<details id="c{c}"><summary><b>{esc(name)}</b> &mdash; {feats}</summary><a href="{png}"><img '
-                   f'loading="lazy" src="{png}" alt="card of {esc(name)}"></a><br><a class="small" href="{data}">'
-                   f'{data}</a></details>')
-    shown = ('an example image of each (correctly classified, where the class\'s features fire strongly and in '
-             'different places)' if summary['dataset_given'] else 'the image files given, a row each')
-    out.append('<h2 id="pairs">Contrastive pairs</h2><p class="small">Two classes that share all features but one: '
-               f'{shown}, the heatmaps of every feature of both classes on those images (the differing '
-               'features framed thick) and how much each contributes to the logit difference. '
-               f'{esc(summary["heatmap_normalisation"])}.</p>')
-    if not pages['pair']:
-        out.append('<p>No pair drawn (no class pair shares all features but one, or their classes have no '
-                   'validation images).</p>' if summary['dataset_given'] else
-                   '<p>No pair drawn: without a dataset there are no example images; the pairs given with --pair '
-                   'are drawn on the --image files.</p>')
-    for (a, b), (png, data) in pages['pair'].items():
-        out.append(f'<h3>{esc(names[a])} vs {esc(names[b])}</h3><a href="{png}"><img loading="lazy" src="{png}" '
-                   f'alt="{esc(names[a])} vs {esc(names[b])}"></a><br><a class="small" href="{data}">{data}</a>')
-    if summary['explanation_metrics'] is not None:
-        out.extend(_metrics_html(summary['explanation_metrics'], pictures))
-    if pages['local']:
-        out.append('<h2 id="local">Local explanations</h2>')
-        for name, (png, data) in pages['local']:
-            out.append(f'<h3>{esc(name)}</h3><a href="{png}"><img loading="lazy" src="{png}" alt="{esc(name)}"></a>'
-                       f'<br><a class="small" href="{data}">{data}</a>')
-    if pages['trees']:
-        out.append(_trees_html(summary['prediction_sets'], pages['trees']))
-    out.append('</body></html>')
-    return '\n'.join(out)
+    """index.html: the page template (``templates/index.html.j2``, Jinja2 with autoescaping) over report.json's
+    summary, the pictures drawn and every feature's colour and label."""
+    tags = {j: dict(colour=pictures.colour_hex(j), text=pictures.colour_hex(j, text=True), label=label)
+            for j, label in enumerate(pictures.names.labels)}
+    return _TEMPLATES.get_template('index.html.j2').render(s=summary, pages=pages, tags=tags)
