@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ['--epochs', '1', '--finetune-epochs', '1', '--img-size', '32', '--n-features', '6', '--n-per-class', '2',
               '--solver-effort', '1', '--solver-time-limit', '30',

@@ -12,6 +12,8 @@ from qpm_timm.solver import closest_class_pairs, pair_shares
 from qpm_timm.stats import QPMStatistics
 from helpers.scripts import ROOT, refused, run_script
 
+pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
+
 CONFIG = ROOT / 'qpm_timm' / 'configs' / 'concepts_chiqpm.yaml'
 
 

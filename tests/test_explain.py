@@ -28,6 +28,8 @@ from qpm_timm.models.head import placeholder_assignment
 from qpm_timm.forward import forward_pass
 from qpm_timm.stats import collect_statistics
 
+pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
+
 ASSIGNMENT = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]], dtype=torch.bool)
 SIZE, GRID = 64, 8  # image side, feature map side
 QUADRANTS = [(slice(0, 32), slice(0, 32)), (slice(0, 32), slice(32, 64)), (slice(32, 64), slice(0, 32)),

@@ -17,6 +17,8 @@ from qpm_timm.models.qpm import default_cfgs
 
 from helpers.hub_server import hub_cache_repo_folder
 
+pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
+
 VARIANT = "qpm_resnet50_cub"
 
 _CREATE = """

@@ -12,6 +12,8 @@ import qpm_timm
 from qpm_timm import hub
 from qpm_timm.models.head import placeholder_assignment
 
+pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
+
 REPO = 'qpm-test/qpm-concepts'
 SLIM = dict(n_features=8, n_per_class=3, channels=[16, 32, 64, 128], stem_width=16)  # the embedded default's shape
 FILES = ['README.md', 'args.yaml', 'config.json', 'model.safetensors', 'results.json']

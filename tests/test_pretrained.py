@@ -19,6 +19,8 @@ from qpm_timm.models import load_weights
 from helpers.hub_server import hub_client_env
 from helpers.scripts import refused
 
+pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONE = 'test_resnet.r160_in1k'  # a tiny timm ResNet with a pretrained tag
 REPO = f'timm/{BACKBONE}'  # where timm looks for its weights

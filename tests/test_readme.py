@@ -13,6 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
 import timm
 import torch
 import yaml
@@ -20,6 +21,8 @@ import yaml
 from qpm_timm.data.concepts import ConceptsDataset
 from helpers.embedded import MAIN_COMMAND
 from helpers.scripts import run_script
+
+pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / 'README.md').read_text()

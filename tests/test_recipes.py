@@ -18,6 +18,8 @@ from helpers.folder_tree import make_folder_tree
 from helpers.scripts import ROOT, run_script
 from test_data_cub import make_cub_tree
 
+pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
+
 CONFIGS = ROOT / 'qpm_timm' / 'configs'
 # concepts: tests/test_readme.py; concepts_chiqpm: tests/test_chiqpm_train.py
 RECIPES = sorted(p.stem for p in CONFIGS.glob('*.yaml') if p.stem not in ('concepts', 'concepts_chiqpm'))

@@ -15,6 +15,8 @@ from qpm_timm.solver.bound import lagrangian_bound, lp_bound
 from qpm_timm.solver.heuristic import _swap_deltas, assign_classes
 from qpm_timm.solver.synthetic import synthetic_statistics
 
+pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
+
 
 def _exhaustive_optimum(p: QPMProblem) -> float:
     """True optimum by enumeration: every S, every assignment of distinct n_wc-sets to classes."""

@@ -18,6 +18,8 @@ from helpers.folder_tree import make_folder_tree
 from qpm_timm.run.model import check_input_size
 from helpers.scripts import read_results, refused, run_script
 
+pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--model', 'qpm', '--backbone', 'test_resnet', '--img-size', '40', '--n-features', '6', '--n-per-class', '2',
         '--epochs', '3', '--finetune-epochs', '1', '--solver-time-limit', '30', '--workers', '0', '-b', '16',

@@ -15,6 +15,8 @@ from qpm_timm.explain import FeatureGallery
 from helpers.scripts import refused
 from test_train import TINY, _kill_when, _solution, _train
 
+pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
+
 VIT = ['--backbone', 'vit_small_patch14_reg4_dinov2', '--model-kwargs', 'embed_dim=64', 'depth=2', 'num_heads=2',
        '--img-size', '56', '--adapter-depth', '1', '--adapter-dim', '16', '--freeze-backbone', '--epochs', '2']
 
