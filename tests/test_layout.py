@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Dict, Set
 
 import networkx as nx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / 'qpm_timm'
@@ -90,3 +91,18 @@ def test_lower_rooms_never_import_higher_ones():
 def test_every_room_has_a_rank():
     rooms = {_room(m) for m in import_graph() if m.count('.')}
     assert rooms <= set(RANK), rooms - set(RANK)
+
+
+@pytest.mark.parametrize('module, usage', [('qpm_timm.edit', 'usage: python -m qpm_timm.edit'),
+                                           ('qpm_timm.export', 'usage: python -m qpm_timm.export')])
+def test_the_package_entry_points_run_their_command_lines(tmp_path, module, usage):
+    """``python -m`` of a library room reaches its command line in the run layer: help, and bad input -> exit 2."""
+    import subprocess
+    import sys
+    run = dict(cwd=ROOT, capture_output=True, text=True, timeout=300)
+    shown = subprocess.run([sys.executable, '-m', module, '--help'], **run)
+    assert shown.returncode == 0 and usage in shown.stdout, shown.stderr
+    bad = {'qpm_timm.edit': [str(tmp_path / 'missing'), '--forbid-feature', '0', '--output', str(tmp_path / 'o')],
+           'qpm_timm.export': ['onnx', f'local-dir:{tmp_path / "missing"}', str(tmp_path / 'q.onnx')]}[module]
+    refused = subprocess.run([sys.executable, '-m', module, *bad], **run)
+    assert refused.returncode == 2 and refused.stderr.startswith('error: '), refused.stderr
