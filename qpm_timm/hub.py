@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import timm
 import yaml
-from huggingface_hub import EvalResult, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from timm.models._hub import save_config_for_hf
@@ -50,6 +50,7 @@ CARD_NAME = 'README.md'
 CALIBRATION_NAME = 'prediction_sets.json'  # the calibration of the prediction sets (qpm_timm.conformal)
 RUN_FILES = ('args.yaml', 'results.json')  # what train.py leaves beside export/, uploaded with it
 VALIDATE_RESULTS_NAME = 'validate_results.json'
+_CARD_TEMPLATE = Path(__file__).parent / 'templates' / 'model_card.md.j2'  # the card's text (Jinja2)
 # config.json fields a model card states: the architecture, the head sizes, the evaluation transform, provenance
 _CARD_PRETRAINED_FIELDS = ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std', 'license',
                            'origin_url', 'notes')
@@ -146,10 +147,11 @@ def model_card(
         report: Optional[str] = None,
         sections: Sequence[str] = (),
 ) -> str:
-    """Model card (README.md) of ``model`` rendered from its ``config`` (config.json): usage with the repository id
-    (or ``local-dir:`` when none is known), the config's fields, the run's results (also as Hub ``model-index``)
-    and, for trained weights, every class's features; ``sections``: more markdown sections (e.g. an edit's record)
-    before the class table."""
+    """Model card (README.md) of ``model`` rendered from its ``config`` (config.json) with huggingface_hub's
+    ``ModelCard.from_template`` and this package's template (``templates/model_card.md.j2``): usage with the
+    repository id (or ``local-dir:`` when none is known), the config's fields, the run's results (also as Hub
+    ``model-index``), the precision it was trained in and, for trained weights, every class's features;
+    ``sections``: more markdown sections (e.g. an edit's record) before the class table."""
     cfg, args = config['pretrained_cfg'], config.get('model_args', {})
     name = repo_id.split('/')[-1] if repo_id else config['architecture']
     evals = _eval_results(results)
@@ -157,60 +159,25 @@ def model_card(
                           license=cfg.get('license', 'apache-2.0'), model_name=name if evals else None,
                           eval_results=evals or None)
     where = f'hf-hub:{repo_id}' if repo_id else f'local-dir:{local_dir or "<folder>"}'
-    paper = f', {cfg["paper_ids"]}' if cfg.get('paper_ids') else ''
-    relu = ' The normalised features pass a ReLU before the binary layer (CHiQPM\'s head).' \
-        if args.get('relu_after_norm') else ''
-    lines = [
-        '---', front.to_yaml(), '---', '',
-        f'# {name}', '',
-        f'A QPM (Norrenbrock et al., ICLR 2025{paper}): a globally interpretable classifier whose final layer is a '
-        f'binary class x feature assignment. Its {config["num_classes"]} classes share {args.get("n_features")} '
-        f'features; every class uses exactly {args.get("n_per_class")} of them, and no two classes use the same '
-        f'set.{relu}', '',
-        '## Usage', '', '```python', 'import timm, qpm_timm',
-        f"model = timm.create_model('{where}', pretrained=True).eval()",
-        'transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))  # evaluation transform',
-        'out = model.forward_with_features(transform(image).unsqueeze(0))  # logits, feature maps, pooled features',
-        'print(qpm_timm.explain.model_feature_table(model))', '```', '',
-        '## Configuration', '', 'The values of config.json (the evaluation transform is `pretrained_cfg`):', '',
-        '| field | value |', '|---|---|',
-        *[f'| {k} | `{json.dumps(v)}` |' for k, v in _card_fields(config)], '',
-    ]
-    if results:
-        lines += ['## Results', '']
-        for r in results:
-            if {'top1', 'dense_top1', 'dense_best_top1'} <= set(r.metrics):
-                lines += [f'Validation top-1: {r.metrics["top1"]:.2f} % for the QPM, {r.metrics["dense_top1"]:.2f} % '
-                          f'for the dense model it was made from (last dense epoch; best '
-                          f'{r.metrics["dense_best_top1"]:.2f} %).', '']
-        lines += ['| metric | value | source |', '|---|---|---|']
-        for r in results:
-            where_from = r.source + (f', {r.dataset}' if r.dataset else '') + (f' {r.split} split' if r.split else '')
-            lines += [f'| {k} | {v} | {where_from} |' for k, v in r.metrics.items()]
-        lines += ['']
-    precision = config.get('training', {}).get('precision')
-    if precision:  # train.py records the precision it resolved (qpm_timm.precision)
-        lines += ['## Training', '', f'Trained in {precision["name"]} ({precision["reason"]}) on '
-                  f'{precision["device"]}: {precision["hardware"]}.', '']
-    for section in sections:
-        lines += [section.rstrip(), '']
-    lines += ['## Classes and their features', '']
-    if trained and model.is_qpm and model.num_classes:
-        names = config.get('label_names') or [f'class {c}' for c in range(model.num_classes)]
-        source = 'adapter output channel' if model.adapter_depth else 'backbone channel'
-        lines += [f'Feature `f<j> (ch <c>)` is {source} `c`, the j-th kept feature.' + (
-            '' if feature_names is None else ' `f<j> ≈ <annotation> (r = ...)`: the annotation the feature\'s '
-                                             'activation correlates with best.'), '']
-        if report:
-            lines += [f'![class x feature assignment]({report}/global.png)', '',
-                      f'Every feature\'s gallery, every class card and contrastive pairs: [{report}/index.html]'
-                      f'({report}/index.html).', '']
-        lines += [model_feature_table(model, names, names=feature_names), '']
-    else:
-        lines += ['This card describes the architecture only; no weights come with it. The class -> feature table is '
-                  'written by '
-                  '`qpm_timm.hub.save_pretrained` when trained weights are exported.', '']
-    return '\n'.join(lines)
+    rows = [dict(metrics=r.metrics, where_from=r.source + (f', {r.dataset}' if r.dataset else '')
+                 + (f' {r.split} split' if r.split else ''),
+                 dense_line=(f'Validation top-1: {r.metrics["top1"]:.2f} % for the QPM, {r.metrics["dense_top1"]:.2f} '
+                             f'% for the dense model it was made from (last dense epoch; best '
+                             f'{r.metrics["dense_best_top1"]:.2f} %).')
+                 if {'top1', 'dense_top1', 'dense_best_top1'} <= set(r.metrics) else None) for r in results]
+    trained = trained and model.is_qpm and model.num_classes
+    names = config.get('label_names') or [f'class {c}' for c in range(model.num_classes)]
+    card = ModelCard.from_template(
+        front, template_str=_CARD_TEMPLATE.read_text(encoding='utf-8'), name=name, paper=cfg.get('paper_ids'),
+        num_classes=config['num_classes'], n_features=args.get('n_features'), n_per_class=args.get('n_per_class'),
+        relu=bool(args.get('relu_after_norm')), where=where,
+        fields=[(k, json.dumps(v)) for k, v in _card_fields(config)], results=rows,
+        precision=config.get('training', {}).get('precision'),  # train.py records the precision it resolved
+        sections=[section.rstrip() for section in sections],
+        table=model_feature_table(model, names, names=feature_names) if trained else None,
+        source='adapter output channel' if model.adapter_depth else 'backbone channel',
+        named=feature_names is not None, report=report)
+    return str(card)
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
