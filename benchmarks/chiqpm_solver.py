@@ -15,8 +15,15 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from qpm_timm.solver import (DEFAULT_EFFORT, DEFAULT_TIME_LIMIT, QPMProblem, closest_class_pairs,  # noqa: E402
-                             pair_shares, sharing_pairs, solve_qpm)
+from qpm_timm.solver import (  # noqa: E402
+    DEFAULT_EFFORT,
+    DEFAULT_TIME_LIMIT,
+    QPMProblem,
+    closest_class_pairs,
+    pair_shares,
+    sharing_pairs,
+    solve_qpm,
+)
 from qpm_timm.solver.synthetic import synthetic_statistics  # noqa: E402
 
 

@@ -27,11 +27,11 @@ from contextlib import nullcontext
 import timm
 import torch
 import torch.nn.functional as F
+from _common import alternate, load_text, row, setup, timer
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 import qpm_timm
-from _common import alternate, load_text, row, setup, timer
 from qpm_timm.data import ConceptsDataset, build_feature_cache, cache_key
 
 TARGET = 10

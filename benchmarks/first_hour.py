@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from _common import load_text
+
 from qpm_timm.precision import cpu_bf16_native
 
 ROOT = Path(__file__).resolve().parents[1]

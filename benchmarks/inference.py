@@ -27,10 +27,10 @@ import statistics
 
 import timm
 import torch
+from _common import alternate, copy_backbone, load_text, row, setup, solved_looking_head, timer
 from torch.utils.flop_counter import FlopCounterMode
 
 import qpm_timm  # noqa: F401  (registers the qpm_* models)
-from _common import alternate, copy_backbone, load_text, row, setup, solved_looking_head, timer
 
 TARGET = 1.05
 

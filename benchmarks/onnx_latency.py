@@ -16,8 +16,8 @@ import statistics
 import tempfile
 
 import torch
-
 from _common import alternate, load_text, row, setup, timer
+
 from qpm_timm.export import check_onnx, export_onnx, input_size, load_model, onnx_session
 
 

@@ -14,7 +14,12 @@ import torch
 
 import qpm_timm  # noqa: F401  (registers the qpm models)
 from qpm_timm.conformal import (
-    CALIBRATION_PER_CLASS, DEFAULT_TARGETS, METHODS, coverage_over_splits, format_table, set_inputs,
+    CALIBRATION_PER_CLASS,
+    DEFAULT_TARGETS,
+    METHODS,
+    coverage_over_splits,
+    format_table,
+    set_inputs,
 )
 from qpm_timm.data import create_qpm_loader, create_qpm_split
 from qpm_timm.run import evaluate

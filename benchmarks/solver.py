@@ -41,8 +41,13 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from qpm_timm.solver import DEFAULT_EFFORT, QPMProblem, check_solution, solve_qpm  # noqa: E402
-from qpm_timm.solver.cpsat import add_nogood, build_full_model, hint_full_model, \
-    read_full_solution, sat_parameters  # noqa: E402
+from qpm_timm.solver.cpsat import (
+    add_nogood,
+    build_full_model,
+    hint_full_model,
+    read_full_solution,  # noqa: E402
+    sat_parameters,
+)
 from qpm_timm.solver.heuristic import best_start, evaluate_selection, greedy_selection  # noqa: E402
 from qpm_timm.solver.synthetic import synthetic_statistics  # noqa: E402
 

@@ -20,11 +20,11 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from qpm_timm.solver import DEFAULT_EFFORT, DEFAULT_TIME_LIMIT, QPMProblem, check_solution, solve_qpm  # noqa: E402
-from qpm_timm.solver.synthetic import synthetic_statistics  # noqa: E402
-
 from _common import load_text  # noqa: E402
 from solver import SIZES as BENCH_SIZES  # noqa: E402
+
+from qpm_timm.solver import DEFAULT_EFFORT, DEFAULT_TIME_LIMIT, QPMProblem, check_solution, solve_qpm  # noqa: E402
+from qpm_timm.solver.synthetic import synthetic_statistics  # noqa: E402
 
 SIZES = {  # name: (F, C, n_features, n_per_class, images per class)
     "concepts": (128, 48, 12, 3, 30),

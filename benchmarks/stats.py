@@ -24,9 +24,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+from _common import load_text, timer  # noqa: E402
+
 import qpm_timm  # noqa: E402
 from qpm_timm.stats import StatisticsAccumulator, collect_statistics  # noqa: E402
-from _common import load_text, timer  # noqa: E402
 
 ARCH = "resnet18"
 

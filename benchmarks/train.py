@@ -32,9 +32,9 @@ from typing import Dict
 import timm
 import torch
 import torch.nn.functional as F
+from _common import alternate, copy_backbone, load_text, row, setup, solved_looking_head, timer
 
 import qpm_timm  # noqa: F401  (registers the qpm models)
-from _common import alternate, copy_backbone, load_text, row, setup, solved_looking_head, timer
 from qpm_timm.losses import FeatureDiversityLoss
 from qpm_timm.models.backbone import reduce_resnet_strides
 

@@ -8,7 +8,7 @@ The pipeline reads top to bottom: :mod:`qpm_timm.data` → :mod:`qpm_timm.models
 import importlib
 
 from .models import *  # noqa: F401,F403  (registers the qpm_* models in timm)
-from .models import create_qpm, from_timm_classifier, load_weights, QPMModel, QPMOutput
+from .models import QPMModel, QPMOutput, create_qpm, from_timm_classifier, load_weights
 
 __version__ = "0.1.0"
 

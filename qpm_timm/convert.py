@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import torch
 import timm
+import torch
 
 from .data.transforms import qpm_data_config
 from .hub import read_weights, save_pretrained

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import torch
 import timm
+import torch
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import SafetensorError

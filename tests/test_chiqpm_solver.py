@@ -6,8 +6,16 @@ import math
 import numpy as np
 import pytest
 
-from qpm_timm.solver import (PairsInfeasible, QPMProblem, QPMSolution, check_solution, closest_class_pairs,
-                             pair_shares, sharing_pairs, solve_qpm)
+from qpm_timm.solver import (
+    PairsInfeasible,
+    QPMProblem,
+    QPMSolution,
+    check_solution,
+    closest_class_pairs,
+    pair_shares,
+    sharing_pairs,
+    solve_qpm,
+)
 from qpm_timm.solver.forced import assign_forced, assign_idealized
 
 

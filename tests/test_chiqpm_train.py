@@ -8,9 +8,9 @@ import pytest
 import timm
 import yaml
 
+from helpers.scripts import ROOT, refused, run_script
 from qpm_timm.solver import closest_class_pairs, pair_shares
 from qpm_timm.stats import QPMStatistics
-from helpers.scripts import ROOT, refused, run_script
 
 pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
 

@@ -7,11 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from qpm_timm.data import CONCEPT_VOCABULARY, ConceptsDataset, create_qpm_transform
-from qpm_timm.data.concepts import (CONCEPT_PRESETS, SHAPE_FAMILIES, concept_settings, make_class_concepts,
-                                    make_shortcut_pairs)
-
 from helpers.scripts import run_script
+from qpm_timm.data import CONCEPT_VOCABULARY, ConceptsDataset, create_qpm_transform
+from qpm_timm.data.concepts import (
+    CONCEPT_PRESETS,
+    SHAPE_FAMILIES,
+    concept_settings,
+    make_class_concepts,
+    make_shortcut_pairs,
+)
 
 # md5 of the default dataset's pixels as rendered before the knobs existed (train 3 / val 5 images per class)
 DEFAULT_TRAIN_MD5 = '83ed99fb3bd7fafee8a3f81f10d901ab'

@@ -6,14 +6,14 @@ forward pass is computed here from their architecture description, independently
 layer4 -> ReLU -> select -> average pool -> (x - mean) / clamp(std, 1e-6) [-> ReLU, CHiQPM] -> x @ W^T.
 """
 import json
-import re
 import os
+import re
 
 import pytest
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import timm
 import torchvision
 
 import qpm_timm  # noqa: F401  (registers the qpm_* models)

@@ -159,6 +159,7 @@ def test_batched_reading_gives_what_the_per_image_transforms_give():
     """``__getitems__`` (the DataLoader's batched read) equals ``__getitem__``: bit for bit for the eval transform,
     and for the training shift + flip at every offset and both flips (given the same offsets and flips)."""
     from torchvision.transforms import functional as TF
+
     from qpm_timm.data.transforms import ShiftFlip, batched_transform
     ds = ConceptsDataset('val', transform=create_qpm_transform('concepts', is_training=False, img_size=32),
                          target_transform=lambda t: t + 100, **SMALL)
@@ -189,6 +190,7 @@ def test_batched_reading_gives_what_the_per_image_transforms_give():
 def test_masks_are_rendered_once_per_shape_and_size_and_pixels_stay_fixed():
     """The renderer's pixels are pinned (a checksum of a few images); the masks it reuses are read-only."""
     import hashlib
+
     from qpm_timm.data.concepts import shape_mask
     ds = ConceptsDataset('train', seed=5, **SMALL)
     assert hashlib.md5(ds.images.tobytes()).hexdigest() == PINNED_SMALL_MD5

@@ -9,11 +9,10 @@ from PIL import Image
 from timm.data import create_dataset, create_loader, create_transform, resolve_data_config
 
 import qpm_timm
-from qpm_timm import hub
-from qpm_timm.data import create_qpm_transform, qpm_data_config
-
 from helpers.folder_tree import make_folder_tree
 from helpers.scripts import read_results, run_script
+from qpm_timm import hub
+from qpm_timm.data import create_qpm_transform, qpm_data_config
 
 
 def _export(folder, data_config, num_classes=4):

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-
 from qpm_timm.data import CUB200Dataset, create_qpm_dataset, create_qpm_split, cub_readable_name, get_class_names
 
 CLASSES = ['001.Black_footed_Albatross', '002.Laysan_Albatross', '003.Sooty_Albatross']

@@ -7,8 +7,15 @@ from timm.data import IMAGENET_DEFAULT_MEAN
 from torchvision import transforms as T
 
 from qpm_timm.data import (
-    CONCEPTS_MEAN, ConceptsDataset, create_qpm_dataset, create_qpm_split, create_qpm_transform, get_class_names,
-    resolve_qpm_data_config, with_transform)
+    CONCEPTS_MEAN,
+    ConceptsDataset,
+    create_qpm_dataset,
+    create_qpm_split,
+    create_qpm_transform,
+    get_class_names,
+    resolve_qpm_data_config,
+    with_transform,
+)
 
 
 def _png(path, size=(12, 10), colour=(200, 30, 30)):

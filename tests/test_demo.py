@@ -26,9 +26,9 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 from qpm_timm.conformal import predict_sets, set_inputs  # noqa: E402
 from qpm_timm.demo.__main__ import main  # noqa: E402
-from qpm_timm.hub import load_calibration  # noqa: E402
 from qpm_timm.demo.analysis import analyse, load_demo_model, read_image  # noqa: E402
 from qpm_timm.explain import feature_names  # noqa: E402
+from qpm_timm.hub import load_calibration  # noqa: E402
 from qpm_timm.run.cli import UsageError  # noqa: E402
 
 MENU, EDIT_TEXT = 11, 12  # after the 11 outputs of /explain (the last two: prediction set, tree)

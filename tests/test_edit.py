@@ -13,8 +13,8 @@ import torch
 import yaml
 
 from qpm_timm.edit import EditImpossible, edit_from_features, edit_model, solve_edit
-from qpm_timm.run.editing import main
 from qpm_timm.models.head import check_assignment
+from qpm_timm.run.editing import main
 from qpm_timm.solver import QPMProblem
 from qpm_timm.stats import QPMStatistics
 

@@ -10,8 +10,8 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset, TensorDataset
@@ -19,13 +19,26 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 import qpm_timm
 from qpm_timm import hub
 from qpm_timm.explain import (
-    FeatureGallery, GalleryCollector, class_feature_table, contrastive_pairs, dataset_annotations,
-    difference_contributions, explain, explain_top, feature_colours, heatmaps, model_feature_table, name_features,
-    pair_features, patch_box, resolve_class, spread_pairs,
+    FeatureGallery,
+    GalleryCollector,
+    class_feature_table,
+    contrastive_pairs,
+    dataset_annotations,
+    difference_contributions,
+    explain,
+    explain_top,
+    feature_colours,
+    heatmaps,
+    model_feature_table,
+    name_features,
+    pair_features,
+    patch_box,
+    resolve_class,
+    spread_pairs,
 )
+from qpm_timm.forward import forward_pass
 from qpm_timm.metrics import concept_recovery
 from qpm_timm.models.head import placeholder_assignment
-from qpm_timm.forward import forward_pass
 from qpm_timm.stats import collect_statistics
 
 pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)

@@ -18,19 +18,18 @@ import torch
 from PIL import Image
 
 import qpm_timm
+from helpers.scripts import ROOT, refused, run_script
 from qpm_timm import hub
-from qpm_timm.data import qpm_data_config, create_qpm_split, get_class_names, with_transform
-from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.conformal import calibrate, predict_sets, set_inputs
+from qpm_timm.data import create_qpm_split, get_class_names, qpm_data_config, with_transform
+from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.explain import GalleryCollector, class_features, scan_dataset, write_report
+from qpm_timm.explain.grounding import ExplanationCollector
 from qpm_timm.explain.report import _example_classes
+from qpm_timm.forward import forward_pass
 from qpm_timm.metrics import concept_recovery
 from qpm_timm.solver import QPMProblem, solve_qpm
-from qpm_timm.explain.grounding import ExplanationCollector
-from qpm_timm.forward import forward_pass
 from qpm_timm.stats import collect_statistics
-
-from helpers.scripts import ROOT, refused, run_script
 
 IMG, CLASSES, FEATURES, PER_CLASS = 64, 6, 6, 2
 DATA_ARGS = dict(num_classes=CLASSES, num_concepts=6, images_per_class=8)

@@ -9,10 +9,15 @@ from torch import nn
 from qpm_timm.data import ConceptsDataset, create_qpm_loader, create_qpm_transform
 from qpm_timm.data.masks import dataset_masks, masks_on_grid, masks_through_transform
 from qpm_timm.explain.grounding import ExplanationCollector
-from qpm_timm.metrics import (
-    blank_windows, dilate_masks, feature_grounding, grounding_sums, peak_windows, plausibility,
-)
 from qpm_timm.forward import forward_pass
+from qpm_timm.metrics import (
+    blank_windows,
+    dilate_masks,
+    feature_grounding,
+    grounding_sums,
+    peak_windows,
+    plausibility,
+)
 
 
 def _grid_mask(h, w, rows, cols):

@@ -16,8 +16,8 @@ from onnx import numpy_helper
 import qpm_timm
 from qpm_timm import hub
 from qpm_timm.export import ATOL, check_onnx, check_pt2, export_onnx, onnx_session
-from qpm_timm.run.exporting import main
 from qpm_timm.models.head import placeholder_assignment
+from qpm_timm.run.exporting import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,12 @@ from torchvision import transforms as T
 
 import qpm_timm
 from qpm_timm.data import (
-    ConceptsDataset, FeatureCache, build_feature_cache, cache_key, ensure_feature_cache, feature_cache_bytes,
+    ConceptsDataset,
+    FeatureCache,
+    build_feature_cache,
+    cache_key,
+    ensure_feature_cache,
+    feature_cache_bytes,
     open_feature_cache,
 )
 from qpm_timm.stats import collect_statistics

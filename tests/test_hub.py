@@ -4,8 +4,8 @@ import json
 import re
 
 import pytest
-import torch
 import timm
+import torch
 
 import qpm_timm
 from qpm_timm import hub

@@ -12,10 +12,9 @@ import timm
 import torch
 
 import qpm_timm  # noqa: F401  (registers the qpm_* models)
+from helpers.hub_server import hub_cache_repo_folder
 from qpm_timm.hub import save_pretrained
 from qpm_timm.models.qpm import default_cfgs
-
-from helpers.hub_server import hub_cache_repo_folder
 
 pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
 

@@ -3,10 +3,9 @@
 import json
 
 import pytest
+import timm
 import torch
 import yaml
-
-import timm
 
 import qpm_timm
 from qpm_timm import hub

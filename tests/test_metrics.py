@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from qpm_timm.metrics import (
-    class_independence, concept_detectors, concept_recovery, contrastiveness, feature_correlation, learned_concepts,
-    gaussian_mixture_overlaps, sid_at_k, structural_grounding,
+    class_independence,
+    concept_detectors,
+    concept_recovery,
+    contrastiveness,
+    feature_correlation,
+    gaussian_mixture_overlaps,
+    learned_concepts,
+    sid_at_k,
+    structural_grounding,
 )
 
 

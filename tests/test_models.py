@@ -2,8 +2,8 @@
 import warnings
 
 import pytest
-import torch
 import timm
+import torch
 from timm.models import get_notrace_functions, get_notrace_modules
 from timm.models._manipulate import group_parameters
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names

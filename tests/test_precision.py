@@ -11,19 +11,19 @@ import yaml
 from torch.utils.data import TensorDataset
 
 import qpm_timm
+from helpers.scripts import refused
+from qpm_timm import precision
 from qpm_timm.data.feature_cache import build_feature_cache
 from qpm_timm.data.loader import create_qpm_loader
 from qpm_timm.explain import scan_dataset
 from qpm_timm.losses import ActivationL1, FeatureDiversityLoss
 from qpm_timm.models.head import placeholder_assignment
-from qpm_timm import precision
 from qpm_timm.precision import AMP_DTYPE, autocast, resolve_precision
 from qpm_timm.run import evaluate
 from qpm_timm.run.args import resolve_args_precision
 from qpm_timm.run.experiment import restore_args
 from qpm_timm.run.training import WithFeatures, train_one_epoch
 from qpm_timm.stats import collect_statistics
-from helpers.scripts import refused
 
 CLASSES, FEATURES, PER_CLASS = 4, 4, 2
 

@@ -11,15 +11,26 @@ import timm
 import torch
 
 import qpm_timm
+from helpers.scripts import ROOT, read_results, refused, run_script
 from qpm_timm import hub
 from qpm_timm.conformal import (
-    DEFAULT_TARGETS, METHODS, SetInputs, calibrate, calibration_split, class_members, coverage_over_splits,
-    hierarchical_scores, jaccard_similarity, predict_sets, prediction_tree, set_coherence, set_inputs,
+    DEFAULT_TARGETS,
+    METHODS,
+    SetInputs,
+    calibrate,
+    calibration_split,
+    class_members,
+    coverage_over_splits,
+    hierarchical_scores,
+    jaccard_similarity,
+    predict_sets,
+    prediction_tree,
+    set_coherence,
+    set_inputs,
 )
 from qpm_timm.conformal.tree import tree_json
 from qpm_timm.data import create_qpm_loader, create_qpm_split
 from qpm_timm.run import evaluate
-from helpers.scripts import ROOT, read_results, refused, run_script
 
 FAST = ['--no-interpretability', '--workers', '0', '-b', '200', '--no-progress']
 # 4 classes x 2 of 4 features: a = {0, 1}, b = {0, 2}, c = {1, 3}, d = {2, 3}

@@ -13,11 +13,10 @@ import torchvision
 from safetensors.torch import load_file
 
 import qpm_timm
-from qpm_timm.data import create_qpm_loader, create_qpm_split
-from qpm_timm.models import load_weights
-
 from helpers.hub_server import hub_client_env
 from helpers.scripts import refused
+from qpm_timm.data import create_qpm_loader, create_qpm_split
+from qpm_timm.models import load_weights
 
 pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
 

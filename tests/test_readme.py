@@ -18,9 +18,9 @@ import timm
 import torch
 import yaml
 
-from qpm_timm.data.concepts import ConceptsDataset
 from helpers.embedded import MAIN_COMMAND
 from helpers.scripts import run_script
+from qpm_timm.data.concepts import ConceptsDataset
 
 pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
 
@@ -42,8 +42,10 @@ def test_models_table_has_not_drifted_from_the_variant_table():
 def test_readme_set_up_lines_are_the_main_command_and_the_command_ci_runs():
     main, tests = _code_block('# qpm-timm', 'bash').splitlines()[:2]
     assert main.split('#')[0].split() == ['pip', 'install', '-e', '.', '&&', 'python', *MAIN_COMMAND]
-    ci = [line.split() for line in (ROOT / '.ci' / 'run').read_text().splitlines() if line and line[0] != '#']
-    install, pytest_line = ci[-2], ci[-1]
+    ci = [line.split('#')[0].split() for line in (ROOT / '.ci' / 'run').read_text().splitlines()
+          if line and line[0] != '#']
+    install = next(words for words in ci if words[:2] == ['pip', 'install'])
+    pytest_line = ci[-1]
     assert install[:2] == ['pip', 'install'] and [w for w in install if w != '-q'] == tests.split('&&')[0].split()
     assert pytest_line == tests.split('&&')[1].split('#')[0].split() == ['python', '-m', 'pytest', '-q']
 

@@ -13,10 +13,10 @@ import timm
 import torch
 import yaml
 from safetensors.torch import save_file
+from test_data_cub import make_cub_tree
 
 from helpers.folder_tree import make_folder_tree
 from helpers.scripts import ROOT, run_script
-from test_data_cub import make_cub_tree
 
 pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
 

@@ -11,8 +11,17 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from qpm_timm.stats import (
-    LOCALITY_BIAS_SCALE, QPMStatistics, StatisticsAccumulator, clip_outliers_and_scale, collect_statistics,
-    feature_shares, finish_locality_bias, largest_cluster_range, mean_shift_1d, peak_softmax_and_border)
+    LOCALITY_BIAS_SCALE,
+    QPMStatistics,
+    StatisticsAccumulator,
+    clip_outliers_and_scale,
+    collect_statistics,
+    feature_shares,
+    finish_locality_bias,
+    largest_cluster_range,
+    mean_shift_1d,
+    peak_softmax_and_border,
+)
 
 RTOL = 1e-6
 UNEVEN_BATCHES = (1, 13, 2, 30, 7, 19)  # 72 images

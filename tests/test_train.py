@@ -15,8 +15,8 @@ import yaml
 
 import qpm_timm
 from helpers.folder_tree import make_folder_tree
-from qpm_timm.run.model import check_input_size
 from helpers.scripts import read_results, refused, run_script
+from qpm_timm.run.model import check_input_size
 
 pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
 

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import timm
 import torch
+from test_train import TINY, _kill_when, _solution, _train
 
 import qpm_timm  # noqa: F401  (registers the qpm models)
-from qpm_timm.explain import FeatureGallery
-
 from helpers.scripts import refused
-from test_train import TINY, _kill_when, _solution, _train
+from qpm_timm.explain import FeatureGallery
 
 pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to end (tests/conftest.py)
 

@@ -16,15 +16,13 @@ import torch
 from PIL import Image
 
 import qpm_timm
+from helpers.scripts import ROOT, read_results, run_script
 from qpm_timm import hub, metrics
-from qpm_timm.data import create_qpm_dataset, create_qpm_transform, qpm_data_config
-from qpm_timm.data import create_qpm_loader
+from qpm_timm.data import create_qpm_dataset, create_qpm_loader, create_qpm_transform, qpm_data_config
 from qpm_timm.data.masks import dataset_masks as masks
 from qpm_timm.explain.grounding import ExplanationCollector
 from qpm_timm.forward import forward_pass
 from qpm_timm.models.head import placeholder_assignment
-
-from helpers.scripts import ROOT, read_results, run_script
 
 NUM_CLASSES, N_FEATURES, N_PER_CLASS, IMG = 6, 8, 2, 48
 DATA_ARGS = {'images_per_class': 3, 'num_classes': NUM_CLASSES, 'img_size': IMG}

@@ -2,13 +2,36 @@
 (docs/METHOD.md, "CHiQPM prediction sets and trees")."""
 from .baselines import BASELINES, baseline_sets
 from .calibration import (
-    CALIBRATION_PER_CLASS, DEFAULT_TARGETS, Calibration, assignment_digest, calibrate, calibration_split,
-    check_labels, check_targets, conformal_rank, predict_sets,
+    CALIBRATION_PER_CLASS,
+    DEFAULT_TARGETS,
+    Calibration,
+    assignment_digest,
+    calibrate,
+    calibration_split,
+    check_labels,
+    check_targets,
+    conformal_rank,
+    predict_sets,
 )
 from .evaluation import (
-    METHODS, compare_sets, cosine_similarity, coverage_over_splits, coverage_slack, flat_results, format_table,
-    jaccard_similarity, set_coherence, set_metrics,
+    METHODS,
+    compare_sets,
+    cosine_similarity,
+    coverage_over_splits,
+    coverage_slack,
+    flat_results,
+    format_table,
+    jaccard_similarity,
+    set_coherence,
+    set_metrics,
 )
-from .hierarchy import SetInputs, class_members, class_paths, feature_floor, hierarchical_scores, set_inputs, \
-    shared_prefix
+from .hierarchy import (
+    SetInputs,
+    class_members,
+    class_paths,
+    feature_floor,
+    hierarchical_scores,
+    set_inputs,
+    shared_prefix,
+)
 from .tree import prediction_tree

@@ -9,8 +9,14 @@ import numpy as np
 
 from ..metrics import cosine_similarity
 from .baselines import BASELINES, baseline_sets
-from .calibration import CALIBRATION_PER_CLASS, DEFAULT_TARGETS, calibrate, calibration_split, check_targets, \
-    predict_sets
+from .calibration import (
+    CALIBRATION_PER_CLASS,
+    DEFAULT_TARGETS,
+    calibrate,
+    calibration_split,
+    check_targets,
+    predict_sets,
+)
 from .hierarchy import SetInputs
 
 __all__ = ['METHODS', 'jaccard_similarity', 'cosine_similarity', 'set_coherence', 'set_metrics', 'compare_sets',

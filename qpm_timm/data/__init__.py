@@ -2,9 +2,21 @@
 FGVC-Aircraft and anything timm's ``create_dataset`` reads, behind one factory."""
 from .concepts import CONCEPT_VOCABULARY, CONCEPTS_MEAN, CONCEPTS_STD, ConceptsDataset, make_class_concepts
 from .cub import CUB200Dataset, cub_readable_name, find_cub_folder
+from .dataset_factory import (
+    FGVCAircraftDataset,
+    StanfordCarsDataset,
+    create_qpm_dataset,
+    create_qpm_split,
+    get_class_names,
+    with_transform,
+)
+from .feature_cache import (
+    FeatureCache,
+    build_feature_cache,
+    cache_key,
+    ensure_feature_cache,
+    feature_cache_bytes,
+    open_feature_cache,
+)
 from .loader import create_qpm_loader
-from .dataset_factory import FGVCAircraftDataset, StanfordCarsDataset, create_qpm_dataset, create_qpm_split, \
-    get_class_names, with_transform
 from .transforms import QPMDataConfig, create_qpm_transform, qpm_data_config, resolve_qpm_data_config
-from .feature_cache import FeatureCache, build_feature_cache, cache_key, ensure_feature_cache, feature_cache_bytes, \
-    open_feature_cache

@@ -8,7 +8,6 @@ this package, so the scripts build plain ``DataLoader``s around datasets that ca
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-
 __all__ = ['create_qpm_loader']
 
 

@@ -24,7 +24,13 @@ import torch
 from PIL import Image
 
 from ..explain import (
-    class_evidence, denormalize, difference_contributions, feature_colours, heatmaps, overlay, pair_features,
+    class_evidence,
+    denormalize,
+    difference_contributions,
+    feature_colours,
+    heatmaps,
+    overlay,
+    pair_features,
     require_qpm,
 )
 from ..explain.report import load_images

@@ -31,5 +31,20 @@ written)::
 Classes by index or label name; features by index ``j`` (or ``f<j>``) of the model's kept features, by their name
 (the report's label or its annotation), or by backbone channel ``ch<k>``.
 """
-from .api import EDIT_EFFORT, Edit, EditChanges, EditImpossible, EditResult, EditSource, edit_from_features, \
-    edit_model, export_edit, kept_pairs, parse_edit, read_source, resolve_feature, result_labels, solve_edit
+from .api import (
+    EDIT_EFFORT,
+    Edit,
+    EditChanges,
+    EditImpossible,
+    EditResult,
+    EditSource,
+    edit_from_features,
+    edit_model,
+    export_edit,
+    kept_pairs,
+    parse_edit,
+    read_source,
+    resolve_feature,
+    result_labels,
+    solve_edit,
+)

@@ -24,10 +24,16 @@ import numpy as np
 import torch
 
 from ..data.masks import dataset_masks, has_masks
-from ..metrics import (
-    blank_windows, dilate_masks, feature_grounding, grounding_sums, match_features, peak_windows, plausibility,
-)
 from ..forward import ForwardBatch
+from ..metrics import (
+    blank_windows,
+    dilate_masks,
+    feature_grounding,
+    grounding_sums,
+    match_features,
+    peak_windows,
+    plausibility,
+)
 
 __all__ = ['Deletion', 'ExplanationMetrics', 'ExplanationCollector', 'FAITHFULNESS_IMAGES', 'WINDOW_CELLS']
 

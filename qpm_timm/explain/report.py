@@ -41,10 +41,17 @@ from ..atomic import atomic_folder
 from ..conformal import predict_sets
 from .contrastive import contrastive_pairs, difference_contributions, pair_features, resolve_class, spread_pairs
 from .figures import (
-    HEAT_NOTE, HEAT_NOTE_PER_MAP, class_card_figure, contrastive_figure, feature_gallery_figure, global_figure,
-    image_caption, local_figure, save_figure,
+    HEAT_NOTE,
+    HEAT_NOTE_PER_MAP,
+    class_card_figure,
+    contrastive_figure,
+    feature_gallery_figure,
+    global_figure,
+    image_caption,
+    local_figure,
+    save_figure,
 )
-from .gallery import FeatureGallery, PATCH_FRACTION
+from .gallery import PATCH_FRACTION, FeatureGallery
 from .grounding import ExplanationCollector, ExplanationMetrics
 from .heatmap import active_values, data_normalization, denormalize, feature_colours, heatmaps, text_colour
 from .local import class_evidence, require_qpm

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from ..data.loader import create_qpm_loader
-from ..metrics import sid_at_k
 from ..forward import ForwardBatch, forward_pass
+from ..metrics import sid_at_k
 from .gallery import GALLERY_K, FeatureGallery, GalleryCollector
 
 __all__ = ['DatasetScan', 'scan_dataset', 'class_examples']

@@ -11,9 +11,9 @@
 import logging
 from typing import Dict, List
 
+import timm
 import torch
 import torch.nn as nn
-import timm
 
 from .backbone import linear_classifier
 from .qpm import QPMModel, create_qpm

@@ -5,9 +5,9 @@ block becomes one (docs/METHOD.md, "ViT backbones and the adapter"); the recipe'
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
+import timm
 import torch
 import torch.nn as nn
-import timm
 from timm.models import ResNet
 
 __all__ = ['check_backbone', 'create_backbone', 'is_token_backbone', 'last_block_map', 'linear_classifier',

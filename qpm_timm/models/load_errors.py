@@ -10,7 +10,11 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, Optional
 
 from huggingface_hub.errors import (
-    EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
+    EntryNotFoundError,
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
 )
 from safetensors import SafetensorError
 from timm.models import resolve_pretrained_cfg

@@ -22,19 +22,25 @@ import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
+import timm
 import torch
 import torch.nn as nn
-import timm
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .load_errors import explained_load_errors
 from .adapter import TokenMLPAdapter, check_adapter_args
 from .authors import filter_authors_weights
 from .backbone import check_backbone, create_backbone, is_token_backbone, last_block_map, reduce_resnet_strides
 from .head import (
-    DENSE_DROP_RATE, QPM_DROP_RATE, DenseHead, QPMHead, check_assignment, check_qpm_sizes, check_selection,
+    DENSE_DROP_RATE,
+    QPM_DROP_RATE,
+    DenseHead,
+    QPMHead,
+    check_assignment,
+    check_qpm_sizes,
+    check_selection,
     placeholder_assignment,
 )
+from .load_errors import explained_load_errors
 from .variants import VARIANTS, Variant, qpm_cfg
 
 __all__ = ['QPMModel', 'QPMOutput', 'create_qpm', 'default_cfgs']

@@ -15,8 +15,16 @@ import torch
 import yaml
 
 from ..data.loader import create_qpm_loader
-from ..edit import EDIT_EFFORT, EditResult, edit_model, export_edit, parse_edit, read_source, resolve_feature, \
-    result_labels
+from ..edit import (
+    EDIT_EFFORT,
+    EditResult,
+    edit_model,
+    export_edit,
+    parse_edit,
+    read_source,
+    resolve_feature,
+    result_labels,
+)
 from ..edit import __doc__ as edit_doc
 from ..precision import resolve_precision
 from ..solver import DEFAULT_TIME_LIMIT

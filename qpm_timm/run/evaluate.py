@@ -6,11 +6,11 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from timm.utils import accuracy
+from torch import nn
 
-from ..metrics import concept_recovery, sid_at_k
 from ..forward import ForwardBatch, forward_pass
+from ..metrics import concept_recovery, sid_at_k
 
 __all__ = ['Evaluation', 'evaluate', 'recovery_of']
 

@@ -11,7 +11,13 @@ from .. import hub
 from ..data import with_transform
 from ..data.loader import create_qpm_loader
 from ..explain import (
-    FeatureGallery, GalleryCollector, check_report_folder, load_images, require_qpm, resolve_class, write_report,
+    FeatureGallery,
+    GalleryCollector,
+    check_report_folder,
+    load_images,
+    require_qpm,
+    resolve_class,
+    write_report,
 )
 from ..forward import forward_pass
 from .args import resolve_args_precision

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .. import hub
-from ..models import QPMModel, VARIANT_ARGS, load_weights
+from ..models import VARIANT_ARGS, QPMModel, load_weights
 from .args import finetune_rounds
 from .cli import UsageError, unexpected_keywords
 

@@ -7,8 +7,18 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from ..conformal import (
-    CALIBRATION_PER_CLASS, DEFAULT_TARGETS, Calibration, calibrate, calibration_split, check_targets, compare_sets,
-    cosine_similarity, flat_results, format_table, jaccard_similarity, set_inputs,
+    CALIBRATION_PER_CLASS,
+    DEFAULT_TARGETS,
+    Calibration,
+    calibrate,
+    calibration_split,
+    check_targets,
+    compare_sets,
+    cosine_similarity,
+    flat_results,
+    format_table,
+    jaccard_similarity,
+    set_inputs,
 )
 from .cli import UsageError
 from .evaluate import Evaluation

@@ -13,11 +13,17 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-from timm.utils import AverageMeter, CheckpointSaver, dispatch_clip_grad, init_distributed_device, random_seed, \
-    update_summary
+from timm.utils import (
+    AverageMeter,
+    CheckpointSaver,
+    dispatch_clip_grad,
+    init_distributed_device,
+    random_seed,
+    update_summary,
+)
+from torch import nn
 from tqdm import tqdm
 
 from .. import hub
@@ -35,8 +41,19 @@ from .cli import UsageError
 from .data import build_train_data, eval_data_config, resolve_dataset
 from .evaluate import Evaluation, evaluate, recovery_of
 from .experiment import (
-    DENSE, EXPORT, FEATURE_CACHE, FINETUNE, GALLERY, REPORT, RESULTS, SOLUTION, STATISTICS, experiment_folder,
-    restore_args, resume_epoch, start_experiment,
+    DENSE,
+    EXPORT,
+    FEATURE_CACHE,
+    FINETUNE,
+    GALLERY,
+    REPORT,
+    RESULTS,
+    SOLUTION,
+    STATISTICS,
+    experiment_folder,
+    restore_args,
+    resume_epoch,
+    start_experiment,
 )
 from .model import check_input_size, create_train_model
 from .sets import check_set_args, run_sets

@@ -16,8 +16,8 @@ default of 3 x workers, so 2, 3 or 4 workers give the same search (tested; more 
 one worker is a different, equally deterministic search. The wall-clock ``max_time_in_seconds`` is only a safety
 cap, and :func:`run_sat` reports when it, not the deterministic limit, ended a search.
 """
-from itertools import combinations
 from dataclasses import dataclass
+from itertools import combinations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
