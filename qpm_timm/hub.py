@@ -299,12 +299,13 @@ def _check_repo_id(repo_id: str) -> None:
     """huggingface_hub's own rule for a repository id, and a namespace (ORG/NAME): the Hub's error, named."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
+    refused = f'--repo-id must be ORG/NAME (letters, digits, "-", "_", "."), got {repo_id!r}'
     try:
-        validate_repo_id(repo_id)
+        validate_repo_id(repo_id)  # also refuses what is not a string
     except HFValidationError as e:
-        raise ValueError(f'--repo-id must be ORG/NAME (letters, digits, "-", "_", "."), got {repo_id!r}: {e}') from e
-    if not isinstance(repo_id, str) or repo_id.count('/') != 1:
-        raise ValueError(f'--repo-id must be ORG/NAME (letters, digits, "-", "_", "."), got {repo_id!r}.')
+        raise ValueError(f'{refused}: {e}') from e
+    if repo_id.count('/') != 1:
+        raise ValueError(f'{refused}.')
 
 
 def _find_export(folder: Path) -> Tuple[Path, Path]:

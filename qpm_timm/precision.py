@@ -74,10 +74,9 @@ def parse_amp(value: Union[str, bool, None]) -> Union[str, bool]:
     raise ValueError(f'amp must be auto, true or false, got {value!r}')
 
 
-def onednn_isa_cap(env: Optional[Dict[str, str]] = None) -> Optional[str]:
+def onednn_isa_cap() -> Optional[str]:
     """oneDNN's ISA cap (``ONEDNN_MAX_CPU_ISA``, or its older name ``DNNL_MAX_CPU_ISA``), upper case; None unset."""
-    env = os.environ if env is None else env
-    value = env.get('ONEDNN_MAX_CPU_ISA') or env.get('DNNL_MAX_CPU_ISA')
+    value = os.environ.get('ONEDNN_MAX_CPU_ISA') or os.environ.get('DNNL_MAX_CPU_ISA')
     return value.strip().upper() if value else None
 
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 from timm.utils import ParseKwargs
 
-from ..precision import AUTO, Precision, parse_amp, resolve_precision
+from ..precision import AUTO, Precision, resolve_precision
 from .cli import UsageError
 
 __all__ = ['yaml_mapping', 'yaml_pairs', 'finetune_rounds', 'add_data_args', 'add_model_args', 'add_weights_args',
@@ -154,10 +154,9 @@ def resolve_args_precision(args, device, args_text: Optional[str] = None,
     ``args.amp`` to the resolved bool, prints the decision once (rank 0) and returns it with ``args_text`` (the
     run's ``args.yaml``) recording the resolved value, so that a run ``resumed`` from it keeps it."""
     try:
-        requested = parse_amp(args.amp)
+        precision = resolve_precision(args.amp, device, kept=resumed)  # a value not auto/true/false: ValueError
     except ValueError as e:
         raise UsageError(f'--amp / config key amp: {e} (auto: bfloat16 where the device runs it natively).') from e
-    precision = resolve_precision(requested, device, kept=resumed)
     args.amp = precision.amp
     if getattr(args, 'rank', 0) == 0:
         print(precision.describe(), flush=True)
