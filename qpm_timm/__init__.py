@@ -12,7 +12,7 @@ from .models import QPMModel, QPMOutput, create_qpm, from_timm_classifier, load_
 
 __version__ = "0.1.0"
 
-_LAZY = ("data", "hub", "losses", "metrics", "solver", "stats", "explain", "fit")
+_LAZY = ("data", "hub", "losses", "metrics", "solver", "stats", "explain", "conformal", "fit")
 _LAZY_NAMES = {"fit_qpm": "fit", "QPMFit": "fit"}
 
 

@@ -10,11 +10,11 @@ states (input size, mean, std, crop, interpolation, head sizes) is the one timm 
     python -m qpm_timm.hub write-configs hub_configs
 
 ``push`` (:func:`push_to_hub`) uploads, in one commit, the export's weights and config.json (and the prediction sets'
-calibration, ``prediction_sets.json``, when the export has one: :func:`load_calibration`), a model card naming
-the repository and the run's results (``results.json`` of train.py, a validate.py JSON), and the run's
-``args.yaml`` / ``results.json``; ``write-configs`` regenerates ``hub_configs/<variant>/`` (config.json + model card)
-of every registered variant, from the variant table (:mod:`qpm_timm.models.variants`, which also writes the README's
-Models table: ``python -m qpm_timm.models write-models-table README.md``).
+calibration, ``prediction_sets.json``, when the export has one: :func:`qpm_timm.conformal.load_calibration`), a
+model card naming the repository and the run's results (``results.json`` of train.py, a validate.py JSON), and the
+run's ``args.yaml`` / ``results.json``; ``write-configs`` regenerates ``hub_configs/<variant>/`` (config.json +
+model card) of every registered variant, from the variant table (:mod:`qpm_timm.models.variants`, which also writes
+the README's Models table: ``python -m qpm_timm.models write-models-table README.md``).
 """
 import argparse
 import json
@@ -35,14 +35,13 @@ from safetensors.torch import load_file, save_file
 from timm.models._hub import save_config_for_hf
 
 from .atomic import atomic_folder
-from .conformal import Calibration, assignment_digest
-from .explain import model_feature_table
+from .models.assignment import model_feature_table
 from .models.load_errors import unreadable_checkpoint_message
 from .models.qpm import LOAD_TIME_ARGS, QPMModel
 from .models.variants import DATASET_NAMES, VARIANT_ARGS, variant_dataset
 
 __all__ = ['save_pretrained', 'read_weights', 'model_card', 'write_hub_configs', 'push_to_hub',
-           'PushPlan', 'RunResults', 'load_calibration']
+           'PushPlan', 'RunResults', 'exported_file']
 
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
@@ -196,7 +195,7 @@ def save_pretrained(
         card_sections: Sequence[str] = (),
         extra_files: Optional[Dict[str, Union[str, os.PathLike]]] = None,
         training: Optional[Dict[str, Any]] = None,
-        calibration: Optional[Calibration] = None,
+        calibration_json: Optional[str] = None,
 ) -> Path:
     """Export ``model`` as a Hub repository folder: ``model.safetensors``, ``config.json``, ``README.md`` (rendered
     from that config.json, with ``repo_id`` in its usage line when given, else ``local-dir:<folder>``); with
@@ -204,8 +203,8 @@ def save_pretrained(
     card embeds, its features named by ``feature_names``; ``card_sections``: more markdown sections of the card;
     ``extra_files``: ``{name: source file}`` copied into the folder (e.g. an edit's ``statistics.npz``);
     ``training``: how it was trained, kept as config.json's ``training`` (train.py: CHiQPM's settings); with
-    ``calibration`` (:func:`qpm_timm.conformal.calibrate`) ``prediction_sets.json``, which :func:`load_calibration`
-    finds beside the loaded weights."""
+    ``calibration_json`` (the document of :func:`qpm_timm.conformal.calibrate`'s calibration, its ``to_json()``)
+    ``prediction_sets.json``, which :func:`qpm_timm.conformal.load_calibration` finds beside the loaded weights."""
     if not isinstance(model, QPMModel):
         raise TypeError(f'save_pretrained exports QPMModel instances, got {type(model).__name__}.')
     if label_names is not None and len(label_names) != model.num_classes:
@@ -225,8 +224,8 @@ def save_pretrained(
             shutil.copytree(report_dir, tmp / 'report')
         for name, source in (extra_files or {}).items():
             shutil.copy2(source, tmp / name)
-        if calibration is not None:
-            (tmp / CALIBRATION_NAME).write_text(calibration.to_json())
+        if calibration_json is not None:
+            (tmp / CALIBRATION_NAME).write_text(calibration_json)
         card = model_card(model, _read_json(tmp / CONFIG_NAME), repo_id, str(folder), results,
                           feature_names=feature_names, report='report' if report_dir is not None else None,
                           sections=card_sections)
@@ -236,29 +235,23 @@ def save_pretrained(
     return Path(folder)
 
 
-def load_calibration(model: QPMModel) -> Optional[Calibration]:
-    """The prediction-set calibration exported with ``model``'s weights (``prediction_sets.json`` beside them, for a
-    model from ``local-dir:``, ``pretrained_cfg_overlay=dict(file=...)`` or ``hf-hub:``), or None when its export
-    has none. A calibration made for another assignment is refused."""
+def exported_file(model: QPMModel, name: str) -> Optional[Path]:
+    """The file ``name`` exported beside ``model``'s weights (for a model from ``local-dir:``,
+    ``pretrained_cfg_overlay=dict(file=...)`` or ``hf-hub:``), or None when its export has none (e.g.
+    ``prediction_sets.json``: :func:`qpm_timm.conformal.load_calibration`)."""
     cfg = model.pretrained_cfg or {}
     path = None
     if cfg.get('file'):
         where = Path(cfg['file'])
-        path = (where if where.is_dir() else where.parent) / CALIBRATION_NAME
+        path = (where if where.is_dir() else where.parent) / name
     elif cfg.get('hf_hub_id') and cfg.get('source') == 'hf-hub':
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
         try:
-            path = Path(hf_hub_download(cfg['hf_hub_id'], CALIBRATION_NAME))
+            path = Path(hf_hub_download(cfg['hf_hub_id'], name))
         except (EntryNotFoundError, LocalEntryNotFoundError):  # none in the repository, or offline without a copy
             return None
-    if path is None or not path.is_file():
-        return None
-    calibration = Calibration.from_json(path.read_text())
-    if calibration.assignment != assignment_digest(model.class_weights.detach().cpu()):
-        raise ValueError(f'{path} calibrates another class x feature assignment than this model\'s; recalibrate '
-                         f'(qpm_timm.conformal.calibrate) and export again.')
-    return calibration
+    return path if path is not None and path.is_file() else None
 
 
 def write_hub_configs(out_dir: str) -> None:

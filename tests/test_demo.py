@@ -24,11 +24,10 @@ gradio_client = pytest.importorskip('gradio_client')  # the demo extra: pip inst
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from qpm_timm.conformal import predict_sets, set_inputs  # noqa: E402
+from qpm_timm.conformal import load_calibration, predict_sets, set_inputs  # noqa: E402
 from qpm_timm.demo.__main__ import main  # noqa: E402
 from qpm_timm.demo.analysis import analyse, load_demo_model, read_image  # noqa: E402
 from qpm_timm.explain import feature_names  # noqa: E402
-from qpm_timm.hub import load_calibration  # noqa: E402
 from qpm_timm.run.cli import UsageError  # noqa: E402
 
 MENU, EDIT_TEXT = 11, 12  # after the 11 outputs of /explain (the last two: prediction set, tree)
@@ -249,8 +248,8 @@ def test_an_edit_that_keeps_the_assignment_over_another_channel_has_no_calibrate
     """A re-solve can give a switched-off feature's classes to its replacement: the same binary W over other
     channels, which the calibration (made for the exported channels) does not fit."""
     from qpm_timm import create_qpm
-    from qpm_timm.conformal import assignment_digest
     from qpm_timm.demo.sets import prediction_set
+    from qpm_timm.models.assignment import assignment_digest
     from qpm_timm.models.head import placeholder_assignment
     torch.manual_seed(0)
     exported = create_qpm('test_resnet', num_classes=4, n_features=4, n_per_class=2, head='dense')

@@ -23,6 +23,7 @@ from qpm_timm.conformal import (
     coverage_over_splits,
     hierarchical_scores,
     jaccard_similarity,
+    load_calibration,
     predict_sets,
     prediction_tree,
     set_coherence,
@@ -144,9 +145,9 @@ def test_exported_calibration_gives_the_same_sets_after_loading_and_fits_only_it
     weights = model.class_weights.detach().cpu()
     cal_index, test_index = calibration_split(inputs.labels, seed=3)
     calibration = calibrate(inputs.subset(cal_index), weights)
-    hub.save_pretrained(model, tmp_path / 'export', calibration=calibration)
+    hub.save_pretrained(model, tmp_path / 'export', calibration_json=calibration.to_json())
     loaded = timm.create_model(f'local-dir:{tmp_path / "export"}', pretrained=True).eval()
-    restored = hub.load_calibration(loaded)
+    restored = load_calibration(loaded)
     assert restored == calibration
     assert 'prediction_sets.json' in hub.push_to_hub(tmp_path / 'export', 'org/name', dry_run=True).files
     readme = (ROOT / 'docs' / 'PREDICTION_SETS.md').read_text(encoding='utf-8')

@@ -5,7 +5,6 @@ from .calibration import (
     CALIBRATION_PER_CLASS,
     DEFAULT_TARGETS,
     Calibration,
-    assignment_digest,
     calibrate,
     calibration_split,
     check_labels,
@@ -25,6 +24,7 @@ from .evaluation import (
     set_coherence,
     set_metrics,
 )
+from .exported import load_calibration
 from .hierarchy import (
     SetInputs,
     class_members,

@@ -3,9 +3,9 @@
 Per target coverage ``1 - alpha``: the deepest level ``n_limit`` of the prediction's path whose calibration accuracy
 reaches the split-conformal quantile level ``ceil((N + 1)(1 - alpha)) / N``, then the threshold = that order statistic
 of the true classes' scores at ``n_limit``. A set holds the classes whose score is at most the threshold. The
-calibration is a small JSON document; :func:`qpm_timm.hub.save_pretrained` writes it beside the weights.
+calibration is a small JSON document; :func:`qpm_timm.hub.save_pretrained` writes it beside the weights and
+:func:`qpm_timm.conformal.load_calibration` reads it back.
 """
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -13,10 +13,11 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from ..models.assignment import assignment_digest
 from .hierarchy import SetInputs, class_members, hierarchical_scores, level_accuracy
 
 __all__ = ['DEFAULT_TARGETS', 'CALIBRATION_PER_CLASS', 'Calibration', 'check_targets', 'check_labels',
-           'conformal_rank', 'calibration_split', 'calibrate', 'predict_sets', 'assignment_digest']
+           'conformal_rank', 'calibration_split', 'calibrate', 'predict_sets']
 
 DEFAULT_TARGETS = (0.88, 0.90, 0.925, 0.95)  # CHiQPM's accuracy targets
 CALIBRATION_PER_CLASS = 10  # CHiQPM's calibration images per class
@@ -74,12 +75,6 @@ def calibration_split(labels: np.ndarray, per_class: int = CALIBRATION_PER_CLASS
         chosen.append(rng.choice(index, per_class, replace=False))
     calibration = np.sort(np.concatenate(chosen))
     return calibration, np.setdiff1d(np.arange(len(labels)), calibration)
-
-
-def assignment_digest(weights) -> str:
-    """A short digest of the binary ``W``: a calibration only fits the assignment it was made for."""
-    w = np.ascontiguousarray(np.asarray(weights) > 0, dtype=np.uint8)
-    return hashlib.sha1(w.tobytes() + str(w.shape).encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -34,7 +34,7 @@ from ..explain import (
     require_qpm,
 )
 from ..explain.report import load_images
-from ..explain.table import feature_names
+from ..models.assignment import feature_names
 from ..run.cli import UsageError
 from ..run.model import _timm_model
 

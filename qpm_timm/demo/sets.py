@@ -1,11 +1,12 @@
 """ The demo's prediction set and tree of an image, when the model carries a calibration (docs/METHOD.md, "CHiQPM
 prediction sets and trees"; docs/EXPLANATIONS.md, "The demo").
 
-The calibration is the one exported beside the weights (``prediction_sets.json``, :func:`qpm_timm.hub.load_calibration`;
-train.py writes it), at the calibrated coverage target nearest 0.9 (:func:`qpm_timm.explain.tree.tree_sets`); the set
-is :meth:`~qpm_timm.explain.tree.TreeSets.prediction_set` and the picture the report's local tree
-(:func:`qpm_timm.conformal.prediction_tree`, :func:`qpm_timm.explain.tree.tree_figure`). A calibration holds for the
-assignment it was made on, so an edited model has no set.
+The calibration is the one exported beside the weights (``prediction_sets.json``,
+:func:`qpm_timm.conformal.load_calibration`; train.py writes it), at the calibrated coverage target nearest 0.9
+(:func:`qpm_timm.explain.tree.tree_sets`); the set is :meth:`~qpm_timm.explain.tree.TreeSets.prediction_set` and
+the picture the report's local tree (:func:`qpm_timm.conformal.prediction_tree`,
+:func:`qpm_timm.explain.tree.tree_figure`). A calibration holds for the assignment it was made on, so an edited
+model has no set.
 """
 import io
 from dataclasses import dataclass
@@ -14,10 +15,10 @@ from typing import List, Optional
 import torch
 from PIL import Image
 
-from ..conformal import assignment_digest, prediction_tree
+from ..conformal import load_calibration, prediction_tree
 from ..explain.figures import DPI
 from ..explain.tree import TreeSets, tree_figure, tree_sets
-from ..hub import load_calibration
+from ..models.assignment import assignment_digest
 from .analysis import Analysis, DemoModel
 
 __all__ = ['PredictionSet', 'load_sets', 'prediction_set']

@@ -1,6 +1,6 @@
 """ Explanations of a QPM a person can look at (docs/EXPLANATIONS.md).
 
-* :mod:`.table` -- the class -> feature table (text);
+* :mod:`qpm_timm.models.assignment` -- the class -> feature table (text), re-exported here;
 * :mod:`.local` -- why an image got its logits (each feature's exact contribution and its map);
 * :mod:`.gallery` -- every feature's most activating images and patches, collected in one streaming pass
   (rides along the training run's statistics pass);
@@ -10,6 +10,7 @@
 * :mod:`.scan`, :mod:`.figures`, :mod:`.report` -- one validation pass, the pictures (PNG + JSON) and the HTML
   report (:func:`write_report`).
 """
+from ..models.assignment import class_feature_table, class_features, feature_names, model_feature_table
 from .contrastive import contrastive_pairs, difference_contributions, pair_features, resolve_class, spread_pairs
 from .gallery import FeatureGallery, GalleryCollector, patch_box
 from .heatmap import active_values, data_normalization, denormalize, feature_colours, heatmaps, overlay
@@ -17,4 +18,3 @@ from .local import Explanation, class_evidence, explain, explain_top, require_qp
 from .naming import FeatureNames, dataset_annotations, name_features
 from .report import Report, check_report_folder, load_images, write_report
 from .scan import DatasetScan, class_examples, scan_dataset
-from .table import class_feature_table, class_features, feature_names, model_feature_table

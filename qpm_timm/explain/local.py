@@ -9,7 +9,7 @@ from typing import List
 
 import torch
 
-from .table import class_features
+from ..models.assignment import class_features
 
 __all__ = ['Explanation', 'require_qpm', 'class_evidence', 'explain', 'explain_top']
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..metrics import annotation_correlation, match_features
-from .table import feature_names
+from ..models.assignment import feature_names
 
 __all__ = ['FeatureNames', 'dataset_annotations', 'name_features']
 

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_folder
 from ..conformal import predict_sets
+from ..models.assignment import class_features
 from .contrastive import contrastive_pairs, difference_contributions, pair_features, resolve_class, spread_pairs
 from .figures import (
     HEAT_NOTE,
@@ -57,7 +58,6 @@ from .heatmap import active_values, data_normalization, denormalize, feature_col
 from .local import class_evidence, require_qpm
 from .naming import FeatureNames, dataset_annotations, name_features
 from .scan import DatasetScan, class_examples, scan_dataset
-from .table import class_features
 from .tree import tree_pictures, tree_sets
 
 __all__ = ['Report', 'write_report', 'load_images', 'check_report_folder', 'IMAGE_EXTENSIONS']

@@ -7,7 +7,7 @@ from typing import List
 import torch
 from timm.data import create_transform
 
-from .. import hub
+from ..conformal import load_calibration
 from ..data import with_transform
 from ..data.loader import create_qpm_loader
 from ..explain import (
@@ -104,6 +104,6 @@ def explain(args) -> Path:
             gallery = collector.gather()
     report = write_report(model, output, gallery, train_set, val_set, class_names, pairs=args.pair,
                           all_pairs=args.all_pairs, max_pairs=args.max_pairs, images=args.image, title=args.model,
-                          transform=transform, calibration=hub.load_calibration(model), **run)
+                          transform=transform, calibration=load_calibration(model), **run)
     print(f'explanation report: {len(report.files)} files in {report.folder}; open {report.index} in a browser')
     return report.folder

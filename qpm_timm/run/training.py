@@ -362,7 +362,8 @@ def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_c
     card = {k: v for k, v in results.items() if isinstance(v, float) and not isinstance(v, bool)}
     with timed(EXPORT):
         hub.save_pretrained(model.eval(), exp / EXPORT, label_names=class_names, data_config=data_config,
-                            feature_names=names, report_dir=report.folder if report else None, calibration=calibration,
+                            feature_names=names, report_dir=report.folder if report else None,
+                            calibration_json=calibration.to_json() if calibration else None,
                             results=[hub.RunResults('train.py', card, dataset=args.dataset, split=args.val_split)],
                             training=dict(precision=precision.as_dict(), **(dict(chiqpm=chiqpm) if chiqpm else {})))
     print(model_feature_table(model, class_names, max_rows=50, names=names))

@@ -1,13 +1,16 @@
-""" The global explanation of a QPM as text: its class -> feature table.
+""" The class -> feature assignment of a QPM: every class's features, its table and its digest.
 
 The whole decision process of a QPM is its binary assignment ``W`` (every class = ``n_wc`` of the ``n_f*``
-shared features), so the global explanation is a table (docs/EXPLANATIONS.md).
+shared features), so the global explanation is a table (docs/EXPLANATIONS.md; :mod:`qpm_timm.explain` re-exports it),
+and a calibration of the prediction sets fits the one assignment whose digest it records (:mod:`qpm_timm.conformal`).
 """
+import hashlib
 from typing import List, Optional, Sequence
 
+import numpy as np
 import torch
 
-__all__ = ['class_features', 'feature_names', 'class_feature_table', 'model_feature_table']
+__all__ = ['class_features', 'feature_names', 'class_feature_table', 'model_feature_table', 'assignment_digest']
 
 
 def feature_names(selection: Sequence[int]) -> List[str]:
@@ -55,3 +58,9 @@ def model_feature_table(
     :func:`qpm_timm.explain.name_features`), else their backbone channel (:func:`feature_names`)."""
     names = names if names is not None else feature_names(model.head.selection.tolist())
     return class_feature_table(model.class_weights.cpu(), class_names, names, max_rows)
+
+
+def assignment_digest(weights) -> str:
+    """A short digest of the binary ``W``: a calibration only fits the assignment it was made for."""
+    w = np.ascontiguousarray(np.asarray(weights) > 0, dtype=np.uint8)
+    return hashlib.sha1(w.tobytes() + str(w.shape).encode()).hexdigest()[:16]
