@@ -151,7 +151,7 @@ def _config_value(config, dotted):
 
 def test_model_card_states_exactly_what_config_json_holds(tmp_path):
     """The embedded default's data config (64 px, the concepts mean/std) shows in the card as in config.json."""
-    from qpm_timm.data.concepts import CONCEPTS_IMG_SIZE, CONCEPTS_MEAN, CONCEPTS_STD
+    from qpm_timm.data.constants import CONCEPTS_IMG_SIZE, CONCEPTS_MEAN, CONCEPTS_STD
     model = qpm_timm.create_qpm('resnet18', 6, relu_after_norm=True, **SMALL)
     data = dict(input_size=(3, CONCEPTS_IMG_SIZE, CONCEPTS_IMG_SIZE), mean=CONCEPTS_MEAN, std=CONCEPTS_STD,
                 crop_pct=1.0, crop_mode='squash', interpolation='bilinear')

@@ -1,6 +1,18 @@
 """Datasets and transforms of qpm-timm: the generated concepts dataset, CUB-200-2011, Stanford Cars,
 FGVC-Aircraft and anything timm's ``create_dataset`` reads, behind one factory."""
-from .concepts import CONCEPT_VOCABULARY, CONCEPTS_MEAN, CONCEPTS_STD, ConceptsDataset, make_class_concepts
+from .concepts import CONCEPT_VOCABULARY, ConceptsDataset, make_class_concepts
+from .constants import (
+    AIRCRAFT_MEAN,
+    AIRCRAFT_STD,
+    CARS_MEAN,
+    CARS_STD,
+    CONCEPTS_IMG_SIZE,
+    CONCEPTS_MEAN,
+    CONCEPTS_NUM_CLASSES,
+    CONCEPTS_STD,
+    CUB_MEAN,
+    CUB_STD,
+)
 from .cub import CUB200Dataset, cub_readable_name, find_cub_folder
 from .dataset_factory import (
     FGVCAircraftDataset,

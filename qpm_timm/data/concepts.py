@@ -35,17 +35,17 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision import transforms as T
 
-from .configs import CONCEPTS_IMG_SIZE, CONCEPTS_MEAN, CONCEPTS_NUM_CLASSES, CONCEPTS_STD
+from .constants import CONCEPTS_IMG_SIZE, CONCEPTS_NUM_CLASSES
 from .masks import masks_through_transform
 from .splits import is_train_split
 from .transforms import batched_transform
 
-__all__ = ['ConceptsDataset', 'CONCEPT_VOCABULARY', 'CONCEPTS_MEAN', 'CONCEPTS_STD', 'CONCEPTS_NUM_CLASSES',
-           'CONCEPTS_IMG_SIZE', 'CONCEPT_PRESETS', 'SHAPE_FAMILIES', 'make_class_concepts', 'generate_concept_images',
-           'concept_settings', 'make_shortcut_pairs', 'shape_mask']
+__all__ = ['ConceptsDataset', 'CONCEPT_VOCABULARY', 'CONCEPT_PRESETS', 'SHAPE_FAMILIES', 'make_class_concepts',
+           'generate_concept_images', 'concept_settings', 'make_shortcut_pairs', 'resize_image', 'shape_mask']
 
-# CONCEPTS_MEAN / STD / NUM_CLASSES / IMG_SIZE: qpm_timm/data/configs.py (the data config of every dataset)
+# CONCEPTS_MEAN / STD / NUM_CLASSES / IMG_SIZE: qpm_timm/data/constants.py
 _VAL_IMAGES_PER_CLASS = 25  # the training split's number is a knob of the presets (train_images_per_class)
 
 
@@ -294,6 +294,14 @@ def _shortcut_extras(rng: np.random.Generator, shown: np.ndarray, pairs: Tuple[T
     return extras
 
 
+def resize_image(image: np.ndarray, side: int) -> np.ndarray:
+    """``(H, W, C)`` uint8 resized to ``side x side`` by PIL's antialiased bilinear filter, the resampling of
+    torchvision's ``Resize`` on a PIL image (unchanged where the image already has that side)."""
+    if image.shape[:2] == (side, side):
+        return image
+    return np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR))
+
+
 @lru_cache(maxsize=4)
 def generate_concept_images(
         class_concepts_bytes: bytes,
@@ -308,19 +316,24 @@ def generate_concept_images(
         num_distractors: int = 0,
         shortcut_pairs: Tuple[Tuple[int, int], ...] = (),
         shortcut: float = 0.0,
+        output_size: Optional[int] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """All images of a split, ``(C * images_per_class, H, W, 3)`` uint8, and their placements, both read-only.
 
     Image ``i`` (class ``i // images_per_class``) is drawn from its own seed ``(seed, split_id, i)``: its class's
     concepts in random order, then (training split only) its shortcut partners, then ``num_distractors`` shapes
     drawn from ``distractors``. ``placements`` ``(N, m, 5)`` float32 holds per drawn shape ``(shape, top, left,
-    size, angle)``, ``shape`` the index into ``concepts + distractors`` (-1 pads). Cached in memory (the last 4
-    splits), so building the same split again in one process (validate.py after train.py, the tests) costs nothing.
+    size, angle)``, ``shape`` the index into ``concepts + distractors`` (-1 pads), in pixels of the ``img_size``
+    drawing. With ``output_size`` each drawing is then resized once to ``output_size`` square (:func:`resize_image`,
+    what torchvision's ``Resize`` does to a PIL image), so a model fed at another side reads the images as they are.
+    Cached in memory (the last 4 splits), so building the same split again in one process (validate.py after
+    train.py, the tests) costs nothing.
     """
     num_concepts = len(concepts)
     class_concepts = np.frombuffer(class_concepts_bytes, dtype=bool).reshape(-1, num_concepts)
     names_all = concepts + distractors
-    images = np.empty((len(class_concepts) * images_per_class, img_size, img_size, 3), dtype=np.uint8)
+    side = output_size or img_size
+    images = np.empty((len(class_concepts) * images_per_class, side, side, 3), dtype=np.uint8)
     most = int(class_concepts.sum(1).max()) + len(shortcut_pairs) * (shortcut > 0) + num_distractors
     placements = np.full((len(images), most, 5), -1.0, dtype=np.float32)
     for index in range(len(images)):
@@ -333,8 +346,8 @@ def generate_concept_images(
         if num_distractors:
             ids += (num_concepts + rng.choice(len(distractors), num_distractors,
                                               replace=num_distractors > len(distractors))).tolist()
-        images[index], where = render_concepts([names_all[k] for k in ids], img_size, rng, scale,
-                                               rotation=rotation)
+        drawn, where = render_concepts([names_all[k] for k in ids], img_size, rng, scale, rotation=rotation)
+        images[index] = resize_image(drawn, side)
         placements[index, :len(ids), 0] = ids
         placements[index, :len(ids), 1:] = where
     images.flags.writeable = False
@@ -445,7 +458,10 @@ class ConceptsDataset(Dataset):
         num_concepts: size K of the vocabulary used (the first K of ``concepts``, else of ``CONCEPT_VOCABULARY``).
         num_classes: number of classes C; each is a distinct set of concepts.
         concepts_per_class: k, concepts per class (all of them are drawn in every image).
-        img_size: side of the square images in pixels.
+        img_size: side of the square drawings in pixels (the preset's: 64).
+        output_size: side of the images the dataset holds, when not ``img_size``: each drawing is resized once,
+            as it is generated (:func:`resize_image`), instead of by the transform at every read;
+            ``create_qpm_split`` sets it to the transform's side (``--img-size``).
         images_per_class: images per class; default the preset's ``train_images_per_class`` (100; ``similar``: 150)
             for train, 25 for val.
         seed: fixes the class definitions and every pixel.
@@ -491,6 +507,7 @@ class ConceptsDataset(Dataset):
             shortcut_pairs: Optional[int] = None,
             siblings: Union[None, str, Sequence[str]] = None,
             masks: bool = False,
+            output_size: Optional[int] = None,
     ):
         split_id = 0 if is_train_split(split) else 1
         settings = concept_settings(
@@ -500,6 +517,8 @@ class ConceptsDataset(Dataset):
         img_size, num_classes = settings['img_size'], settings['num_classes']
         if img_size < 16:
             raise ValueError(f'img_size={img_size} is too small to draw concepts; use >= 16.')
+        if output_size is not None and output_size < 1:
+            raise ValueError(f'output_size={output_size} must be >= 1 (the side of the images, in pixels).')
         if images_per_class is None:
             images_per_class = settings['train_images_per_class'] if split_id == 0 else _VAL_IMAGES_PER_CLASS
         if images_per_class < 1:
@@ -507,6 +526,7 @@ class ConceptsDataset(Dataset):
         self.split = 'train' if split_id == 0 else 'val'
         self.seed = seed
         self.img_size = img_size
+        self.output_size = output_size or img_size
         self.preset = preset
         self.settings = settings
         self.masks = masks
@@ -528,7 +548,7 @@ class ConceptsDataset(Dataset):
             1 + split_id, settings['scale'], float(settings['rotation']),
             distractor_names if settings['distractors'] else (), int(settings['distractors']),
             make_shortcut_pairs(num_concepts, settings['shortcut_pairs'], seed) if settings['shortcut'] else (),
-            float(settings['shortcut']))
+            float(settings['shortcut']), self.output_size)
         shapes = self.placements[..., 0].astype(np.int64)
         self.concept_presence = np.zeros((len(self.targets), num_concepts), dtype=bool)
         rows, slots = np.nonzero((shapes >= 0) & (shapes < num_concepts))
@@ -536,7 +556,8 @@ class ConceptsDataset(Dataset):
 
     def concept_masks(self, indices: Sequence[int]) -> np.ndarray:
         """``(n, K, H, W)`` bool: where every concept is drawn in images ``indices`` (all False for a concept the
-        image does not show), at the rendering size (docs/METHOD.md, "Explanation metrics")."""
+        image does not show), at the images' side (docs/METHOD.md, "Explanation metrics"). Drawings resized to
+        ``output_size`` resize their masks as an eval transform's resize does (``masks_through_transform``)."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         size = self.img_size
         out = np.zeros((len(indices), len(self.concept_names), size, size), dtype=bool)
@@ -546,7 +567,9 @@ class ConceptsDataset(Dataset):
                     top, left, side = int(top), int(left), int(side)
                     out[row, int(shape), top:top + side, left:left + side] |= shape_mask(
                         self.concept_names[int(shape)], side, float(angle))
-        return out
+        if self.output_size == size:
+            return out
+        return masks_through_transform(T.Resize((self.output_size, self.output_size)), torch.from_numpy(out)).numpy()
 
     def object_masks(self, indices: Sequence[int]) -> np.ndarray:
         """``(n, H, W)`` bool: the object of each image, the union of its planted concepts (not the distractors)."""

@@ -12,16 +12,20 @@ from typing import Any, Dict, Optional, Tuple
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-__all__ = ['QPMDataConfig', 'resolve_qpm_data_config', 'qpm_data_config', 'canonical_name', 'CONCEPTS_MEAN',
-           'CONCEPTS_STD', 'CONCEPTS_NUM_CLASSES', 'CONCEPTS_IMG_SIZE']
+from .constants import (
+    AIRCRAFT_MEAN,
+    AIRCRAFT_STD,
+    CARS_MEAN,
+    CARS_STD,
+    CONCEPTS_IMG_SIZE,
+    CONCEPTS_MEAN,
+    CONCEPTS_NUM_CLASSES,
+    CONCEPTS_STD,
+    CUB_MEAN,
+    CUB_STD,
+)
 
-# The generated concepts dataset (qpm_timm/data/concepts.py): per-channel pixel mean/std of the default dataset
-# (measured over the default train split, 0..1 scale; colours are symmetric around 0.5 by construction), its default
-# number of classes (why 48: that module's docstring) and image side in pixels.
-CONCEPTS_MEAN = (0.5, 0.5, 0.5)
-CONCEPTS_STD = (0.155, 0.155, 0.155)
-CONCEPTS_NUM_CLASSES = 48
-CONCEPTS_IMG_SIZE = 64
+__all__ = ['QPMDataConfig', 'resolve_qpm_data_config', 'qpm_data_config', 'canonical_name']
 
 
 @dataclass(frozen=True)
@@ -35,13 +39,13 @@ class QPMDataConfig:
     interpolation: str = 'bilinear'
 
 
-# Per-dataset statistics as used by the authors (configs/dataset_params.py of ThomasNorr/QPM);
-# ImageNet's for ImageNet and for any other natural-image folder.
+# Per-dataset statistics as used by the authors (.constants); ImageNet's for ImageNet and for any other
+# natural-image folder.
 _CONFIGS = {
     'concepts': QPMDataConfig(CONCEPTS_MEAN, CONCEPTS_STD, CONCEPTS_IMG_SIZE, CONCEPTS_NUM_CLASSES),
-    'cub': QPMDataConfig((0.4853, 0.4964, 0.4295), (0.2300, 0.2258, 0.2625), 224, 200),
-    'cars': QPMDataConfig((0.4593, 0.4466, 0.4453), (0.2920, 0.2910, 0.2988), 224, 196),
-    'aircraft': QPMDataConfig((0.4827, 0.5130, 0.5352), (0.2236, 0.2170, 0.2478), 224, 100),
+    'cub': QPMDataConfig(CUB_MEAN, CUB_STD, 224, 200),
+    'cars': QPMDataConfig(CARS_MEAN, CARS_STD, 224, 196),
+    'aircraft': QPMDataConfig(AIRCRAFT_MEAN, AIRCRAFT_STD, 224, 100),
     'imagenet': QPMDataConfig(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 224, 1000, crop_pct=0.875),
 }
 _ALIASES = {'cub200': 'cub', 'cub2011': 'cub', 'cub_200_2011': 'cub', 'stanford_cars': 'cars',
