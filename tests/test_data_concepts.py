@@ -187,6 +187,38 @@ def test_batched_reading_gives_what_the_per_image_transforms_give():
     assert other.__getitems__([1])[0][0].shape == (3, 24, 24)
 
 
+def test_a_run_at_another_side_reads_images_resized_once_as_the_per_image_transforms_resize_them():
+    """``create_qpm_split('concepts', transform_size=24)`` holds the drawings resized once (``output_size``): the
+    batched reads then give exactly the tensors that the per-image transforms give on the drawings at their own
+    side (train: the same shift and flip of the resized drawing; eval: timm's resize, bit for bit), and the concept
+    masks are those the eval transform carries (``masks_through_transform``)."""
+    from qpm_timm.data import create_qpm_split
+    from qpm_timm.data.masks import masks_through_transform
+    from qpm_timm.data.transforms import batched_transform
+    drawn = ConceptsDataset('train', **SMALL)
+    train = create_qpm_split('concepts', split='train', is_training=True, transform_size=24, **SMALL)
+    assert train.images.shape[1:3] == (24, 24) and drawn.images.shape[1:3] == (32, 32)
+    assert batched_transform(train.transform, train.images.shape[1:3]) is not None  # read in batches
+    shift_flip = train.transform
+    for seed in range(3):
+        torch.manual_seed(seed)
+        batch = torch.stack([x for x, _ in train.__getitems__(list(range(6)))])
+        torch.manual_seed(seed)  # the batch draws its offsets and flips as the per-image transforms draw them
+        offsets = torch.randint(0, 2 * shift_flip.padding + 1, (6, 2))
+        flips = torch.rand(6) < 0.5
+        resized = [np.asarray(Image.fromarray(drawn.images[i]).resize((24, 24), Image.BILINEAR)) for i in range(6)]
+        assert torch.equal(batch, shift_flip.batch(torch.from_numpy(np.stack(resized)), offsets, flips))
+    eval_transform = create_qpm_transform('concepts', is_training=False, img_size=24)
+    val = create_qpm_split('concepts', split='val', transform_size=24, **SMALL)
+    slow = ConceptsDataset('val', transform=eval_transform, **SMALL)
+    assert all(torch.equal(x, slow[i][0]) for i, (x, _) in enumerate(val.__getitems__(list(range(6)))))
+    assert np.array_equal(val.concept_masks(range(6)), masks_through_transform(
+        eval_transform, torch.from_numpy(slow.concept_masks(range(6)))).numpy())
+    assert val.img_size == 32 and val.output_size == 24  # drawn at the preset's side, held at the run's
+    with pytest.raises(ValueError, match='output_size'):
+        ConceptsDataset('val', output_size=0, **SMALL)
+
+
 def test_masks_are_rendered_once_per_shape_and_size_and_pixels_stay_fixed():
     """The renderer's pixels are pinned (a checksum of a few images); the masks it reuses are read-only."""
     import hashlib

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import FGVCAircraft, StanfordCars
 
 from .concepts import ConceptsDataset
+from .configs import qpm_data_config
 from .cub import CUB200Dataset
 from .splits import is_train_split
 from .transforms import canonical_name, create_qpm_transform
@@ -146,10 +147,24 @@ def create_qpm_split(
     ``transform_size``; it follows the dataset's ``crop_to_bbox``, default True); ``kwargs`` go to the dataset
     class (``--dataset-args``, where the concepts dataset's own ``img_size`` is its rendering size). The one way
     train.py, validate.py and explain.py build their data.
+
+    The concepts dataset is generated at the transform's side (its ``output_size``, unless given): each drawing is
+    resized once instead of at every read, so a run at another ``--img-size`` reads its images in batches.
     """
     transform = create_qpm_transform(name, is_training=is_training, img_size=transform_size,
                                      crop_to_bbox=kwargs.get('crop_to_bbox', True), data_config=data_config)
+    if canonical_name(name) == 'concepts' and 'output_size' not in kwargs:
+        kwargs['output_size'] = _concepts_side(transform_size, data_config)
     return create_qpm_dataset(name, root, split=split, is_training=is_training, transform=transform, **kwargs)
+
+
+def _concepts_side(transform_size: Optional[int], data_config: Optional[Dict[str, Any]]) -> Optional[int]:
+    """The side a concepts transform reads its images at without resizing them, None for its rendering size:
+    ``transform_size`` or a data config's side, where its eval crop keeps the whole image (``crop_pct`` 1)."""
+    cfg = {**qpm_data_config('concepts'), **(data_config or {})}
+    if cfg['crop_pct'] != 1:
+        return None
+    return transform_size or cfg['input_size'][-1]
 
 
 def with_transform(dataset: Dataset, transform) -> Dataset:
