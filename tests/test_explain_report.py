@@ -333,11 +333,11 @@ def test_script_explains_an_image_with_the_export_alone_names_from_the_export_tr
 @pytest.mark.parametrize('cpus, jobs, workers', [(1, 40, None), (2, 3, None), (2, 40, 2), (8, 40, 8), (16, 40, 10),
                                                  (4, 6, 1)])
 def test_the_report_draws_with_one_process_per_available_cpu_and_four_pictures_each(monkeypatch, cpus, jobs, workers):
-    from qpm_timm.explain import report
+    from qpm_timm.explain import drawing
     started = []
 
     class FakePool:
-        def __init__(self, processes, initializer=None):
+        def __init__(self, processes, initializer=None, initargs=()):
             started.append(processes)
 
         def map_async(self, fn, items, chunksize=1):
@@ -346,7 +346,18 @@ def test_the_report_draws_with_one_process_per_available_cpu_and_four_pictures_e
         def close(self):
             pass
 
-    monkeypatch.setattr(report.os, 'sched_getaffinity', lambda pid: set(range(cpus)), raising=False)
-    monkeypatch.setattr(report.multiprocessing, 'get_context', lambda method: SimpleNamespace(Pool=FakePool))
-    pending = report._draw_plain_pictures(None, Path('.'), [('global', None)] * jobs, {})
+    monkeypatch.setattr(drawing.os, 'sched_getaffinity', lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setattr(drawing.multiprocessing, 'get_context', lambda method: SimpleNamespace(Pool=FakePool))
+    pending = drawing.draw_in_workers(print, [('global', None)] * jobs)
     assert (pending is None) is (workers is None) and started == ([] if workers is None else [workers])
+
+
+def test_the_drawing_workers_get_the_drawing_function_through_the_fork_not_pickled(monkeypatch):
+    """A closure cannot be pickled: the workers inherit it (the pool's initargs), only jobs and results travel."""
+    from qpm_timm.explain import drawing
+    if 'fork' not in drawing.multiprocessing.get_all_start_methods():
+        pytest.skip('no fork on this platform')
+    monkeypatch.setattr(drawing, 'available_cpus', lambda: 2)
+    offset = 10
+    pending = drawing.draw_in_workers(lambda job: (job + offset, drawing._draw is not None), list(range(8)))
+    assert pending.get() == [(j + 10, True) for j in range(8)] and drawing._draw is None

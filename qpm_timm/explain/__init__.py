@@ -8,7 +8,8 @@
 * :mod:`.heatmap` -- heatmaps and the colour of every feature;
 * :mod:`.contrastive` -- class pairs that differ in one feature each;
 * :mod:`.scan`, :mod:`.figures`, :mod:`.report` -- one validation pass, the pictures (PNG + JSON) and the HTML
-  report (:func:`write_report`).
+  report (:func:`write_report`), which composes :mod:`.pictures` (the report's pictures), :mod:`.drawing` (worker
+  processes that draw them) and :mod:`.page` (report.json and index.html).
 """
 from ..models.assignment import class_feature_table, class_features, feature_names, model_feature_table
 from .contrastive import contrastive_pairs, difference_contributions, pair_features, resolve_class, spread_pairs
