@@ -37,6 +37,7 @@ class QPMFit:
     solution: QPMSolution
     statistics: QPMStatistics
     channels: np.ndarray  # backbone channel of every feature of the solved problem (selected: channels[selected])
+    solved: bool  # this call solved the problem; False: it read the solution back from solution_path (a rerun)
 
     @property
     def selected_channels(self) -> np.ndarray:
@@ -92,15 +93,16 @@ def _broadcast(obj: Any) -> Any:
 
 
 def _solve(statistics: QPMStatistics, n_features: int, n_per_class: int, path: Optional[Path], locality: bool,
-           chiqpm: dict, **solver_kwargs) -> Tuple[QPMSolution, np.ndarray]:
+           chiqpm: dict, **solver_kwargs) -> Tuple[QPMSolution, np.ndarray, bool]:
+    """The solution, the channel of every feature of the problem, and whether it was solved (else read back)."""
     problem, channels = problem_from_statistics(statistics, n_features, n_per_class, locality, **chiqpm)
     if path is not None and path.is_file():  # a finished solve of these statistics (checked by its input hash)
-        return QPMSolution.load(path, problem), channels
+        return QPMSolution.load(path, problem), channels, False
     solution = solve_qpm(problem, **solver_kwargs)
     if path is not None:
         solution.save(path)
     (_logger.warning if solution.cut_by_wall_clock else _logger.info)('solved: ' + solution.summary())
-    return solution, channels
+    return solution, channels, True
 
 
 def fit_qpm(
@@ -127,7 +129,8 @@ def fit_qpm(
             under torch.distributed each rank reads a disjoint shard (``create_qpm_loader(..., shard=True)``).
         statistics: statistics already collected for this model (then ``loader`` is not read).
         statistics_path, solution_path: files that persist the two results (``statistics.npz``,
-            ``solution.json``): read when present, written (rank 0) when computed, so a rerun resumes.
+            ``solution.json``): read when present, written (rank 0) when computed, so a rerun resumes (the
+            result's ``solved`` says whether the solution was computed or read back).
         device, amp, progress: of the statistics pass (device default: the model's).
         observers: callables that ride along the statistics pass (:func:`~qpm_timm.stats.collect_statistics`),
             e.g. the explanations' :class:`~qpm_timm.explain.GalleryCollector`; not called when the statistics
@@ -152,8 +155,8 @@ def fit_qpm(
             statistics.save(stats_file)
     if statistics.num_classes != model.num_classes:
         raise ValueError(f'the statistics have {statistics.num_classes} classes, the model {model.num_classes}.')
-    solved = _solve(statistics, model.n_features, model.n_per_class, Path(solution_path) if solution_path else None,
-                    locality, dict(rho=rho, pairs=pairs, idealize=idealize), **solver_kwargs) if _rank() == 0 else None
-    solution, channels = _broadcast(solved)
+    found = _solve(statistics, model.n_features, model.n_per_class, Path(solution_path) if solution_path else None,
+                   locality, dict(rho=rho, pairs=pairs, idealize=idealize), **solver_kwargs) if _rank() == 0 else None
+    solution, channels, solved = _broadcast(found)
     apply_solution(model, statistics, solution, channels)
-    return QPMFit(model, solution, statistics, channels)
+    return QPMFit(model, solution, statistics, channels, solved)

@@ -75,6 +75,15 @@ def test_vit_qpm_trains_solves_exports_and_reloads_with_the_same_outputs(tmp_pat
                                    model.forward_with_features(x).feature_maps, rtol=0, atol=1e-5)
 
 
+def test_fit_qpm_says_whether_it_solved_or_read_its_solution_back(tmp_path):
+    """train.py adds the solve's seconds to its timings only when fit_qpm solved (a resumed run reads it back)."""
+    files = dict(statistics_path=tmp_path / 'statistics.npz', solution_path=tmp_path / 'solution.json')
+    first = fit_qpm(tiny_vit_qpm(), loader(), effort=1, seed=0, **files)
+    again = fit_qpm(tiny_vit_qpm(), loader(), effort=1, seed=0, **files)
+    assert first.solved and not again.solved
+    assert again.solution.assignment.tolist() == first.solution.assignment.tolist()
+
+
 def test_dynamic_img_size_vit_takes_non_square_inputs():
     model = tiny_vit_qpm(dynamic_img_size=True).eval()
     assert not model.pretrained_cfg['fixed_input_size']

@@ -256,14 +256,13 @@ def train_and_fit(args, model, loaders, stats_data, exp: Path, device, image_siz
     collector = GalleryCollector(image_size=image_size if model.input_is_backbone_maps else None)
     stats_loader = create_qpm_loader(stats_data, args.validation_batch_size or args.batch_size,
                                      num_workers=args.workers, shard=True, loader_class=TimedLoader)
-    solving = not (exp / SOLUTION).is_file()  # else a resumed run reads the solution back
     with timed('statistics_and_solve'):
         fit = fit_qpm(model, stats_loader, statistics_path=exp / STATISTICS, solution_path=exp / SOLUTION,
                       device=device, amp=args.amp, progress=not args.no_progress and args.rank == 0,
                       observers=[collector] if args.report else (), effort=args.solver_effort,
                       time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log, locality=args.locality,
                       rho=args.rho, pairs=args.pairs, idealize=args.idealize)
-    if solving:
+    if fit.solved:  # else a resumed run read the solution back
         add_seconds('solve', fit.solution.wall_time)
     if collector.seen:  # the pass ran in this process (not read back after a resume)
         gallery = collector.gather(all_ranks=True)
