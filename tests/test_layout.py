@@ -13,6 +13,8 @@ from typing import Dict, Set
 import networkx as nx
 import pytest
 
+from helpers.scripts import run_module
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / 'qpm_timm'
 RANK = {'precision': 0, 'atomic': 0, 'data': 1, 'models': 2, 'forward': 3, 'losses': 3, 'stats': 4,
@@ -93,12 +95,9 @@ def test_every_room_has_a_rank():
                                            ('qpm_timm.export', 'usage: python -m qpm_timm.export')])
 def test_the_package_entry_points_run_their_command_lines(tmp_path, module, usage):
     """``python -m`` of a library room reaches its command line in the run layer: help, and bad input -> exit 2."""
-    import subprocess
-    import sys
-    run = dict(cwd=ROOT, capture_output=True, text=True, timeout=300)
-    shown = subprocess.run([sys.executable, '-m', module, '--help'], **run)
-    assert shown.returncode == 0 and usage in shown.stdout, shown.stderr
+    code, out, err = run_module(module, ['--help'])
+    assert code == 0 and usage in out, err
     bad = {'qpm_timm.edit': [str(tmp_path / 'missing'), '--forbid-feature', '0', '--output', str(tmp_path / 'o')],
            'qpm_timm.export': ['onnx', f'local-dir:{tmp_path / "missing"}', str(tmp_path / 'q.onnx')]}[module]
-    refused = subprocess.run([sys.executable, '-m', module, *bad], **run)
-    assert refused.returncode == 2 and refused.stderr.startswith('error: '), refused.stderr
+    code, _, err = run_module(module, bad)
+    assert code == 2 and err.startswith('error: '), err

@@ -1,12 +1,13 @@
 """Run the repository's scripts as a user does (``python validate.py ...``), in this process: the script file is
-executed as ``__main__`` with its own ``sys.argv``, so flags, exit codes and messages are the real ones, without a
-new interpreter per call. Nothing imports a script."""
+executed as ``__main__`` with its own ``sys.argv`` (``python -m <module>`` the same way), so flags, exit codes and
+messages are the real ones, without a new interpreter per call. Nothing imports a script."""
 import contextlib
 import csv
 import io
 import json
 import runpy
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Sequence, Tuple
 
@@ -24,6 +25,22 @@ def run_script(name: str, argv: Sequence[str]) -> int:
     finally:
         sys.argv = saved
     return 0
+
+
+def run_module(module: str, argv: Sequence[str]) -> Tuple[int, str, str]:
+    """Exit code, stdout and stderr of ``python -m <module> <argv>`` run in this process (``runpy``, as ``-m``)."""
+    saved, out, err = sys.argv, io.StringIO(), io.StringIO()
+    sys.argv = [module, *map(str, argv)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter('ignore', RuntimeWarning)  # "found in sys.modules": the module is imported already
+            runpy.run_module(module, run_name='__main__', alter_sys=True)
+    except SystemExit as e:
+        code = 0 if e.code is None else e.code
+    finally:
+        sys.argv = saved
+    return code, out.getvalue(), err.getvalue()
 
 
 def refused(name: str, argv: Sequence[str]) -> Tuple[int, str]:
