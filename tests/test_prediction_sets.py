@@ -155,7 +155,8 @@ def test_exported_calibration_gives_the_same_sets_after_loading_and_fits_only_it
     namespace = {}
     exec(code.replace('output/train/qpm_resnet10t-concepts/export', str(tmp_path / 'export')), namespace)
     assert namespace['sets'].shape == (2, model.num_classes) and namespace['sets'].dtype == bool  # as written
-    images = torch.stack([create_qpm_split('concepts', None, 'val', transform_size=64)[i][0] for i in test_index[:32]])
+    val = embedded[1]  # at the export's input side
+    images = torch.stack([val[i][0] for i in test_index[:32]])
     with torch.no_grad():
         pooled = loaded.forward_with_features(images).pooled
     for target in calibration.targets:
