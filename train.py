@@ -51,6 +51,17 @@ group.add_argument('--resume', nargs='?', const=True, default=False, metavar='EX
 group = run.args.add_device_args(parser, batch_size=16)
 group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N')
 group = parser.add_argument_group('QPM parameters')
+group.add_argument('--method', default='qpm', choices=run.methods.METHODS,
+                   help='the compact head made from the dense model (docs/METHOD.md, "Baselines"): qpm (the solve), '
+                        'chiqpm (qpm with CHiQPM\'s pairs, ReLU head and FGL: --rho 0.5 --relu-head --fgl-weight 3 '
+                        'unless given), or a glm-saga baseline: sldd (SLDD-Model), qsenn (Q-SENN, four rounds), glm '
+                        '(glm-saga alone, no fine-tune); the baselines need the [baselines] extra')
+group.add_argument('--path-points', type=int, default=100,
+                   help='baselines: points k of glm-saga\'s regularisation path (the authors\': 100)')
+group.add_argument('--path-max-epochs', type=int, default=2000,
+                   help='baselines: SAGA epochs per path point at most (the authors\': 2000)')
+group.add_argument('--path-epsilon', type=float, default=1e-3,
+                   help='baselines: the path\'s smallest penalty as a share of its largest (the authors\': 0.001)')
 group.add_argument('--n-features', type=int, default=50, help='n_f*: kept features (default 50)')
 group.add_argument('--n-per-class', type=int, default=5, help='n_wc: features per class (default 5)')
 group.add_argument('--fdl-beta', type=float, default=0.196, help='Feature Diversity Loss weight (ResNets: 0.196)')
@@ -85,8 +96,9 @@ group.add_argument('--finetune-decay-epochs', type=float, default=10)
 group.add_argument('--finetune-rounds', type=int, nargs='+', default=None, metavar='EPOCHS',
                    help='fine-tune in rounds of these many epochs, each with a fresh optimiser and step schedule '
                         '(CHiQPM: 10 10 10 40); replaces --finetune-epochs')
-group.add_argument('--finetune-round-lr-decay', type=float, default=1.0,
-                   help='round r starts at --finetune-lr x this^r (CHiQPM: 0.9)')
+group.add_argument('--finetune-round-lr-decay', type=float, default=None,
+                   help='round r starts at --finetune-lr x this^r (CHiQPM, Q-SENN: 0.9; default 0.9 for --method '
+                        'qsenn, else 1)')
 group = parser.add_argument_group('CHiQPM (docs/METHOD.md, "CHiQPM")')
 group.add_argument('--rho', type=float, default=0.0,
                    help='force the int(C * rho) closest class pairs (by their columns of A) to share exactly '

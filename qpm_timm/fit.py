@@ -19,11 +19,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .baselines import FeatureCollector, PooledFeatures, SparseLayer
+from .forward import forward_pass
 from .models import QPMModel
 from .solver import QPMProblem, QPMSolution, closest_class_pairs, solve_qpm
 from .stats import QPMStatistics, collect_statistics
 
-__all__ = ['QPMFit', 'fit_qpm', 'solvable_channels', 'problem_from_statistics', 'apply_solution']
+__all__ = ['QPMFit', 'fit_qpm', 'solvable_channels', 'problem_from_statistics', 'apply_solution',
+           'collect_fit_inputs', 'apply_sparse_layer', 'head_features', 'NO_REDUNDANCY_TAU']
+
+# The threshold tau that switches Z_R off (docs/METHOD.md, "Baselines: the objective's ablation"): R is divided by its
+# largest entry, so no pair reaches 2 and no pair is penalised.
+NO_REDUNDANCY_TAU = 2.0
 
 _logger = logging.getLogger(__name__)
 
@@ -53,9 +60,10 @@ def solvable_channels(statistics: QPMStatistics) -> np.ndarray:
 
 def problem_from_statistics(statistics: QPMStatistics, n_features: int, n_per_class: int,
                             locality: bool = True, rho: float = 0.0, pairs: Optional[Sequence] = None,
-                            idealize: bool = False) -> Tuple[QPMProblem, np.ndarray]:
+                            idealize: bool = False, redundancy: bool = True) -> Tuple[QPMProblem, np.ndarray]:
     """The optimisation problem (docs/METHOD.md, "The optimisation problem") over the non-constant features;
-    ``locality=False`` drops the locality bias ``B`` from the objective (DINO-QPM's solve). CHiQPM (docs/METHOD.md,
+    ``locality=False`` drops the locality bias ``B`` from the objective (DINO-QPM's solve), ``redundancy=False`` the
+    redundancy term ``Z_R`` (tau above every ``R``: the objective's ablation). CHiQPM (docs/METHOD.md,
     "CHiQPM: forced pairs"): ``rho > 0`` forces the ``int(C * rho)`` closest class pairs by the statistics' ``A``
     over all features (:func:`~qpm_timm.solver.closest_class_pairs`), ``pairs`` forces the given ones, ``idealize``
     adds the idealising step.
@@ -67,7 +75,8 @@ def problem_from_statistics(statistics: QPMStatistics, n_features: int, n_per_cl
     if rho > 0:
         pairs = closest_class_pairs(statistics.A, rho)
     problem = QPMProblem(statistics.A[channels], B=statistics.B[channels] if locality else None,
-                         n_features=n_features, n_per_class=n_per_class, pairs=pairs, idealize=idealize)
+                         n_features=n_features, n_per_class=n_per_class, pairs=pairs, idealize=idealize,
+                         r_threshold=None if redundancy else NO_REDUNDANCY_TAU)
     return problem, channels
 
 
@@ -76,6 +85,36 @@ def apply_solution(model: QPMModel, statistics: QPMStatistics, solution: QPMSolu
     the dense model's mean/std of those channels."""
     model.set_qpm_head(torch.as_tensor(channels[solution.selected]), torch.as_tensor(solution.assignment),
                        torch.as_tensor(statistics.mean), torch.as_tensor(statistics.std))
+    return model
+
+
+def collect_fit_inputs(model: QPMModel, loader, device: Optional[Union[str, torch.device]] = None, amp: bool = False,
+                       progress: bool = False, observers: Sequence[Callable] = ()) -> Tuple[QPMStatistics,
+                                                                                           PooledFeatures]:
+    """One statistics pass of a dense model over the un-augmented training images giving what every method is
+    fitted on: the QPM statistics and the pooled features of the baselines (docs/METHOD.md, "Baselines"). One process
+    (the baselines' features are not gathered over torch.distributed ranks)."""
+    collector = FeatureCollector()
+    device = device or next(model.parameters()).device
+    statistics = collect_statistics(model, loader, model.num_classes, device=device, amp=amp, progress=progress,
+                                    observers=[collector, *observers])
+    return statistics, collector.result()
+
+
+def head_features(model: QPMModel, loader, device: Optional[Union[str, torch.device]] = None,
+                  amp: bool = False) -> PooledFeatures:
+    """The raw pooled features of the channels a compact head reads (all channels for a dense head), with the
+    labels: a Q-SENN round's features of the current model (docs/METHOD.md, "Baselines: Q-SENN")."""
+    collector = FeatureCollector()
+    forward_pass(model, loader, [collector], device or next(model.parameters()).device, amp, desc='head features')
+    return collector.result()
+
+
+def apply_sparse_layer(model: QPMModel, layer: SparseLayer) -> QPMModel:
+    """Set a baseline's sparse head (:meth:`QPMModel.set_sparse_head`) from its fitted :class:`SparseLayer`."""
+    model.set_sparse_head(layer.kind, torch.as_tensor(layer.channels), torch.as_tensor(layer.weight),
+                          torch.as_tensor(layer.bias), torch.as_tensor(layer.mean).float(),
+                          torch.as_tensor(layer.std).float())
     return model
 
 

@@ -35,9 +35,10 @@ from safetensors.torch import load_file, save_file
 from timm.models._hub import save_config_for_hf
 
 from .atomic import atomic_folder
-from .models.assignment import model_feature_table
+from .models.assignment import model_feature_table, weights_per_class
 from .models.load_errors import unreadable_checkpoint_message
 from .models.qpm import LOAD_TIME_ARGS, QPMModel
+from .models.sparse_head import SPARSE_HEADS
 from .models.variants import DATASET_NAMES, VARIANT_ARGS, variant_dataset
 
 __all__ = ['save_pretrained', 'read_weights', 'model_card', 'write_hub_configs', 'push_to_hub',
@@ -74,7 +75,7 @@ def read_weights(path: str) -> Dict[str, torch.Tensor]:
 
 def _model_args(model: QPMModel) -> Dict:
     """Arguments that rebuild the head (recorded in config.json's ``model_args``)."""
-    args = dict(head='qpm' if model.is_qpm else 'dense', n_features=model.n_features,
+    args = dict(head=model.head_kind, n_features=model.n_features,
                 n_per_class=model.n_per_class, num_classes=model.num_classes)
     if model.relu_after_norm:
         args['relu_after_norm'] = True
@@ -170,6 +171,9 @@ def model_card(
         front, template_str=_CARD_TEMPLATE.read_text(encoding='utf-8'), name=name, paper=cfg.get('paper_ids'),
         num_classes=config['num_classes'], n_features=args.get('n_features'), n_per_class=args.get('n_per_class'),
         relu=bool(args.get('relu_after_norm')), where=where,
+        baseline=SPARSE_HEADS[model.head_kind].description if model.head_kind in SPARSE_HEADS else None,
+        per_class=weights_per_class(model.class_weights.detach().cpu()) if trained and not model.head_kind == 'qpm'
+        else None,
         fields=[(k, json.dumps(v)) for k, v in _card_fields(config)], results=rows,
         precision=config.get('training', {}).get('precision'),  # train.py records the precision it resolved
         sections=[section.rstrip() for section in sections],

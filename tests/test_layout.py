@@ -1,9 +1,9 @@
 """The package's rooms import downwards only, and no module imports itself back through others.
 
 The rooms, bottom to top (docs/DEVELOPING.md, "Layout"): precision / atomic, ``data``, ``models``,
-``forward`` / ``losses``, ``stats``, ``solver``, ``fit``, ``hub`` / ``convert``, then ``explain``, ``conformal``,
-``metrics``, ``edit``, ``export`` side by side, ``run`` (what the scripts share) and ``demo``. Every import counts,
-at module level or inside a function, except a script entry point (``__main__.py`` or an ``if __name__ ==
+``forward`` / ``losses``, ``stats``, ``solver``, ``baselines``, ``fit``, ``hub`` / ``convert``, then ``explain``,
+``conformal``, ``metrics``, ``edit``, ``export`` side by side, ``run`` (what the scripts share) and ``demo``. Every
+import counts, at module level or inside a function, except a script entry point (``__main__.py`` or an ``if __name__ ==
 '__main__':`` block), which may call the run layer as train.py does.
 """
 import ast
@@ -18,8 +18,8 @@ from helpers.scripts import run_module
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / 'qpm_timm'
 RANK = {'precision': 0, 'atomic': 0, 'data': 1, 'models': 2, 'forward': 3, 'losses': 3, 'stats': 4,
-        'solver': 5, 'fit': 6, 'hub': 7, 'convert': 7, 'explain': 8, 'conformal': 8, 'metrics': 8, 'edit': 8,
-        'export': 8, 'run': 9, 'demo': 10}
+        'solver': 5, 'baselines': 6, 'fit': 7, 'hub': 8, 'convert': 8, 'explain': 9, 'conformal': 9, 'metrics': 9,
+        'edit': 9, 'export': 9, 'run': 10, 'demo': 11}
 
 
 def _module_name(path: Path) -> str:

@@ -187,6 +187,9 @@ def edit_model(model: QPMModel, statistics: QPMStatistics, edit: Edit, *, effort
     if not isinstance(model, QPMModel) or not model.is_qpm or not model.num_classes:
         raise ValueError('edit_model needs a QPM with its binary head and classes (a dense model has no assignment '
                          'to edit: solve it first with qpm_timm.fit_qpm or train.py).')
+    if model.head_kind != 'qpm':
+        raise ValueError(f'edit_model re-solves a binary QPM assignment; this model has a {model.head_kind!r} '
+                         f'baseline head (real-valued weights, no QPM problem): train a QPM (train.py --method qpm).')
     if statistics.num_classes != model.num_classes or statistics.num_features != model.num_features:
         raise ValueError(f'the statistics ({statistics.num_features} features x {statistics.num_classes} classes) '
                          f'are not of this model ({model.num_features} x {model.num_classes}); pass the '

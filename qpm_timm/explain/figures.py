@@ -185,7 +185,8 @@ def class_card_figure(class_name: str, feature_labels: Sequence[str], colours: S
                       patches: Sequence[Sequence[np.ndarray]]) -> Figure:
     """A class's features (columns, titled by name, in their colour) with their best gallery patches."""
     tiles = _Tiles(1.45, 0.3, 0.06)
-    fig, ax = tiles.figure(max(1, max(len(p) for p in patches)), len(feature_labels), top=1.0, side=0.25)
+    # a baseline's class may have no positive weight: its card is a title over one empty column
+    fig, ax = tiles.figure(max([1] + [len(p) for p in patches]), max(1, len(feature_labels)), top=1.0, side=0.25)
     fig.suptitle(_wrap(class_name, int(9 * fig.get_figwidth())), fontsize=12, fontweight='bold',
                  y=1 - 0.06 / fig.get_figheight(), va='top')
     for col, (label, colour, column) in enumerate(zip(feature_labels, colours, patches)):
@@ -252,7 +253,7 @@ def local_figure(title: str, image: np.ndarray, rows: Sequence[Dict], colours: n
                  feature_labels: Sequence[str], heat_note: str = HEAT_NOTE) -> Figure:
     """An image's prediction and runner-up (a row each): every feature of the class with its heatmap and its
     contribution (normalised activation) to the logit, as bars."""
-    n = max(len(r['features']) for r in rows)
+    n = max([1] + [len(r['features']) for r in rows])  # a baseline's class may have no positive weight
     fig = Figure(figsize=(CELL * (n + 1) + 3.0, CELL * len(rows) + 1.4), layout='constrained')
     axes = np.asarray(fig.subplots(len(rows), n + 2, squeeze=False, width_ratios=[1] * (n + 1) + [1.7]))
     fig.suptitle(_wrap(title, 90), fontsize=10)

@@ -115,6 +115,9 @@ def tree_sets(model, calibration: Optional[Calibration], pooled: Optional[torch.
     report's validation pass (all its images); none without a validation pass or when it cannot calibrate (a class
     without images, too few images for the target): then the trees highlight the prediction only."""
     source = 'given (the exported calibration)'
+    if model.head_kind != 'qpm':
+        return TreeSets(model, None, None, f'no prediction sets (a {model.head_kind} head\'s real-valued weights make '
+                                           f'no binary feature tree); the trees highlight the prediction only')
     if calibration is None and pooled is None:
         return TreeSets(model, None, None, 'no calibration (no dataset and none exported); the trees highlight the '
                                            'prediction only')
@@ -132,6 +135,8 @@ def tree_pictures(sets: TreeSets, pooled: torch.Tensor, title: str, class_names:
                   colours: np.ndarray, feature_labels: Sequence[str], root: Path, stem: str) -> Dict[str, Tuple]:
     """The global and the local tree of one image (``pooled``: its ``(F',)`` pooled features) as PNG + JSON
     (``trees/<stem>_global``, ``trees/<stem>_local``); ``{'global': (png, json), 'local': (png, json)}``."""
+    if sets.model.head_kind != 'qpm':
+        return _no_tree(sets, title, root, stem)
     inputs = sets.inputs(pooled[None])
     prediction = int(inputs.predictions[0])
     members = sets.prediction_set(inputs)
@@ -146,4 +151,18 @@ def tree_pictures(sets: TreeSets, pooled: torch.Tensor, title: str, class_names:
         fig = tree_figure(graph, f'{title}: {what}', colours, feature_labels)
         numbers = dict(image=title, sets=sets.describe(), features=inputs.features[0].tolist(), **tree_json(graph))
         out[kind] = save_figure(fig, numbers, root, f'trees/{stem}_{kind}')
+    return out
+
+
+def _no_tree(sets: TreeSets, title: str, root: Path, stem: str) -> Dict[str, Tuple]:
+    """A baseline's head (real-valued weights, a different number per class) has no feature tree: the pictures say
+    so, their JSON too, so a report of any head has the same files."""
+    reason = (f'no feature tree: the {sets.model.head_kind} head\'s classes have real-valued weights on different '
+              f'numbers of features, not a binary set each')
+    out = {}
+    for kind in ('global', 'local'):
+        fig = Figure(figsize=(6, 1.2))
+        fig.text(0.5, 0.5, _wrap(f'{title}: {reason}', 80), ha='center', va='center', fontsize=9)
+        out[kind] = save_figure(fig, dict(image=title, sets=sets.describe(), tree=None, reason=reason), root,
+                                f'trees/{stem}_{kind}')
     return out

@@ -41,9 +41,10 @@ from .head import (
     placeholder_assignment,
 )
 from .load_errors import explained_load_errors
+from .sparse_head import SPARSE_HEADS, SparseHead, check_sparse_layer
 from .variants import VARIANTS, Variant, qpm_cfg
 
-__all__ = ['QPMModel', 'QPMOutput', 'create_qpm', 'default_cfgs']
+__all__ = ['QPMModel', 'QPMOutput', 'create_qpm', 'default_cfgs', 'HEAD_KINDS']
 
 _logger = logging.getLogger(__name__)
 
@@ -54,6 +55,19 @@ LOAD_TIME_ARGS = ('pretrained_backbone', 'backbone_pretrained_cfg_overlay')  # n
 def _check_pool(global_pool: Any) -> None:
     if global_pool not in _POOL_TYPES:
         raise ValueError(f'global_pool must be one of {_POOL_TYPES}, got {global_pool!r}.')
+
+
+HEAD_KINDS = ('dense', 'qpm', *SPARSE_HEADS)  # QPMModel's head argument, config.json's model_args.head
+
+
+def _check_sparse_sizes(num_classes: int, n_features: int, n_per_class: int,
+                        num_features: Optional[int] = None) -> None:
+    """A sparse head reads ``1 <= k <= num_features`` channels; the QPM's binomial condition does not apply."""
+    if n_features < 1 or n_per_class < 1:
+        raise ValueError(f'n_features ({n_features}) and n_per_class ({n_per_class}) must be >= 1.')
+    if num_features is not None and n_features > num_features:
+        raise ValueError(f'n_features={n_features} > the backbone\'s {num_features} feature channels; '
+                         f'keep at most {num_features}.')
 
 
 class QPMOutput(NamedTuple):
@@ -72,7 +86,8 @@ def _prefix_matcher(matcher: Any, prefix: str) -> Any:
 
 class QPMModel(nn.Module):
     """A timm backbone with a dense or a QPM head (module docstring)."""
-    __jit_unused_properties__ = ['is_qpm', 'head_hidden_size', 'class_weights']  # Python-side head state only
+    # Python-side head state only
+    __jit_unused_properties__ = ['is_qpm', 'head_kind', 'head_hidden_size', 'class_weights']
 
     def __init__(
             self,
@@ -104,7 +119,9 @@ class QPMModel(nn.Module):
             num_classes: number of classes (0: no classifier, the model returns pre-logits).
             n_features: ``n_f*``, the number of kept features.
             n_per_class: ``n_wc``, features per class.
-            head: ``'dense'`` (stage 1) or ``'qpm'``; an unsolved QPM head holds a valid placeholder.
+            head: ``'dense'`` (stage 1), ``'qpm'`` (an unsolved QPM head holds a valid placeholder) or a baseline's
+                sparse head, ``'sldd'`` | ``'qsenn'`` | ``'glm'`` (:mod:`qpm_timm.models.sparse_head`; a placeholder
+                of zero weights until :meth:`set_sparse_head`); ``n_features`` is then its number of channels.
             reduced_strides: ResNet layer3/layer4 with stride 1 (the recipe for fine-grained data).
             global_pool: pooling of the head ('avg' as in the method).
             drop_rate: feature dropout; None: 0.2 for the dense head, 0.1 for the QPM head.
@@ -124,10 +141,11 @@ class QPMModel(nn.Module):
         """
         super().__init__()
         check_backbone(backbone)
-        if head not in ('dense', 'qpm'):
-            raise ValueError(f"head must be 'dense' or 'qpm', got {head!r}.")
+        if head not in HEAD_KINDS:
+            raise ValueError(f"head must be one of {HEAD_KINDS}, got {head!r}.")
         _check_pool(global_pool)
-        check_qpm_sizes(num_classes, n_features, n_per_class)  # before any weights are fetched
+        sizes = check_qpm_sizes if head in ('dense', 'qpm') else _check_sparse_sizes
+        sizes(num_classes, n_features, n_per_class)  # before any weights are fetched
         check_adapter_args(adapter_depth, adapter_hidden, adapter_dim)
         self.backbone, classifier = create_backbone(
             backbone, pretrained_backbone, backbone_pretrained_cfg_overlay, in_chans=in_chans, device=device,
@@ -146,7 +164,7 @@ class QPMModel(nn.Module):
             self.backbone_features, adapter_depth, adapter_hidden, adapter_dim, device=device, dtype=dtype)
         self.adapter_depth, self.adapter_hidden, self.adapter_dim = adapter_depth, adapter_hidden, adapter_dim
         self.num_features = adapter_dim if adapter_depth else self.backbone_features
-        check_qpm_sizes(num_classes, n_features, n_per_class, self.num_features)
+        sizes(num_classes, n_features, n_per_class, self.num_features)
         self.backbone_frozen = False
         self.input_is_backbone_maps = False  # set by reading_backbone_maps()
         self.in_chans = in_chans
@@ -156,23 +174,36 @@ class QPMModel(nn.Module):
         self.relu_after_norm = relu_after_norm
         self.feature_info = [dict(i, module='backbone.' + i['module']) for i in self.backbone.feature_info]
         self.num_classes = num_classes
-        self.head: Union[DenseHead, QPMHead]
+        self.head: Union[DenseHead, QPMHead, SparseHead]
         self.adopted_classifier = False  # True when the dense head holds the pretrained backbone's classifier
         if head == 'dense':
             self._set_dense_head(num_classes, global_pool)
             if classifier is not None and not self.token_backbone and not adapter_depth:
                 # only a CNN's classifier reads the pooled map the dense head pools (a ViT's reads its class token)
                 self._adopt_classifier(*classifier, source=f'{backbone} pretrained')
-        else:
+        elif head == 'qpm':
             placeholder = placeholder_assignment(num_classes, n_features, n_per_class) if num_classes else None
             self.head = self._qpm_head(
                 torch.arange(n_features), placeholder, torch.zeros(n_features), torch.ones(n_features), global_pool)
+        else:
+            zeros = (torch.zeros(num_classes, n_features), torch.zeros(num_classes)) if num_classes else (None, None)
+            self.head = self._sparse_head(head, torch.arange(n_features), *zeros, torch.zeros(n_features),
+                                          torch.ones(n_features), global_pool)
 
     # --- head state -------------------------------------------------------------------------------------------
     @property
     def is_qpm(self) -> bool:
-        """True once the binary QPM head is set."""
-        return isinstance(self.head, QPMHead)
+        """True once a compact head is set: the binary QPM head or a baseline's sparse head (:attr:`head_kind`
+        says which; only ``'qpm'`` is binary)."""
+        return isinstance(self.head, (QPMHead, SparseHead))
+
+    @property
+    def head_kind(self) -> str:
+        """``'dense'``, ``'qpm'`` or the sparse head's kind (``'sldd'``, ``'qsenn'``, ``'glm'``): config.json's
+        ``model_args.head``."""
+        if isinstance(self.head, SparseHead):
+            return self.head.kind
+        return 'qpm' if isinstance(self.head, QPMHead) else 'dense'
 
     @property
     def head_hidden_size(self) -> int:
@@ -220,6 +251,44 @@ class QPMModel(nn.Module):
             None if assignment is None else assignment.to(**dd),
             mean.to(**dd), std.to(**dd), global_pool, drop, self.relu_after_norm)
         return head.train(self.training)
+
+    def _sparse_head(self, kind, selection, weight, bias, mean, std, global_pool: str) -> SparseHead:
+        dd = self._device_dtype()
+        drop = QPM_DROP_RATE if self.drop_rate is None else self.drop_rate
+        head = SparseHead(kind, selection.to(dd['device']), None if weight is None else weight.to(**dd),
+                          None if bias is None else bias.to(**dd), mean.to(**dd), std.to(**dd), global_pool, drop)
+        return head.train(self.training)
+
+    def set_sparse_head(
+            self,
+            kind: str,
+            selection: torch.Tensor,
+            weight: Optional[torch.Tensor],
+            bias: Optional[torch.Tensor],
+            mean: torch.Tensor,
+            std: torch.Tensor,
+    ) -> None:
+        """Switch to a baseline's sparse head (docs/METHOD.md, "Baselines"); ``n_features`` becomes its number of
+        channels (``n_per_class`` stays the target the sparsification aimed at).
+
+        Args:
+            kind: ``'sldd'``, ``'qsenn'`` or ``'glm'`` (:data:`~qpm_timm.models.sparse_head.SPARSE_HEADS`).
+            selection: ``(k,)`` distinct channel indices the layer reads.
+            weight, bias: ``(C, k)`` real-valued sparse weights and ``(C,)`` bias; None only without classifier.
+            mean, std: ``(k,)`` (or ``(num_features,)``, indexed with ``selection``) normalisation of the features.
+        """
+        selection = torch.as_tensor(selection)
+        _check_sparse_sizes(self.num_classes, int(selection.numel()), self.n_per_class, self.num_features)
+        selection = check_selection(selection, int(selection.numel()), self.num_features)
+        self.n_features = int(selection.numel())
+        if weight is None or bias is None:
+            if self.num_classes:
+                raise ValueError(f'weight and bias are required for a model with {self.num_classes} classes.')
+        else:
+            weight, bias = torch.as_tensor(weight).detach().float().cpu(), torch.as_tensor(bias).detach().float().cpu()
+            check_sparse_layer(weight, bias, self.num_classes, self.n_features)
+        mean, std = (self._select_stat(name, v, selection) for name, v in (('mean', mean), ('std', std)))
+        self.head = self._sparse_head(kind, selection, weight, bias, mean, std, self.head.global_pool.pool_type)
 
     def set_qpm_head(
             self,
@@ -281,7 +350,9 @@ class QPMModel(nn.Module):
         _check_pool(pool)
         if num_classes == 0 and self.is_qpm:
             h = self.head
-            self.head = self._qpm_head(h.selection, None, h.mean, h.std, pool)
+            mean, std = h.mean.detach(), h.std.detach()
+            self.head = self._qpm_head(h.selection, None, mean, std, pool) if isinstance(h, QPMHead) else \
+                self._sparse_head(h.kind, h.selection, None, None, mean, std, pool)
             self.num_classes = 0
         else:
             self._set_dense_head(num_classes, pool)
@@ -387,7 +458,20 @@ class QPMModel(nn.Module):
                           f'the head is a fresh dense {self.num_classes}-class layer (train it, then re-solve).')
             sd = {k: v for k, v in sd.items() if not k.startswith('head.')}
             self.reset_classifier(self.num_classes)
+        elif 'head.selection' in sd and ('head.fc.bias' in sd or (not self.num_classes and
+                                                                   isinstance(self.head, SparseHead))):
+            if not isinstance(self.head, SparseHead):
+                raise ValueError('these weights hold a baseline\'s sparse head (a bias beside the selection), this '
+                                 f'model a {self.head_kind!r} head: create it with head=\'sldd\' | \'qsenn\' | '
+                                 '\'glm\' (an export\'s config.json records it in model_args.head).')
+            self.set_sparse_head(self.head.kind, sd['head.selection'], fc if self.num_classes else None,
+                                 sd.get('head.fc.bias') if self.num_classes else None, sd['head.mean'], sd['head.std'])
+            if not self.num_classes:
+                sd.pop('head.fc.weight', None)
+                sd.pop('head.fc.bias', None)
         elif 'head.selection' in sd:
+            if isinstance(self.head, SparseHead):  # a QPM checkpoint into a sparse-head model: a QPM again
+                self.n_features = int(sd['head.selection'].numel())
             self.set_qpm_head(sd['head.selection'], fc if self.num_classes else None, sd['head.mean'], sd['head.std'])
             if not self.num_classes:
                 sd.pop('head.fc.weight', None)

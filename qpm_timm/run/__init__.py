@@ -7,7 +7,7 @@ experiment folder and resume; ``sets``: the prediction sets' flags and their mea
 code 2. ``training``, ``validation`` and ``explaining``
 hold what each script runs, so a script is its flags plus a short ``main``.
 """
-from . import args, sets
+from . import args, methods, sets
 from .cli import BAD_INPUT, UsageError, exit_code
 from .evaluate import Evaluation, evaluate
 from .explaining import explain

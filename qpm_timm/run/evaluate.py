@@ -66,8 +66,10 @@ def evaluate(model: nn.Module, loader, device: Union[str, torch.device], amp: bo
 
 def recovery_of(model: nn.Module, evaluation: Evaluation, dataset):
     """Concept recovery (:func:`qpm_timm.metrics.concept_recovery`) of the QPM from an evaluation of the generated
-    concepts dataset with ``keep_features``; None for a dataset that plants no concepts."""
+    concepts dataset with ``keep_features``; None for a dataset that plants no concepts. A baseline's real-valued head
+    counts the features with a positive weight as its class's concepts (docs/METHOD.md, "Baselines: what is
+    measured")."""
     if not (hasattr(dataset, 'class_concepts') and hasattr(dataset, 'concept_presence')):
         return None
-    return concept_recovery(evaluation.pooled, dataset.concept_presence, model.class_weights.detach().float().cpu(),
+    return concept_recovery(evaluation.pooled, dataset.concept_presence, model.class_weights.detach().cpu() > 0,
                             dataset.class_concepts)

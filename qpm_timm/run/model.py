@@ -9,8 +9,8 @@ from torch import nn
 
 from .. import hub
 from ..models import VARIANT_ARGS, QPMModel, load_weights
-from .args import finetune_rounds
 from .cli import UsageError, unexpected_keywords
+from .methods import method_rounds
 
 __all__ = ['create_train_model', 'check_trainable', 'check_input_size', 'feature_map_size', 'smallest_input_size',
            'check_eval_args', 'create_eval_model', 'check_eval_model', 'qpm_sizes_from_state_dict',
@@ -84,7 +84,7 @@ def check_trainable(model: QPMModel, args) -> None:
     if args.epochs > 0 and not args.skip_dense and dense == 0:
         raise UsageError(f'the dense stage would train nothing: no parameter of the model requires a gradient'
                          f'{frozen}; use --skip-dense or unfreeze the backbone.')
-    if sum(finetune_rounds(args)) > 0 and tuned == 0:
+    if sum(method_rounds(args)) > 0 and tuned == 0:
         raise UsageError(f'the fine-tune stage would train nothing: the QPM head is fixed and the backbone is '
                          f'frozen{frozen} with no adapter; add an adapter (--adapter-depth N) or set '
                          f'--finetune-epochs 0.')

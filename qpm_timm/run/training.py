@@ -31,12 +31,12 @@ from ..atomic import atomic_write
 from ..data.feature_cache import ensure_feature_cache
 from ..data.loader import create_qpm_loader
 from ..explain import FeatureGallery, GalleryCollector, model_feature_table, write_report
-from ..fit import QPMFit, fit_qpm
+from ..fit import QPMFit, apply_sparse_layer, fit_qpm
 from ..losses import ActivationL1, FeatureDiversityLoss, FeatureGroundingLoss
 from ..models.head import check_qpm_sizes
 from ..precision import Precision, autocast, to_device
 from ..solver import pair_shares, sharing_pairs
-from .args import finetune_rounds, resolve_args_precision
+from .args import resolve_args_precision
 from .cli import UsageError
 from .data import build_train_data, eval_data_config, resolve_dataset
 from .evaluate import Evaluation, evaluate, recovery_of
@@ -54,6 +54,16 @@ from .experiment import (
     restore_args,
     resume_epoch,
     start_experiment,
+)
+from .methods import (
+    BASELINES,
+    BaselineFit,
+    check_method_args,
+    fit_baseline,
+    method_rounds,
+    qsenn_round_layer,
+    resolve_method,
+    round_lr_decay,
 )
 from .model import check_input_size, create_train_model
 from .sets import check_set_args, run_sets
@@ -81,6 +91,7 @@ def check_train_args(args) -> None:
         raise UsageError(f'--val-interval must be >= 1 (1 with --sched plateau, which steps on every validation), '
                          f'got {args.val_interval}.')
     check_chiqpm_args(args)
+    check_method_args(args)
     for flag, path in (('--initial-checkpoint', args.initial_checkpoint), ('--pretrained-path', args.pretrained_path)):
         if path and not os.path.isfile(path):
             raise UsageError(f'{flag} {path} does not exist.')
@@ -252,30 +263,43 @@ def train_and_fit(args, model, loaders, stats_data, exp: Path, device, image_siz
             run_stage(DENSE, model, loaders, args, device, args.epochs, optimizer, scheduler, exp / DENSE, start)
 
     # stages 2-3: statistics of the dense model on the un-augmented training set (the explanations' feature
-    # gallery rides along), solve (rank 0), QPM head
+    # gallery rides along), solve (rank 0) or a baseline's sparse layer, the compact head
     collector = GalleryCollector(image_size=image_size if model.input_is_backbone_maps else None)
     stats_loader = create_qpm_loader(stats_data, args.validation_batch_size or args.batch_size,
                                      num_workers=args.workers, shard=True, loader_class=TimedLoader)
+    observers = [collector] if args.report else ()
     with timed('statistics_and_solve'):
-        fit = fit_qpm(model, stats_loader, statistics_path=exp / STATISTICS, solution_path=exp / SOLUTION,
-                      device=device, amp=args.amp, progress=not args.no_progress and args.rank == 0,
-                      observers=[collector] if args.report else (), effort=args.solver_effort,
-                      time_limit=args.solver_time_limit, seed=args.seed, log=args.solver_log, locality=args.locality,
-                      rho=args.rho, pairs=args.pairs, idealize=args.idealize)
-    if fit.solved:  # else a resumed run read the solution back
+        if args.method in BASELINES:
+            fit = fit_baseline(args, model, stats_loader, exp, exp / STATISTICS, device, observers)
+        else:
+            fit = fit_qpm(model, stats_loader, statistics_path=exp / STATISTICS, solution_path=exp / SOLUTION,
+                          device=device, amp=args.amp, progress=not args.no_progress and args.rank == 0,
+                          observers=observers, effort=args.solver_effort, time_limit=args.solver_time_limit,
+                          seed=args.seed, log=args.solver_log, locality=args.locality, rho=args.rho,
+                          pairs=args.pairs, idealize=args.idealize)
+    if isinstance(fit, BaselineFit):
+        if fit.fitted:
+            add_seconds('solve', fit.layer.info.get('seconds', 0.0))
+    elif fit.solved:  # else a resumed run read the solution back
         add_seconds('solve', fit.solution.wall_time)
     if collector.seen:  # the pass ran in this process (not read back after a resume)
         gallery = collector.gather(all_ranks=True)
         if args.rank == 0:
             gallery.save(exp / GALLERY)
 
-    # stage 4: fine-tune with the binary head frozen, in one or more rounds (CHiQPM: 10/10/10/40 epochs, each a fresh
-    # optimiser and step schedule, lr x 0.9 per round; docs/METHOD.md, "CHiQPM: Feature Grounding Loss")
+    # stage 4: fine-tune with the compact head's layer frozen, in one or more rounds (CHiQPM: 10/10/10/40 epochs, each
+    # a fresh optimiser and step schedule, lr x 0.9 per round; docs/METHOD.md, "CHiQPM: Feature Grounding Loss"; Q-SENN:
+    # a new layer before every round, docs/METHOD.md, "Baselines: Q-SENN")
     metrics = {}
-    for r, epochs in enumerate(finetune_rounds(args)):
+    for r, epochs in enumerate(method_rounds(args)):
+        if args.method == 'qsenn' and r > 0:
+            layer = qsenn_round_layer(args, model, stats_loader, exp, None, fit.layer.channels, r, device)
+            apply_sparse_layer(model, layer)
+            fit.layer = layer
+            fit.layers.append(layer)
         if epochs > 0:
             metrics = finetune(model, loaders, args, device, exp / (FINETUNE if r == 0 else f'{FINETUNE}_round{r + 1}'),
-                               epochs, args.finetune_lr * args.finetune_round_lr_decay ** r)
+                               epochs, args.finetune_lr * round_lr_decay(args) ** r)
     if not metrics:
         metrics = _validate(model, loaders[1], device, args).metrics()
     return fit, metrics
@@ -316,10 +340,22 @@ def chiqpm_settings(args, solution) -> Dict[str, Any]:
     pairs = solution.settings.get('pairs') or []
     shared = solution.settings['n_per_class'] - 1
     return dict(rho=args.rho, forced_pairs=pairs, idealize=args.idealize, relu_head=args.relu_head,
-                fgl_weight=args.fgl_weight, fgl_epochs=args.fgl_epochs, finetune_rounds=finetune_rounds(args),
-                finetune_round_lr_decay=args.finetune_round_lr_decay,
+                fgl_weight=args.fgl_weight, fgl_epochs=args.fgl_epochs, finetune_rounds=method_rounds(args),
+                finetune_round_lr_decay=round_lr_decay(args),
                 forced_pairs_sharing=int((pair_shares(solution.assignment, pairs) == shared).sum()) if pairs else 0,
                 class_pairs_sharing=len(sharing_pairs(solution.assignment, shared)))
+
+
+def sparsification_summary(fit: BaselineFit) -> Dict[str, Any]:
+    """A baseline's layer as measured (results.json and config.json's ``training``): features used, nonzero weights
+    per class, the distinct weight values of Q-SENN, the path point of every round and the seconds it all took."""
+    layer = fit.layer
+    info = dict(kind=layer.kind, features_used=layer.features_used, nonzeros=layer.nonzeros,
+                nonzeros_per_class=layer.nonzeros_per_class, seconds=fit.seconds,
+                rounds=[{k: v for k, v in lay.info.items() if k != 'selection'} for lay in fit.layers])
+    if 'selection' in (fit.layers[0].info if fit.layers else {}):
+        info['selection'] = fit.layers[0].info['selection']
+    return info
 
 
 def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_config, device,
@@ -327,21 +363,28 @@ def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_c
     """Rank 0: the prediction sets and concept recovery (one pass over the validation images), the explanation
     report, the export (with the sets' calibration) and the results; returns the results."""
     train_eval_set, val_set, class_names = data
-    solution = fit.solution
+    baseline = isinstance(fit, BaselineFit)
+    solution = None if baseline else fit.solution
     vb = args.validation_batch_size or args.batch_size
     dense = dense_accuracy(exp / DENSE)
-    results = dict(top1=metrics['top1'], top5=metrics['top5'], **dense, objective=solution.objective,
-                   solver_status=solution.status, solver_bound=solution.bound, solver_gap=solution.gap,
-                   solver_effort=solution.effort, solver_effort_used=solution.effort_used,
-                   solver_cut_by_wall_clock=solution.cut_by_wall_clock)
+    results = dict(top1=metrics['top1'], top5=metrics['top5'], **dense, method=args.method)
+    if baseline:
+        results['sparsification'] = sparsification_summary(fit)
+    else:
+        results.update(objective=solution.objective, solver_status=solution.status, solver_bound=solution.bound,
+                       solver_gap=solution.gap, solver_effort=solution.effort, solver_effort_used=solution.effort_used,
+                       solver_cut_by_wall_clock=solution.cut_by_wall_clock)
     with timed('prediction_sets'):
         loader = create_qpm_loader(val_set, vb, num_workers=args.workers, loader_class=TimedLoader)
         evaluation = evaluate(model, loader, device, args.amp, args.channels_last, keep_features=True)
-        try:
-            calibration, set_results, set_table = run_sets(model, evaluation, val_set, args)
-            results.update(set_results)
-        except ValueError as e:  # a validation split too small to split, or without some class: no sets, no failure
-            calibration, set_table = None, f'prediction sets: not calibrated ({e})'
+        if baseline:  # CHiQPM's sets are branches of a binary assignment's feature tree
+            calibration, set_table = None, 'prediction sets: not calibrated (they need a binary QPM assignment)'
+        else:
+            try:
+                calibration, set_results, set_table = run_sets(model, evaluation, val_set, args)
+                results.update(set_results)
+            except ValueError as e:  # a validation split too small to split, or without some class: no sets
+                calibration, set_table = None, f'prediction sets: not calibrated ({e})'
     recovery = recovery_of(model, evaluation, val_set)  # None for a dataset without planted concepts
     if recovery is not None:
         results['concept_recovery'] = recovery.score
@@ -354,24 +397,32 @@ def export_and_report(args, model, fit: QPMFit, metrics, exp: Path, data, data_c
                                   num_workers=args.workers, progress=not args.no_progress, dense_accuracy=dense,
                                   calibration=calibration)
     names = report.names.labels if report else None
-    chiqpm = chiqpm_settings(args, solution)
+    chiqpm = {} if baseline else chiqpm_settings(args, solution)
     if chiqpm:
         results['chiqpm'] = chiqpm
     results['precision'] = precision.as_dict()
+    training = dict(precision=precision.as_dict(), method=args.method, **(dict(chiqpm=chiqpm) if chiqpm else {}))
+    if baseline:
+        training['sparsification'] = results['sparsification']
     card = {k: v for k, v in results.items() if isinstance(v, float) and not isinstance(v, bool)}
     with timed(EXPORT):
         hub.save_pretrained(model.eval(), exp / EXPORT, label_names=class_names, data_config=data_config,
                             feature_names=names, report_dir=report.folder if report else None,
                             calibration_json=calibration.to_json() if calibration else None,
                             results=[hub.RunResults('train.py', card, dataset=args.dataset, split=args.val_split)],
-                            training=dict(precision=precision.as_dict(), **(dict(chiqpm=chiqpm) if chiqpm else {})))
+                            training=training)
     print(model_feature_table(model, class_names, max_rows=50, names=names))
     if recovery is not None:
         print(recovery.format(getattr(val_set, 'concept_names', None)))
-    if solution.cut_by_wall_clock:
-        print(f'WARNING: the solve was cut by --solver-time-limit {args.solver_time_limit} s before its effort '
-              f'was spent; the assignment may depend on machine load (raise the limit or lower --solver-effort).')
-    print(f'solver: {solution.summary()}')
+    if baseline:
+        info = results['sparsification']
+        print(f'{args.method}: {info["features_used"]} features used, {info["nonzeros_per_class"]:.2f} nonzero weights '
+              f'per class (measured), sparsification {info["seconds"]:.1f} s')
+    else:
+        if solution.cut_by_wall_clock:
+            print(f'WARNING: the solve was cut by --solver-time-limit {args.solver_time_limit} s before its effort '
+                  f'was spent; the assignment may depend on machine load (raise the limit or lower --solver-effort).')
+        print(f'solver: {solution.summary()}')
     if report:
         print(f'explanation report: open {report.index} in a browser')
     print(set_table)
@@ -382,6 +433,7 @@ def train(args, args_text: str) -> Dict[str, Any]:
     """The whole run of ``train.py`` on parsed arguments (``args_text``: their YAML, kept as ``args.yaml``)."""
     started = time.time()
     reset_timings()
+    args_text = resolve_method(args, args_text)  # --method chiqpm: CHiQPM's settings, recorded in args.yaml
     check_train_args(args)
     check_set_args(args)
     device = init_distributed_device(args)
