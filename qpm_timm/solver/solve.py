@@ -49,6 +49,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .bound import lp_bound
+from .certify import certify as run_certify
 from .cpsat import build_full_model, hint_full_model, read_full_solution, run_sat, solve_neighbourhood
 from .forced import assign_forced, assign_idealized
 from .heuristic import best_start, insertion_scores, local_search
@@ -138,7 +139,9 @@ def _ranked_outside(problem: QPMProblem, S: np.ndarray) -> np.ndarray:
 
 def solve_qpm(problem: QPMProblem, *, effort: float = DEFAULT_EFFORT, time_limit: float = DEFAULT_TIME_LIMIT,
               seed: int = 0, workers: Optional[int] = None, log: bool = False,
-              start: Optional[np.ndarray] = None) -> QPMSolution:
+              start: Optional[np.ndarray] = None, certify: bool = False, certify_effort: float = 100.0,
+              certify_gap: float = 0.01, certify_time_limit: float = 600.0,
+              certify_state: Optional[str] = None) -> QPMSolution:
     """Solve the QPM problem (docs/METHOD.md, "The optimisation problem"); returns a checked QPMSolution.
 
     ``effort``: deterministic work budget of the search (phases 2-3 of the module docstring; the
@@ -148,6 +151,11 @@ def solve_qpm(problem: QPMProblem, *, effort: float = DEFAULT_EFFORT, time_limit
     non-positive or non-finite effort or time limit, and if the time limit expires before any
     feasible solution exists; :class:`~qpm_timm.solver.forced.PairsInfeasible` (a ValueError) when the
     problem's forced pairs cannot be satisfied or no assignment satisfying them is found in the effort.
+
+    ``certify``: afterwards, prove the solution within ``certify_gap`` by the branch and bound of
+    :mod:`.certify` on ``certify_effort`` units (``certify_time_limit`` seconds cap it; ``certify_state`` makes it
+    resumable); the solution's bound becomes the lower of the two, ``settings["certify"]`` says what it proved.
+    Off (the default), the solve is exactly the one above.
     """
     if not isinstance(problem, QPMProblem):
         raise TypeError(f"problem must be a QPMProblem, got {type(problem).__name__}")
@@ -156,7 +164,31 @@ def solve_qpm(problem: QPMProblem, *, effort: float = DEFAULT_EFFORT, time_limit
     t0 = time.perf_counter()
     workers = _default_workers(workers)
     with threadpool_limits(limits=1, user_api="blas"):
-        return _solve(problem, _Budget(effort, time_limit, t0), seed, workers, _Log(log, t0), t0, start)
+        sol = _solve(problem, _Budget(effort, time_limit, t0), seed, workers, _Log(log, t0), t0, start)
+        if certify:
+            sol = _certified(problem, sol, certify_effort, certify_gap, certify_time_limit, certify_state, log, t0)
+    return sol
+
+
+def _certified(problem: QPMProblem, sol: QPMSolution, effort: float, gap: float, time_limit: float,
+               state: Optional[str], log: bool, t0: float) -> QPMSolution:
+    """``sol`` with the bound (and possibly a better incumbent) of :func:`.certify.certify`."""
+    res = run_certify(problem, sol.selected, sol.assignment, target_gap=gap, effort=effort, time_limit=time_limit,
+                      state_path=state, progress=log, bound=sol.bound)
+    settings = dict(sol.settings, certify=dict(
+        bound=res.bound, root_bound=res.root_bound, gap=res.gap, proven=res.proven, target_gap=gap,
+        nodes=res.nodes, open_nodes=res.open_nodes, effort=res.effort, effort_used=res.effort_used,
+        cut_by_wall_clock=res.cut_by_wall_clock))
+    if problem.pairs is not None and not problem.idealize and res.bound < (sol.bound or math.inf):
+        settings["bound_problem"] = "with the forced pairs"
+    bound = min(res.bound, sol.bound if sol.bound is not None else math.inf)
+    status = "optimal" if bound <= res.objective + 1e-9 * max(1.0, abs(res.objective)) else sol.status
+    out = QPMSolution(selected=res.selected, assignment=res.assignment, objective=float(res.objective),
+                      bound=float(bound), status=status, wall_time=time.perf_counter() - t0,
+                      input_hash=sol.input_hash, settings=settings, effort=sol.effort, effort_used=sol.effort_used,
+                      time_limit=sol.time_limit, cut_by_wall_clock=sol.cut_by_wall_clock or res.cut_by_wall_clock)
+    check_solution(problem, out)
+    return out
 
 
 def _solve(problem: QPMProblem, budget: _Budget, seed: int, workers: int, say: _Log, t0: float,
