@@ -3,6 +3,7 @@ forced pairs; it is deterministic by work units and resumes where it stopped; so
 ``python -m qpm_timm.solver certify`` report it."""
 import numpy as np
 import pytest
+from test_setbound import _exhaustive, _tiny
 
 from qpm_timm.solver import QPMProblem, check_solution, solve_qpm
 from qpm_timm.solver.__main__ import main
@@ -10,8 +11,6 @@ from qpm_timm.solver.certify import certify
 from qpm_timm.solver.heuristic import evaluate_selection, greedy_selection
 from qpm_timm.solver.synthetic import synthetic_statistics
 from qpm_timm.stats import QPMStatistics
-
-from test_setbound import _exhaustive, _tiny
 
 
 def _greedy(p: QPMProblem):

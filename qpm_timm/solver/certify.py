@@ -101,8 +101,9 @@ class _State:
     def to_json(self) -> Dict:
         m = self.m
         return dict(format=_FORMAT, input_hash=self.hash, selected=self.S.tolist(), assignment=self.W.tolist(),
-                    objective=self.Z, root_bound=self.root, leaves=self.leaves, seq=self.seq, nodes=self.nodes, used=self.used,
-                    elapsed=self.elapsed, curve=self.curve, heap=[[b, s, list(a), list(o)] for b, s, a, o in self.heap],
+                    objective=self.Z, root_bound=self.root, leaves=self.leaves, seq=self.seq, nodes=self.nodes,
+                    used=self.used, elapsed=self.elapsed, curve=self.curve,
+                    heap=[[b, s, list(a), list(o)] for b, s, a, o in self.heap],
                     cand=m.cand.tolist(), nu=m.nu.tolist(), mu=m.mu.tolist(), lam=m.lam.tolist())
 
     @classmethod
