@@ -24,8 +24,10 @@ The embedded default (CPU, the three finished dense runs of ``train.py -c qpm_ti
     OMP_NUM_THREADS=1 python benchmarks/compare.py --runs RUN_SEED0 RUN_SEED1 RUN_SEED42 --ablation \\
         --results benchmarks/results/compare.txt
 
-``--path-points`` / ``--path-max-epochs`` (default 30 / 20 here; the authors' 100 / 2000 in train.py and the CUB
-recipes) and ``--finetune-epochs`` keep it within minutes on CPU (docs/METHOD.md, "Baselines: the comparison").
+``--path-max-epochs`` (default 20 here; the authors' 2000 in train.py and the CUB recipes), ``--qsenn-path-points``
+(30; the authors' 100) and ``--finetune-epochs`` keep it within minutes on CPU (docs/METHOD.md, "Baselines: the
+comparison"). An ablation row whose solve gives the same selection and assignment as an earlier row is that row's
+model (the same head on the same dense model, fine-tuned with the same seeds): its numbers are copied, not recomputed.
 Everything each method makes stays in ``--output``: its fitted layer or solution, fine-tune checkpoints, its export
 (``timm.create_model("local-dir:<output>/seed<S>/<method>/export", pretrained=True)``) and its metrics, so a rerun
 continues where it stopped. ``--tiny`` is a smoke test (one dense epoch at 32 px on 6 classes; numbers meaningless).
@@ -35,6 +37,7 @@ import copy
 import json
 import math
 import runpy
+import shutil
 import statistics
 import sys
 import tempfile
@@ -126,11 +129,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--grid-features', type=int, nargs='+', default=[8, 12, 24], metavar='N', help='n_f* of the grid')
     p.add_argument('--grid-per-class', type=int, nargs='+', default=[2, 3, 5], metavar='N', help='n_wc of the grid')
     p.add_argument('--tradeoff-png', default=None, metavar='FILE', help='the trade-off picture (default: in --output)')
-    p.add_argument('--path-points', type=int, default=30, help='glm-saga path points k (the authors\': 100)')
+    p.add_argument('--path-points', type=int, default=100, help='glm-saga path points k (the authors\': 100)')
+    p.add_argument('--qsenn-path-points', type=int, default=30,
+                   help='path points of Q-SENN\'s rounds, which walk the whole path to its last (smallest) penalty: '
+                        'fewer points reach the same penalty with coarser warm starts (the authors\': 100)')
     p.add_argument('--path-max-epochs', type=int, default=20, help='SAGA epochs per point (the authors\': 2000)')
     p.add_argument('--finetune-epochs', type=int, default=None,
                    help='epochs of every method\'s fine-tune (default: the run\'s; Q-SENN: e/4, e/4, e/4, e)')
-    p.add_argument('--faithfulness-images', type=int, default=128, help='images of the deletion test')
+    p.add_argument('--faithfulness-images', type=int, default=64, help='images of the deletion test')
     p.add_argument('--img-size', type=int, default=None, help='override the runs\' input size')
     p.add_argument('--data-dir', default=None, help='the dataset of the dense runs made here (with -c)')
     p.add_argument('--output', default=None, help='folder of everything made (default: a temporary folder)')
@@ -296,7 +302,8 @@ class Seed:
                 feats, selection = self.features.restricted(chosen), time.perf_counter() - start
             else:
                 chosen, feats, selection = channels, head_features(model, self.stats_loader, self.device, ra.amp), 0.0
-            layer = fit_qsenn_round(feats, chosen, self.num_classes, n_wc, ra.seed, path_settings(ra), r)
+            layer = fit_qsenn_round(feats, chosen, self.num_classes, n_wc, ra.seed,
+                                    path_settings(ra).replace(k=self.args.qsenn_path_points), r)
             layer.info['seconds'] += selection
             return layer
         layer = self._layer(folder / f'layer_round{r + 1}.npz', fit)
@@ -304,17 +311,21 @@ class Seed:
         return layer
 
     def _solve(self, model, ra, variant: Variant, folder: Path, n_f: int, n_wc: int) -> float:
-        problem, channels = problem_from_statistics(self.statistics, n_f, n_wc, locality=variant.locality,
-                                                    rho=ra.rho, redundancy=variant.redundancy)
+        solution = self.solution(ra, variant, folder, n_f, n_wc)
+        model.relu_after_norm = ra.relu_head
+        apply_solution(model, self.statistics, solution, self.channels)
+        return solution.wall_time
+
+    def solution(self, ra, variant: Variant, folder: Path, n_f: int, n_wc: int) -> QPMSolution:
+        """The variant's solve (read back on a rerun)."""
+        problem, self.channels = problem_from_statistics(self.statistics, n_f, n_wc, locality=variant.locality,
+                                                         rho=ra.rho, redundancy=variant.redundancy)
         path = folder / 'solution.json'
         if path.is_file():
-            solution = QPMSolution.load(path, problem)
-        else:
-            solution = solve_qpm(problem, effort=ra.solver_effort, time_limit=ra.solver_time_limit, seed=ra.seed)
-            solution.save(path)
-        model.relu_after_norm = ra.relu_head
-        apply_solution(model, self.statistics, solution, channels)
-        return solution.wall_time
+            return QPMSolution.load(path, problem)
+        solution = solve_qpm(problem, effort=ra.solver_effort, time_limit=ra.solver_time_limit, seed=ra.seed)
+        solution.save(path)
+        return solution
 
     def measure(self, model, seconds: Optional[float], full: bool = True) -> Dict[str, float]:
         """The row of one model (module docstring); ``full=False``: top-1 and recovery only (the trade-off)."""
@@ -369,19 +380,33 @@ def _cached_row(path: Path, make) -> Dict[str, float]:
 def compare_seed(seed: Seed, variants: Sequence[Variant]) -> Dict[str, Dict[str, float]]:
     """Every row of one seed, the dense model's first."""
     rows = {'dense': _cached_row(seed.out / 'dense' / 'metrics.json', lambda: seed.measure(seed.dense.eval(), None))}
+    made = {}  # (method, selection, assignment) of every QPM row so far -> its name
     for v in variants:
         folder = seed.out / folder_name(v.name)
+        twin = None
+        if v.method in ('qpm', 'chiqpm'):  # an ablation whose solve equals an earlier row's makes the same model
+            folder.mkdir(parents=True, exist_ok=True)
+            ra = seed.method_args(v.method)
+            solution = seed.solution(ra, v, folder, ra.n_features, ra.n_per_class)
+            key = (v.method, solution.selected.tobytes(), solution.assignment.tobytes())
+            twin = made.get(key)
+            made.setdefault(key, v.name)
 
-        def make(v=v, folder=folder):
+        def make(v=v, folder=folder, twin=twin):
             start = time.perf_counter()
+            if twin is not None:  # the same head on the same dense model, fine-tuned with the same seeds
+                seconds = QPMSolution.load(folder / 'solution.json').wall_time
+                shutil.copytree(seed.out / folder_name(twin) / 'export', folder / 'export', dirs_exist_ok=True)
+                return dict(rows[twin], fit_seconds=seconds, same_model_as=twin,
+                            wall_seconds=time.perf_counter() - start)
             model, seconds = seed.make(v)
             seed.export(model, folder.name)
             row = seed.measure(model, seconds)
             row['wall_seconds'] = time.perf_counter() - start
             return row
         rows[v.name] = _cached_row(folder / 'metrics.json', make)
-        print(f'  {v.name}: ' + ', '.join(f'{k} {val:.4g}' for k, val in rows[v.name].items()
-                                         if isinstance(val, (int, float))), flush=True)
+        print(f'  {v.name}: ' + ', '.join(f'{k} {val:.4g}' if isinstance(val, (int, float)) else f'{k} {val}'
+                                         for k, val in rows[v.name].items()), flush=True)
     return rows
 
 

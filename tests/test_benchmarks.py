@@ -57,6 +57,11 @@ def _run(args):
       r'^ratio: \d+\.\d\d \(new/baseline median wall; target <= 150 s wall\)$',
       r'^wall: [\d.]+ s \(new, median; target <= 150 s\), max [\d.]+ s$',
       r'^quality: top-1 min [\d.]+ % \(target >= 99\), recovery min [\d.]+ \(target >= 0\.97\)$']),
+    ('compare.py', ['--tiny', '--seeds', '3', '--methods', 'qpm,sldd,qsenn,glm', '--path-points', '8',
+                    '--path-max-epochs', '3', '--faithfulness-images', '4'],
+     [r'^# .*1 dense run\(s\); mean ± sample std over them; wall \d+ s$', r'^\| dense \| [\d.]+ \| 128\.0 \|',
+      r'^\| qpm \| [\d.]+ \| 6\.0 \| 2\.00 \|', r'^\| sldd \| [\d.]+ \|', r'^\| qsenn \| [\d.]+ \|',
+      r'^\| glm \| [\d.]+ \|']),
 ])
 def test_benchmark_script_runs_at_tiny_size_and_prints_its_ratio(script, args, expected):
     out = _run([sys.executable, str(ROOT / 'benchmarks' / script), *args])

@@ -216,7 +216,7 @@ def test_class_count_mismatch_refused_strictly_and_adapted_to_a_dense_head_other
     (dict(n_features=3, n_per_class=4), 'n_per_class=4 > n_features=3'),
     (dict(num_classes=57, n_features=8, n_per_class=3), r'binomial\(n_features=8, n_per_class=3\) = 56'),
     (dict(adapter_depth=-1), 'adapter_depth must be an integer >= 0'),
-    (dict(head='sparse'), "head must be 'dense' or 'qpm'"),
+    (dict(head='sparse'), r"head must be one of \('dense', 'qpm', 'sldd', 'qsenn', 'glm'\), got 'sparse'"),
 ])
 def test_impossible_models_are_refused_with_a_clear_error(kwargs, message):
     args = dict(backbone='resnet18', num_classes=6, **SMALL)

@@ -71,6 +71,8 @@ def test_recipe_runs_every_stage_with_its_own_values(tmp_path, data, recipe):
              '--solver-time-limit', '30', '--workers', '0', '--no-progress', '--no-report',
              '--pretrained-path', str(data / (f'vit_{"small" if "small" in recipe else "base"}.safetensors' if vit else
                                               'resnet50.safetensors'))]
+    if config.get('method') in ('sldd', 'qsenn'):  # glm-saga's paths short too (the recipe: 100 points, 2000 epochs)
+        short += ['--path-points', '8', '--path-max-epochs', '5']
     assert run_script('train.py', ['-c', CONFIGS / f'{recipe}.yaml', *short, *_data_args(recipe, data),
                                    '--output', tmp_path]) == 0
     exp = tmp_path / config['experiment']
@@ -86,5 +88,5 @@ def test_recipe_runs_every_stage_with_its_own_values(tmp_path, data, recipe):
     correct = results['top1'] / 100 * (3 if recipe.startswith('cub') else 8)  # of the 3 CUB test / 8 val images
     assert correct == pytest.approx(round(correct), abs=1e-6)
     exported = json.loads((exp / 'export' / 'config.json').read_text())
-    assert exported['model_args']['n_features'] == 50 and exported['model_args']['head'] == 'qpm'
+    assert exported['model_args']['n_features'] == 50 and exported['model_args']['head'] == config.get('method', 'qpm')
     assert (exp / 'feature_cache').is_dir() == bool(config.get('feature_cache'))

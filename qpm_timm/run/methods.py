@@ -34,7 +34,8 @@ from ..fit import apply_sparse_layer, collect_fit_inputs, head_features
 from ..stats import QPMStatistics
 from .cli import UsageError
 
-__all__ = ['METHODS', 'BASELINES', 'FEATURES', 'BaselineFit', 'check_method_args', 'resolve_method',
+__all__ = ['METHODS', 'BASELINES', 'FEATURES', 'BaselineFit', 'check_method_args', 'check_method_model',
+           'resolve_method',
            'method_rounds', 'round_lr_decay', 'path_settings', 'fit_baseline', 'qsenn_round_layer', 'layer_file']
 
 METHODS = ('qpm', 'chiqpm', 'sldd', 'qsenn', 'glm')
@@ -140,8 +141,9 @@ def _inputs(model, loader, exp: Path, statistics_file: Path, device, amp: bool, 
     return statistics, features, True
 
 
-def _check_sizes(args, model) -> None:
-    if args.method in ('sldd', 'qsenn'):
+def check_method_model(args, model) -> None:
+    """The sizes a baseline needs from the model (``n_f*`` channels to select), refused before anything is written."""
+    if getattr(args, 'method', 'qpm') in ('sldd', 'qsenn'):
         try:
             check_selection_size(args.n_features, model.num_features, f'--method {args.method}')
         except ValueError as e:
@@ -152,7 +154,7 @@ def fit_baseline(args, model, loader, exp: Path, statistics_file: Path, device, 
                  ) -> BaselineFit:
     """Stages 2-3 of a baseline (docs/METHOD.md, "Baselines"): the statistics pass with the pooled features, then
     SLDD's or glm-saga's layer, or Q-SENN's feature selection and first round's layer; the head set on ``model``."""
-    _check_sizes(args, model)
+    check_method_model(args, model)
     statistics, features, _ = _inputs(model, loader, exp, statistics_file, device, args.amp,
                                       not args.no_progress, observers)
     if features.num_features != model.num_features:

@@ -59,6 +59,7 @@ from .methods import (
     BASELINES,
     BaselineFit,
     check_method_args,
+    check_method_model,
     fit_baseline,
     method_rounds,
     qsenn_round_layer,
@@ -455,6 +456,7 @@ def train(args, args_text: str) -> Dict[str, Any]:
     random_seed(args.seed, 0)  # the same initial weights on every rank and in every run
     model = create_train_model(args, num_classes, data_config['input_size'][-1])
     check_input_size(model, tuple(data_config['input_size'][-2:]), bool(args.pretrained or args.pretrained_path))
+    check_method_model(args, model)
     start_experiment(exp, args, args_text)  # inputs are valid: from here on the run writes its results
     model.to(device)
     if args.channels_last:
