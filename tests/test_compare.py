@@ -70,7 +70,7 @@ def test_every_methods_export_reloads_to_its_rows_accuracy(compared, name, tmp_p
     rf = tmp_path / 'val.json'
     assert run_script('validate.py', ['--model', f'local-dir:{folder / name / "export"}', '--pretrained', *DATA,
                                       '--no-interpretability', '--results-file', rf]) == 0
-    assert float(read_results(rf)['top1']) == pytest.approx(row['top1'], abs=1e-6)
+    assert float(read_results(rf)['top1']) == pytest.approx(row['top1'], abs=1e-4)  # validate.py rounds to 4 digits
     model = timm.create_model(f'local-dir:{folder / name / "export"}', pretrained=True)
     weights = model.class_weights
     assert row['features_used'] == int((weights != 0).any(0).sum())
