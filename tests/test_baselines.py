@@ -182,3 +182,13 @@ def test_without_glm_saga_the_error_names_the_extra(monkeypatch):
 def test_normalised_clamps_a_vanishing_std():
     x = normalised(np.array([[1.0, 2.0]]), np.array([0.0, 2.0]), np.array([0.5, 0.0]))
     assert x.tolist() == [[2.0, 0.0]] and math.isfinite(float(x.abs().max()))
+
+
+def test_the_group_path_stays_finite_with_zero_columns_and_constant_features_keep_zero_weights():
+    """glm-saga's group threshold divides by a column's norm: a column that is exactly 0 must stay 0, not NaN."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 40, generator=g)
+    x[:, 5] = 0.7  # a channel that never changes
+    points = regularization_path(x, torch.arange(3), 3, GROUP_SELECTION.replace(k=6, max_epochs=5))
+    assert all(torch.isfinite(p.weight).all() for p in points)
+    assert all(not p.weight[:, 5].any() for p in points)

@@ -14,6 +14,7 @@ baseline that needs only the sparse end of the path stops there. Nothing of the 
 import logging
 import math
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Union
 
@@ -102,16 +103,44 @@ class PathPoint:
         return torch.nonzero((self.weight != 0).any(0)).flatten()
 
 
+def _safe_group_threshold(weight: torch.Tensor, lam) -> torch.Tensor:
+    """glm-saga's ``group_threshold`` (the proximal operator of ``lam * sum of column 2-norms``), with a zero column
+    kept at zero instead of 0 / 0 = NaN."""
+    norm = weight.norm(p=2, dim=0)
+    return (weight - lam * weight / torch.where(norm > 0, norm, torch.ones_like(norm))) * (norm > lam)
+
+
+@contextmanager
+def _patched(module, name: str, value):
+    saved = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
+
+
 def regularization_path(x: torch.Tensor, y: torch.Tensor, num_classes: int, settings: PathSettings, seed: int = 0,
                         stop: Optional[Callable[[PathPoint], bool]] = None,
                         device: Union[str, torch.device] = 'cpu') -> List[PathPoint]:
     """glm-saga's regularisation path (module docstring) of a multinomial ``Linear(F, num_classes)``, zero-initialised,
     on the (already normalised) features ``x`` (N, F) with labels ``y`` (N,); the batches drawn in a seeded order.
     Returns the points walked, the largest penalty first; with ``stop``, the walk ends after the first point for which
-    ``stop(point)`` is true. ``device``: where the layer and the SAGA table live (the batches are moved there)."""
+    ``stop(point)`` is true. ``device``: where the layer and the SAGA table live (the batches are moved there).
+
+    Constant features (all values equal: a channel that never fires) are left out of the fit and keep zero weights.
+    glm-saga's group threshold divides a column by its norm, so a column that is exactly 0 becomes NaN (0 / 0) and the
+    whole path with it; during the walk its ``group_threshold`` is replaced by the same operator with that column left
+    at 0 (:func:`_safe_group_threshold`; the authors' copy adds 1e-6 to the norm instead)."""
     saga = import_glm_saga()
     x = torch.as_tensor(x, dtype=torch.float32)
     y = torch.as_tensor(y, dtype=torch.long)
+    varying = torch.nonzero((x != x[:1]).any(0)).flatten()
+    if varying.numel() == 0:
+        raise ValueError('every feature is constant over the training images: the dense model has learned nothing '
+                         'to sparsify.')
+    full = x.shape[1]
+    x = x[:, varying]
     present = torch.bincount(y, minlength=num_classes)
     if (present == 0).any():
         missing = torch.nonzero(present == 0).flatten()[:10].tolist()
@@ -128,13 +157,18 @@ def regularization_path(x: torch.Tensor, y: torch.Tensor, num_classes: int, sett
     lams = torch.logspace(math.log10(max_lam), math.log10(settings.epsilon * max_lam), settings.k).tolist()
     points: List[PathPoint] = []
     state = None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _patched(saga, 'group_threshold', _safe_group_threshold):
         warnings.filterwarnings('ignore', message='Implicit dimension choice for softmax')
         for i, lam in enumerate(lams):
             state = saga.train_saga(linear, loader, settings.lr, settings.max_epochs, lam, settings.alpha,
                                     group=settings.group, state=state, n_ex=len(y), n_classes=num_classes,
                                     tol=settings.tol, lookbehind=settings.lookbehind, logger=_logger.debug)
-            point = PathPoint(i, float(lam), linear.weight.detach().cpu().clone(), linear.bias.detach().cpu().clone())
+            weight = torch.zeros(num_classes, full)
+            weight[:, varying] = linear.weight.detach().cpu()
+            if not torch.isfinite(weight).all():
+                raise ValueError(f'glm-saga\'s path diverged (NaN or inf weights) at point {i} (lambda {lam:.3g}); '
+                                 f'lower its learning rate (lr={settings.lr}).')
+            point = PathPoint(i, float(lam), weight, linear.bias.detach().cpu().clone())
             points.append(point)
             _logger.debug(f'path point {i}: lambda {lam:.4g}, {point.nonzeros_per_class:.2f} nonzeros per class')
             if stop is not None and stop(point):
