@@ -100,7 +100,7 @@ def test_cli_exports_the_embedded_default_with_maps_and_prints_its_parity(embedd
     model = timm.create_model(f'local-dir:{embedded_default.export}', pretrained=True).eval()
     diffs = check_onnx(model, out, with_maps=True, batches=(4,))
     assert max(diffs.values()) <= ATOL, diffs
-    x = torch.randn(4, 3, 64, 64)
+    x = torch.randn(4, *model.pretrained_cfg['input_size'])  # the export's fixed input side
     logits, maps = onnx_session(out).run(None, {'images': x.numpy()})
     with torch.no_grad():
         eager = model.forward_with_features(x)
