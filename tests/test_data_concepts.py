@@ -215,6 +215,8 @@ def test_a_run_at_another_side_reads_images_resized_once_as_the_per_image_transf
     assert np.array_equal(val.concept_masks(range(6)), masks_through_transform(
         eval_transform, torch.from_numpy(slow.concept_masks(range(6)))).numpy())
     assert val.img_size == 32 and val.output_size == 24  # drawn at the preset's side, held at the run's
+    # no side asked for (validate.py sets the transform once the model is known): the drawings as drawn
+    assert create_qpm_split('concepts', split='val', **SMALL).images.shape[1:3] == (32, 32)
     with pytest.raises(ValueError, match='output_size'):
         ConceptsDataset('val', output_size=0, **SMALL)
 

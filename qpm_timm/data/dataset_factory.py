@@ -159,8 +159,11 @@ def create_qpm_split(
 
 
 def _concepts_side(transform_size: Optional[int], data_config: Optional[Dict[str, Any]]) -> Optional[int]:
-    """The side a concepts transform reads its images at without resizing them, None for its rendering size:
-    ``transform_size`` or a data config's side, where its eval crop keeps the whole image (``crop_pct`` 1)."""
+    """The side a concepts transform reads its images at without resizing them: ``transform_size`` or the given data
+    config's side, where its eval crop keeps the whole image (``crop_pct`` 1); None (the drawings' own side) where
+    the caller asks for no side (the transform is set later, e.g. validate.py once the model is known)."""
+    if transform_size is None and not data_config:
+        return None
     cfg = {**qpm_data_config('concepts'), **(data_config or {})}
     if cfg['crop_pct'] != 1:
         return None
