@@ -121,3 +121,23 @@ def test_the_objectives_switches_drop_exactly_their_term():
     assert full.objective(selected, assignment) == pytest.approx(z_a + full.z_r(selected) + full.B[selected].sum())
     assert no_b.objective(selected, assignment) == pytest.approx(z_a + full.z_r(selected))
     assert no_r.objective(selected, assignment) == pytest.approx(z_a + full.B[selected].sum())
+
+
+def test_a_baselines_logit_is_its_bias_plus_its_weighted_contributions_and_the_demo_says_so(tmp_path):
+    from qpm_timm.explain import explain_top
+    model, weight = _sparse('qsenn')
+    images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(3))
+    for top in explain_top(model, images, k=C):
+        for e in top:
+            assert e.features == torch.nonzero(weight[e.class_index]).flatten().tolist()
+            assert e.bias + sum(e.contributions) == pytest.approx(e.logit, abs=1e-4)
+    pytest.importorskip('gradio')
+    from PIL import Image
+
+    from qpm_timm.demo.analysis import analyse, load_demo_model
+    from qpm_timm.demo.app import build_app, prediction_text
+    hub.save_pretrained(model, tmp_path / 'export')
+    demo = load_demo_model(f'local-dir:{tmp_path / "export"}')
+    analysis = analyse(demo, Image.new('RGB', (48, 48), (200, 30, 90)))
+    assert 'plus its' in prediction_text(demo, analysis) and 'is its bias' in prediction_text(demo, analysis)
+    build_app(demo)  # no editing offered (a baseline's layer is not a QPM problem), no error

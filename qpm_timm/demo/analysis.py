@@ -196,7 +196,7 @@ def read_image(path: Path, shown_name: Optional[str] = None) -> Image.Image:
 def nearest_class(assignment: torch.Tensor, predicted: int, logits: torch.Tensor) -> Optional[int]:
     """The class that shares the most features with ``predicted`` (``n_wc - 1`` for a contrastive pair), ties to
     the higher logit on the image; None for a model with a single class."""
-    w = torch.as_tensor(assignment).float().cpu()
+    w = (torch.as_tensor(assignment).cpu() != 0).float()  # a baseline's signed weights: the features it reads
     if w.shape[0] < 2:
         return None
     shared = (w @ w[predicted]).round()

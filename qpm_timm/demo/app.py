@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from ..models.assignment import weights_per_class
 from ..run.cli import UsageError
 from .analysis import Analysis, DemoModel, analyse, model_title, read_image
 from .editing import Editor, find_edit_source
@@ -48,6 +49,18 @@ def import_gradio():
     return gradio
 
 
+def head_sentence(model) -> str:
+    """What the model's last layer is: a QPM's binary assignment, or a baseline's sparse layer with its measured
+    number of weights per class."""
+    if model.head_kind == 'qpm':
+        return (f'{model.num_classes} classes share {model.n_features} features; every class uses exactly '
+                f'{model.n_per_class} of them, so a class\'s logit is the sum of its features\' normalised '
+                f'activations.')
+    return (f'A {model.head_kind} baseline: {model.num_classes} classes read {model.n_features} features through a '
+            f'sparse, real-valued layer with a bias ({weights_per_class(model.class_weights.detach().cpu())} nonzero '
+            f'weights, measured); a class\'s logit is its weighted sum of the normalised activations plus its bias.')
+
+
 def _picture(pixels: np.ndarray) -> Image.Image:
     """An ``(H, W, 3)`` array in [0, 1] as an image, enlarged to :data:`DISPLAY_SIZE` when smaller."""
     image = Image.fromarray((np.clip(pixels, 0, 1) * 255).round().astype(np.uint8))
@@ -66,9 +79,13 @@ def prediction_text(demo: DemoModel, analysis: Analysis) -> str:
     c, logit, probability = analysis.top[0]
     terms = ' '.join(f'{_signed(v)} ({analysis.view.labels[j]})'
                      for j, v in zip(analysis.features, analysis.contributions))
-    return (f'### Prediction: {demo.class_names[c]} ({100 * probability:.1f} %)\n\n'
-            f'Its logit {logit:.2f} is the sum of its {len(analysis.features)} features\' normalised activations: '
-            f'{terms}.')
+    head = f'### Prediction: {demo.class_names[c]} ({100 * probability:.1f} %)\n\n'
+    if demo.model.head_kind != 'qpm':  # a baseline: weighted activations and a bias
+        bias = float(demo.model.head.fc.bias[c])
+        return (head + f'Its logit {logit:.2f} is its bias {_signed(bias)} plus its {len(analysis.features)} '
+                f'features\' weighted normalised activations: {terms}.')
+    return head + (f'Its logit {logit:.2f} is the sum of its {len(analysis.features)} features\' normalised '
+                   f'activations: {terms}.')
 
 
 def feature_rows(analysis: Analysis) -> List[List[Any]]:
@@ -209,9 +226,7 @@ def build_app(demo: DemoModel, top_k: int = TOP_K, title: Optional[str] = None):
         [None] * len(EXPLAIN_OUTPUTS)
     menu = _edit_menu(opening, demo.model) if opening else ([], None)
     with gr.Blocks(title=f'QPM demo: {title}') as app:
-        gr.Markdown(f'# QPM demo: {title}\n\n{model.num_classes} classes share {model.n_features} features; every '
-                    f'class uses exactly {model.n_per_class} of them, so a class\'s logit is the sum of its features\' '
-                    f'normalised activations. Upload an image or pick an example.')
+        gr.Markdown(f'# QPM demo: {title}\n\n{head_sentence(model)} Upload an image or pick an example.')
         off = gr.State(())
         with gr.Row():
             with gr.Column(scale=1):

@@ -41,7 +41,10 @@ def _candidates(name: str) -> Sequence[Path]:
 
 
 def find_edit_source(demo: DemoModel) -> Optional[EditSource]:
-    """Where the statistics of the demo's model are (:func:`qpm_timm.edit.read_source`), or None."""
+    """Where the statistics of the demo's model are (:func:`qpm_timm.edit.read_source`), or None; None for a
+    baseline's sparse head too, whose real-valued layer no re-solve edits (docs/METHOD.md, "Baselines")."""
+    if getattr(demo.model, 'head_kind', 'qpm') != 'qpm':
+        return None
     for folder in _candidates(demo.name):
         if (folder / 'statistics.npz').is_file():
             return read_source(str(folder))

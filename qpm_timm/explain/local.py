@@ -2,7 +2,9 @@
 
 A QPM's logit of class ``c`` is the sum of the normalised activations ``(x_f - mean_f) / std_f`` of the
 ``n_wc`` features assigned to ``c`` (binary ``W``, no bias; docs/EXPLANATIONS.md), so
-every feature's share of the logit is exact, and its feature map shows where it fired.
+every feature's share of the logit is exact, and its feature map shows where it fired. A baseline's sparse head
+(docs/METHOD.md, "Baselines") adds its bias to the weighted activations of the features with a nonzero weight: the
+shares are ``w_cf * z_f`` and the bias.
 """
 from dataclasses import dataclass
 from typing import List
@@ -20,8 +22,9 @@ class Explanation:
     class_index: int
     logit: float
     features: List[int]  # the class's features (indices into the kept features)
-    contributions: List[float]  # their normalised activations; their sum is the logit
+    contributions: List[float]  # their weighted normalised activations; with the bias, their sum is the logit
     maps: torch.Tensor  # (n_wc, H, W) feature maps of those features: where they fired
+    bias: float = 0.0  # a baseline's bias of the class (a QPM has none)
 
 
 def require_qpm(model, what: str = 'explain()') -> None:
@@ -33,10 +36,12 @@ def require_qpm(model, what: str = 'explain()') -> None:
 
 def class_evidence(model, out, i: int, c: int) -> Explanation:
     """The :class:`Explanation` of class ``c`` for image ``i`` of a ``forward_with_features`` output."""
-    feats = class_features(model.class_weights[c:c + 1])[0]
+    row = model.class_weights[c].detach()
+    feats = class_features(row[None])[0] if model.head_kind == 'qpm' else torch.nonzero(row != 0).flatten().tolist()
     normalised = model.head.normalize(out.pooled[i].float())
-    return Explanation(int(c), float(out.logits[i, c]), feats, normalised[feats].tolist(),
-                       out.feature_maps[i, feats].float())
+    bias = getattr(model.head.fc, 'bias', None)
+    return Explanation(int(c), float(out.logits[i, c]), feats, (normalised[feats] * row[feats].float()).tolist(),
+                       out.feature_maps[i, feats].float(), 0.0 if bias is None else float(bias[c]))
 
 
 @torch.no_grad()
