@@ -23,8 +23,8 @@ pytestmark = pytest.mark.end_to_end  # runs scripts, trainings or solves end to 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--model', 'qpm', '--backbone', 'test_resnet', '--img-size', '40', '--n-features', '6', '--n-per-class', '2',
         '--epochs', '3', '--finetune-epochs', '1', '--solver-time-limit', '30', '--workers', '0', '-b', '16',
-        '--lr', '0.05', '--no-progress', '--dataset-args', '{num_classes: 6, num_concepts: 6, images_per_class: 8}',
-        '--calibration-per-class', '4']  # 24 of the 48 validation images calibrate the prediction sets
+        '--lr', '0.05', '--no-progress', '--calibration-per-class', '4',  # 24 of 48 val images calibrate the sets
+        '--dataset-args', '{num_classes: 6, num_concepts: 6, images_per_class: 8, img_size: 40}']  # drawn at 40 px
 
 
 def _env():
