@@ -141,3 +141,15 @@ def test_a_baselines_logit_is_its_bias_plus_its_weighted_contributions_and_the_d
     analysis = analyse(demo, Image.new('RGB', (48, 48), (200, 30, 90)))
     assert 'plus its' in prediction_text(demo, analysis) and 'is its bias' in prediction_text(demo, analysis)
     build_app(demo)  # no editing offered (a baseline's layer is not a QPM problem), no error
+
+
+@pytest.mark.parametrize('kind', ['sldd', 'glm'])
+def test_a_baseline_export_goes_to_onnx_within_the_export_tolerance(kind, tmp_path):
+    pytest.importorskip('onnxruntime')
+    from qpm_timm.export import ATOL, check_onnx
+    from qpm_timm.run.exporting import main
+    model, _ = _sparse(kind)
+    hub.save_pretrained(model, tmp_path / 'export')
+    assert main(['onnx', f'local-dir:{tmp_path / "export"}', str(tmp_path / 'm.onnx'), '--img-size', '32',
+                 '--with-maps']) == 0
+    assert max(check_onnx(model, tmp_path / 'm.onnx', with_maps=True, img_size=32).values()) <= ATOL
